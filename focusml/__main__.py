@@ -1,0 +1,3 @@
+from focusml.cli import main
+
+main()

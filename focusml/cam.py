@@ -1,0 +1,70 @@
+"""Class activation maps and the attention metrics of METHODS.md.
+
+CAM_c(u,v) = Σ_k w_ck A_k(u,v) on the feature grid; `upsample` takes it bilinearly to the image
+size for display and for pixel-level metrics; `mask_to_grid` takes a mask to the feature grid
+by adaptive max pooling (a cell is irrelevant when any pixel of its footprint is).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def cam_from_features(features: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """(N,K,h,w) features and (C,K) weights → (N,C,h,w) class activation maps."""
+    return torch.einsum("ck,nkhw->nchw", weight, features)
+
+
+def class_cam(model, x: torch.Tensor, classes: torch.Tensor | None = None):
+    """CAM of one class per image (default: the predicted class) → (cams N×h×w, logits)."""
+    a, logits = model.forward_features(x)
+    c = logits.argmax(1) if classes is None else classes
+    w = model.classifier.weight[c]  # N×K
+    return torch.einsum("nk,nkhw->nhw", w, a), logits
+
+
+def mask_to_grid(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N,H,W) masks → (N,h,w) by adaptive max pooling."""
+    return F.adaptive_max_pool2d(masks[:, None].float(), size)[:, 0]
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N,h,w) → (N,H,W) bilinear."""
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def minmax(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Per-image min-max normalisation of (N,H,W) maps to [0, 1]."""
+    flat = maps.flatten(1)
+    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    return ((flat - lo) / (hi - lo).clamp_min(eps)).view_as(maps)
+
+
+def wrong_reason(pos_cams: torch.Tensor, masks: torch.Tensor) -> float:
+    """WR score (Friedrich et al. 2023) of positive predicted-class CAMs (N,H,W) at pixel size.
+
+    Each map is min-max normalised, binarised at the mean normalised activation over all given
+    images, and WR = 100 · mean_i |bin_i ∩ m_i| / |m_i| over images with a non-empty mask.
+    Returns NaN when no image has a mask.
+    """
+    norm = minmax(pos_cams)
+    binar = norm > norm.mean()
+    m = masks > 0.5
+    area = m.flatten(1).sum(1)
+    keep = area > 0
+    if not keep.any():
+        return float("nan")
+    inter = (binar & m).flatten(1).sum(1)
+    return float(100.0 * (inter[keep].float() / area[keep].float()).mean())
+
+
+def cam_in_mask(pos_cams: torch.Tensor, masks: torch.Tensor, eps: float = 1e-12) -> float:
+    """Mean share of positive CAM mass inside the mask, over images with a non-empty mask."""
+    m = masks.float()
+    keep = m.flatten(1).sum(1) > 0
+    if not keep.any():
+        return float("nan")
+    inside = (pos_cams * m).flatten(1).sum(1)
+    total = pos_cams.flatten(1).sum(1).clamp_min(eps)
+    return float((inside / total)[keep].mean())

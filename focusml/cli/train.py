@@ -1,0 +1,129 @@
+"""`focusml train`, `focusml methods`, `focusml server`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import fields
+
+import click
+
+from focusml import FocusmlError, methods, tracking
+from focusml.cli import cli
+from focusml.cli._common import ProgressBars, echo_table
+from focusml.config import MaskAugment, RunConfig, load_yaml
+
+_TYPES = {float: float, int: int, str: str}
+
+
+def run_options(fn):
+    """Every RunConfig field, mask-augmentation field and method option as a click option.
+
+    Defaults are None so that a value given on the command line can be told apart from one in
+    `--config FILE.yaml`; the effective defaults are RunConfig's and each method's.
+    """
+    defaults = RunConfig()
+    opts = [
+        click.option("--method", default=None, help=f"training method (default {defaults.method}); see `focusml methods`"),
+        click.option("--dataset", default=None, help=f"dataset name (default {defaults.dataset}); see `focusml datasets list`"),
+        click.option("--data-root", default=None, help="folder dataset root, or where MNIST files live"),
+        click.option("--download/--no-download", default=None, help="allow downloading torchvision datasets"),
+        click.option("--data-seed", type=int, default=None, help="generation seed of built-in datasets (default 0)"),
+        click.option("--image-size", type=int, default=None, help="resize folder images (and masks) to N×N"),
+        click.option("--model", default=None, help=f"network: small or vgg11 (default {defaults.model})"),
+        click.option("--pretrained", default=None, help="local state-dict file to initialise the model from"),
+        click.option("--epochs", type=int, default=None, help=f"training epochs (default {defaults.epochs})"),
+        click.option("--batch-size", type=int, default=None, help=f"batch size (default {defaults.batch_size})"),
+        click.option("--lr", type=float, default=None, help=f"Adam learning rate (default {defaults.lr})"),
+        click.option("--seed", type=int, default=None, help="training seed (default 0)"),
+        click.option("--device", default=None, help="auto, cpu or cuda[:N] (default auto)"),
+        click.option("--experiment", default=None, help=f"MLflow experiment (default {defaults.experiment})"),
+        click.option("--run-name", default=None, help="MLflow run name (default METHOD-DATASET-sSEED)"),
+        click.option("--log-model/--no-log-model", default=None, help="log the MLflow model (default on)"),
+    ]
+    aug_help = {
+        "dilate": "grow masks by N pixels", "jitter": "random mask shift of up to N pixels",
+        "scale": "random mask scale in [1−S, 1+S]", "blur": "Gaussian sigma for soft masks",
+        "keep_fraction": "share of training images that keep their mask",
+    }
+    for f in fields(MaskAugment):
+        opts.append(click.option(f"--{f.name.replace('_', '-')}", type=_TYPES[type(f.default)], default=None,
+                                 help=f"mask augmentation: {aug_help[f.name]} (default {f.default})"))
+    for p in methods.all_params().values():
+        opts.append(click.option(f"--{p.name.replace('_', '-')}", type=_TYPES[p.type], default=None,
+                                 help=f"{p.help} [methods: {', '.join(n for n, c in methods.METHODS.items() if p.name in {q.name for q in c.params})}]"))
+    opts.append(click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
+                             help="YAML file with the same keys; options given here win"))
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def config_from_options(options: dict) -> RunConfig:
+    config_file = options.pop("config_file", None)
+    values = load_yaml(config_file) if config_file else {}
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    values.update({k: v for k, v in options.items() if v is not None})
+    if values.get("data_root") == "":
+        values["data_root"] = None
+    return RunConfig.from_flat(values)
+
+
+SUMMARY_KEYS = ["acc/test", "acc/test_confounded", "acc/test_clean", "bacc/test", "f1/test", "wr/test",
+                "cam_in_mask/test", "time/epoch_s_mean"]
+
+
+@cli.command()
+@run_options
+def train(**options):
+    """Train one method on one dataset and log the run to MLflow.
+
+    \b
+    Examples:
+      focusml train --method baseline --dataset decoy-digits --epochs 8
+      focusml train --method pas --lam 1 --dilate 1
+      focusml train --config run.yaml --seed 2
+    """
+    from focusml.experiment import run
+
+    config = config_from_options(options).validate()
+    click.echo(f"Training {config.method} on {config.dataset} (seed {config.seed}) → {tracking.tracking_uri()}", err=True)
+    result = run(config, callbacks=ProgressBars(config.epochs))
+    echo_table([{"metric": k, "value": result.metrics.get(k)} for k in SUMMARY_KEYS if k in result.metrics])
+    click.echo(f"run_id: {result.run_id}")
+    click.echo("See it in the UI: `focusml server`, then open http://127.0.0.1:5000", err=True)
+
+
+@cli.command("methods")
+def list_methods():
+    """List every training method with its family and options."""
+    rows = []
+    for name, cls in methods.METHODS.items():
+        params = ", ".join(f"{p.name}={p.default}" for p in cls.params) or "—"
+        rows.append({"method": name, "family": cls.family, "options (default)": params, "what changes": cls.summary})
+    echo_table(rows)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="interface to bind; keep 127.0.0.1 unless you mean to share it")
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--backend-store-uri", default=None, help="default: MLFLOW_TRACKING_URI if it is a database URI, else sqlite:///mlflow.db here")
+@click.option("--artifacts-destination", default=None, help="default: ./mlartifacts here")
+def server(host, port, backend_store_uri, artifacts_destination):
+    """Start the MLflow tracking server and UI on focusml's store."""
+    env_uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    store = backend_store_uri or (env_uri if env_uri and not env_uri.startswith("http") else tracking.default_uri())
+    mlflow_bin = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or shutil.which("mlflow")
+    if mlflow_bin is None:
+        raise FocusmlError("the `mlflow` command is not installed in this environment: pip install mlflow.")
+    cmd = [mlflow_bin, "server", "--backend-store-uri", store, "--host", host, "--port", str(port)]
+    if artifacts_destination:
+        cmd += ["--artifacts-destination", artifacts_destination]
+    click.echo(f"MLflow UI on http://{host}:{port}  (store: {store}); Ctrl-C stops it.", err=True)
+    click.echo(f"Log runs to it with: export MLFLOW_TRACKING_URI=http://{host}:{port}", err=True)
+    try:
+        sys.exit(subprocess.call(cmd))
+    except KeyboardInterrupt:
+        sys.exit(0)

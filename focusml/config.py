@@ -1,0 +1,140 @@
+"""`RunConfig`: every option of a run in one validated dataclass, logged as MLflow params.
+
+A YAML config file and the CLI use the same flat keys (`lam`, `dilate`, ... at the top level);
+`RunConfig.from_flat` sorts them into run fields, mask augmentation and method options.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from focusml import FocusmlError
+
+
+@dataclass
+class MaskAugment:
+    """Mask augmentation of METHODS.md, applied per batch to the masks of mask-based methods."""
+
+    dilate: int = 0  # pixels, ≥ 0
+    jitter: int = 0  # max random shift in pixels, ≥ 0
+    scale: float = 0.0  # random scale factor in [1 − scale, 1 + scale], 0 ≤ scale < 1
+    blur: float = 0.0  # Gaussian sigma in pixels; > 0 gives a soft mask in [0, 1]
+    keep_fraction: float = 1.0  # share of training images whose mask is kept, in [0, 1]
+
+    def validate(self) -> "MaskAugment":
+        checks = [
+            ("dilate", self.dilate, self.dilate >= 0, "≥ 0 pixels"),
+            ("jitter", self.jitter, self.jitter >= 0, "≥ 0 pixels"),
+            ("scale", self.scale, 0 <= self.scale < 1, "in [0, 1): masks are scaled by a factor in [1−scale, 1+scale]"),
+            ("blur", self.blur, self.blur >= 0, "a Gaussian sigma ≥ 0"),
+            ("keep-fraction", self.keep_fraction, 0 <= self.keep_fraction <= 1, "a share in [0, 1]"),
+        ]
+        for name, value, ok, want in checks:
+            if isinstance(value, float) and math.isnan(value) or not ok:
+                raise FocusmlError(f"--{name} is {value}; it must be {want}.")
+        return self
+
+    @property
+    def active(self) -> bool:
+        return self != MaskAugment()
+
+
+@dataclass
+class RunConfig:
+    method: str = "baseline"
+    dataset: str = "decoy-digits"
+    data_root: str | None = None
+    download: bool = False
+    data_seed: int = 0
+    image_size: int | None = None
+    model: str = "small"
+    pretrained: str | None = None
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 3e-3
+    seed: int = 0
+    device: str = "auto"
+    experiment: str = "focusml"
+    run_name: str | None = None
+    log_model: bool = True
+    augment: MaskAugment = field(default_factory=MaskAugment)
+    method_params: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> "RunConfig":
+        """Check every field; fill in the method's defaults. Raises FocusmlError."""
+        from focusml import methods
+        from focusml.data import DATASETS
+        from focusml.models import MODELS
+
+        cls = methods.get(self.method)
+        if self.dataset not in DATASETS:
+            raise FocusmlError(f"unknown dataset '{self.dataset}'. Known datasets: {', '.join(sorted(DATASETS))}.")
+        if self.model not in MODELS:
+            raise FocusmlError(f"unknown model '{self.model}'. Known models: {', '.join(MODELS)}.")
+        if not isinstance(self.epochs, int) or self.epochs <= 0:
+            raise FocusmlError(f"--epochs is {self.epochs}; it must be a whole number ≥ 1.")
+        if self.batch_size <= 0:
+            raise FocusmlError(f"--batch-size is {self.batch_size}; it must be ≥ 1.")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise FocusmlError(f"--lr is {self.lr}; it must be a finite number > 0.")
+        if self.image_size is not None and self.image_size < 8:
+            raise FocusmlError(f"--image-size is {self.image_size}; it must be ≥ 8.")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise FocusmlError(f"--device is {self.device!r}; use auto, cpu or cuda[:N].")
+        self.augment.validate()
+        self.method_params = cls.resolve_options(self.method_params)
+        return self
+
+    def to_params(self) -> dict[str, Any]:
+        """Flat params for MLflow (and for reproducing the run with --config)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("augment", "method_params")}
+        out.update(asdict(self.augment))
+        out.update(self.method_params)
+        return out
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any]) -> "RunConfig":
+        """Build from flat keys (YAML file or CLI); None values mean 'not given'."""
+        from focusml.methods import all_params
+
+        own = {f.name for f in fields(cls)} - {"augment", "method_params"}
+        aug_keys = {f.name for f in fields(MaskAugment)}
+        method_keys = set(all_params())
+        run, aug, mparams = {}, {}, {}
+        for key, value in values.items():
+            key = key.replace("-", "_")
+            if value is None:
+                continue
+            if key in own:
+                run[key] = value
+            elif key in aug_keys:
+                aug[key] = value
+            elif key in method_keys:
+                mparams[key] = value
+            else:
+                allowed = sorted(own | aug_keys | method_keys)
+                raise FocusmlError(f"unknown option '{key}'. Allowed keys: {', '.join(allowed)}.")
+        try:
+            augment = MaskAugment(**{k: type(getattr(MaskAugment(), k))(v) for k, v in aug.items()})
+        except (TypeError, ValueError) as e:
+            raise FocusmlError(f"mask augmentation option has a bad value: {e}")
+        return cls(**run, augment=augment, method_params=mparams)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a flat YAML run config; refuse anything but a mapping."""
+    p = Path(path)
+    if not p.is_file():
+        raise FocusmlError(f"config file {p} not found.")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise FocusmlError(f"config file {p} is not valid YAML: {e}")
+    if not isinstance(data, dict):
+        raise FocusmlError(f"config file {p} must be a mapping of option: value, got {type(data).__name__}.")
+    return data

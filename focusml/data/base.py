@@ -1,0 +1,88 @@
+"""Dataset containers shared by every loader: splits of (image, mask, label) tensors.
+
+Images are kept as uint8 (N×C×H×W) and masks as uint8 (N×H×W, 1 = irrelevant) so that a
+dataset is cheap to hold, hash and export; `Split.batch` turns rows into float tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import torch
+
+from focusml import FocusmlError
+
+SPLITS = ("train", "val", "test", "test_confounded")
+CLEAN_SPLITS = ("train_clean", "val_clean", "test_clean")
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 N×C×H×W
+    masks: torch.Tensor  # uint8 N×H×W, 1 = irrelevant, all-zero = not annotated
+    labels: torch.Tensor  # int64 N
+
+    def __post_init__(self):
+        n = len(self.labels)
+        if self.images.ndim != 4 or self.masks.ndim != 3:
+            raise ValueError("images must be N×C×H×W and masks N×H×W")
+        if len(self.images) != n or len(self.masks) != n:
+            raise ValueError("images, masks and labels must have the same length")
+        if self.images.shape[-2:] != self.masks.shape[-2:]:
+            raise ValueError("masks must have the images' height and width")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Float images in [0, 1], float masks in {0, 1} and labels for the given rows."""
+        return (
+            self.images[index].float().div_(255.0),
+            self.masks[index].float(),
+            self.labels[index],
+        )
+
+
+@dataclass
+class Dataset:
+    name: str
+    classes: list[str]
+    splits: dict[str, Split]
+    description: str = ""
+    params: dict = field(default_factory=dict)
+
+    @property
+    def has_clean(self) -> bool:
+        return "train_clean" in self.splits
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.splits["train"].images.shape[1:])
+
+    def split(self, name: str) -> Split:
+        if name not in self.splits:
+            if name in CLEAN_SPLITS:
+                raise FocusmlError(
+                    f"dataset '{self.name}' has no clean split '{name}': the upper bound needs the "
+                    "images rendered without the shortcut. For a folder dataset add a clean/ tree "
+                    "(same relative paths as images/); built-in datasets always have one."
+                )
+            raise FocusmlError(f"dataset '{self.name}' has no split '{name}' (has: {', '.join(self.splits)})")
+        return self.splits[name]
+
+    @property
+    def fingerprint(self) -> str:
+        """A short content hash: equal data gives equal fingerprints on every machine."""
+        h = hashlib.sha256(self.name.encode())
+        for key in sorted(self.splits):
+            s = self.splits[key]
+            h.update(key.encode())
+            for t in (s.images, s.masks, s.labels):
+                h.update(str(tuple(t.shape)).encode())
+                h.update(t.contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]

@@ -1,0 +1,105 @@
+"""`decoy-digits`: scikit-learn's bundled 8×8 digits with the DecoyMNIST shortcut (Ross et al. 2017).
+
+Each 8×8 digit (values 0..16) is upscaled bilinearly to a 20×20 box and centred in a 28×28
+frame, the way MNIST frames its digits, so the 4×4 corners are background and the decoy never
+covers a stroke. The decoy is a 4×4 patch in a random corner, shade `255 − 25·y` in train/val
+(and `test_confounded`), the shade of a class drawn uniformly at random in `test`. Clean splits
+are the same images without the patch; masks mark exactly the patch pixels.
+
+Everything is computed with NumPy float64 and integer rounding from `DataOptions.seed`, so the
+tensors (and the fingerprint) are identical on every machine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from focusml.data.base import Dataset, Split
+from focusml.data.registry import DataOptions, register
+
+SIZE = 28
+BOX = 20
+PATCH = 4
+N_TRAIN, N_VAL = 1000, 250  # the remaining 547 digits form the test splits
+
+
+def _upscale_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """Row-stochastic bilinear interpolation matrix (align_corners=False semantics)."""
+    r = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        src = (i + 0.5) * n_in / n_out - 0.5
+        src = min(max(src, 0.0), n_in - 1.0)
+        lo = int(np.floor(src))
+        hi = min(lo + 1, n_in - 1)
+        w = src - lo
+        r[i, lo] += 1 - w
+        r[i, hi] += w
+    return r
+
+
+def render_digits(raw: np.ndarray) -> np.ndarray:
+    """(N, 8, 8) values 0..16 → (N, 28, 28) uint8, digit centred in a 20×20 box."""
+    r = _upscale_matrix(8, BOX)
+    up = np.einsum("ij,njk,lk->nil", r, raw / 16.0, r)
+    out = np.zeros((len(raw), SIZE, SIZE), dtype=np.uint8)
+    off = (SIZE - BOX) // 2
+    out[:, off : off + BOX, off : off + BOX] = np.clip(np.rint(up * 255), 0, 255).astype(np.uint8)
+    return out
+
+
+def add_decoys(images: np.ndarray, shade_class: np.ndarray, rng: np.random.Generator):
+    """Paint a 4×4 patch of shade 255−25·c in a random corner; return (images, masks)."""
+    imgs = images.copy()
+    masks = np.zeros_like(images, dtype=np.uint8)
+    corners = rng.integers(0, 4, size=len(images))
+    for i, (c, k) in enumerate(zip(shade_class, corners)):
+        r0 = 0 if k in (0, 1) else SIZE - PATCH
+        c0 = 0 if k in (0, 2) else SIZE - PATCH
+        imgs[i, r0 : r0 + PATCH, c0 : c0 + PATCH] = 255 - 25 * int(c)
+        masks[i, r0 : r0 + PATCH, c0 : c0 + PATCH] = 1
+    return imgs, masks
+
+
+def _split(images: np.ndarray, masks: np.ndarray, labels: np.ndarray) -> Split:
+    return Split(
+        torch.from_numpy(images[:, None].copy()),
+        torch.from_numpy(masks.copy()),
+        torch.from_numpy(labels.astype(np.int64)),
+    )
+
+
+@register(
+    "decoy-digits",
+    description="scikit-learn's 1,797 8×8 digits upscaled to 28×28 (1000 train / 250 val / 547 test), grey",
+    shortcut="4×4 patch in a random corner, shade 255−25·label in train/val, random class in test",
+)
+def load_decoy_digits(options: DataOptions) -> Dataset:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    raw, labels = digits.images, digits.target
+    rng = np.random.default_rng(options.seed)
+    order = rng.permutation(len(labels))
+    parts = {
+        "train": order[:N_TRAIN],
+        "val": order[N_TRAIN : N_TRAIN + N_VAL],
+        "test": order[N_TRAIN + N_VAL :],
+    }
+    clean = render_digits(raw)
+    splits: dict[str, Split] = {}
+    for name, idx in parts.items():
+        y = labels[idx]
+        shade = rng.integers(0, 10, size=len(idx)) if name == "test" else y
+        imgs, masks = add_decoys(clean[idx], shade, rng)
+        splits[name] = _split(imgs, masks, y)
+        splits[f"{name}_clean"] = _split(clean[idx], np.zeros_like(masks), y)
+    imgs, masks = add_decoys(clean[parts["test"]], labels[parts["test"]], rng)
+    splits["test_confounded"] = _split(imgs, masks, labels[parts["test"]])
+    return Dataset(
+        name="decoy-digits",
+        classes=[str(i) for i in range(10)],
+        splits=splits,
+        description=load_decoy_digits.__doc__ or "",
+        params={"seed": options.seed},
+    )

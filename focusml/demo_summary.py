@@ -1,0 +1,32 @@
+"""Print the latest baseline and upper-bound runs of an experiment as a table (used by `make demo`)."""
+
+from __future__ import annotations
+
+import click
+import mlflow
+
+from focusml import tracking
+from focusml.cli._common import echo_table
+
+COLUMNS = ["acc/test", "acc/test_confounded", "acc/test_clean", "wr/test", "cam_in_mask/test", "time/epoch_s_mean"]
+
+
+@click.command()
+@click.option("--experiment", default="demo")
+def main(experiment: str) -> None:
+    tracking.setup()
+    runs = mlflow.search_runs(experiment_names=[experiment], order_by=["attributes.start_time DESC"])
+    rows = []
+    for method in ("baseline", "upper_bound"):
+        sel = runs[runs.get("tags.focusml.method") == method] if len(runs) else runs
+        if len(sel):
+            r = sel.iloc[0]
+            rows.append({"method": method, **{c: r.get(f"metrics.{c}") for c in COLUMNS}, "run_id": r["run_id"][:8]})
+    click.echo("\nResults on decoy-digits (test = shortcut broken):")
+    echo_table(rows, ["method", *COLUMNS, "run_id"])
+    click.echo(f"\nOpen the MLflow UI: .venv/bin/focusml server   then browse http://127.0.0.1:5000 "
+               f"(experiment '{experiment}': CAM grids under Artifacts → figures, per-epoch grids in the image tab).")
+
+
+if __name__ == "__main__":
+    main()

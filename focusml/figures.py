@@ -1,0 +1,71 @@
+"""Figures people would rather look at than read: CAM grids and confusion matrices (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def sample_indices(labels: torch.Tensor, num_classes: int, per_class: int = 2) -> torch.Tensor:
+    """The first `per_class` rows of each class: a fixed, label-balanced sample for CAM grids."""
+    picks = [torch.nonzero(labels == c).flatten()[:per_class] for c in range(num_classes)]
+    return torch.cat(picks)
+
+
+def _display(img: torch.Tensor) -> np.ndarray:
+    arr = img.float().numpy()
+    return arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
+
+
+def cam_grid(images: torch.Tensor, masks: torch.Tensor, cams: torch.Tensor, labels, preds,
+             classes: list[str], cols: int = 10, title: str | None = None):
+    """Image with its CAM overlaid (jet, alpha 0.5), the mask outlined in white, true/pred label."""
+    n = len(images)
+    cols = min(cols, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i in range(n):
+        ax = axes.flat[i]
+        img = _display(images[i])
+        ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1 if img.max() <= 1 else 255)
+        ax.imshow(cams[i].numpy(), cmap="jet", alpha=0.5)
+        if masks[i].sum() > 0:
+            ax.contour(masks[i].numpy(), levels=[0.5], colors="white", linewidths=1.0)
+        ok = int(labels[i]) == int(preds[i])
+        ax.set_title(f"y={classes[int(labels[i])]} ŷ={classes[int(preds[i])]}", fontsize=7,
+                     color="green" if ok else "red")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(cm: np.ndarray, classes: list[str], title: str = "confusion matrix (test)"):
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    size = max(4.0, 0.45 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ConfusionMatrixDisplay(cm, display_labels=classes).plot(ax=ax, colorbar=False, cmap="Blues")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def to_pil(fig):
+    """Render a figure to a PIL image (for mlflow.log_image step series) and close it."""
+    from PIL import Image
+
+    fig.canvas.draw()
+    img = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
+    plt.close(fig)
+    return img
+
+
+def close(fig) -> None:
+    plt.close(fig)
