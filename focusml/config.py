@@ -87,6 +87,11 @@ class RunConfig:
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise FocusmlError(f"--device is {self.device!r}; use auto, cpu or cuda[:N].")
         self.augment.validate()
+        if self.augment.active and not cls.uses_masks:
+            raise FocusmlError(
+                f"mask augmentation (--dilate/--jitter/--scale/--blur/--keep-fraction) does not apply to method "
+                f"'{self.method}': it uses no masks. Drop those options or pick a mask-based method."
+            )
         self.method_params = cls.resolve_options(self.method_params)
         return self
 

@@ -96,4 +96,5 @@ def cli_env(tmp_path):
     """Environment for running `focusml` in a subprocess from a scratch directory."""
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"  # as with an activated venv
     return env

@@ -1,0 +1,155 @@
+"""End to end against a real `mlflow server`: train through the CLI, read everything back over HTTP."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from conftest import free_port, tiny_config
+from focusml import FocusmlError
+from focusml.experiment import run
+from focusml.train import Callbacks
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def focusml_cli(args, env, cwd, timeout=300):
+    return subprocess.run([sys.executable, "-m", "focusml", *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def runs_of(experiment: str):
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return MlflowClient().search_runs([exp.experiment_id])
+
+
+def test_cli_train_logs_everything(tracking_env, cli_env, tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("method: baseline\nepochs: 5\nbatch_size: 128\nseed: 3\n")
+    res = focusml_cli(["train", "--config", str(cfg), "--epochs", "1", "--experiment", "cli-e2e"], cli_env, tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "acc/test" in res.stdout and "epoch 1/1" in res.stderr
+    (r,) = runs_of("cli-e2e")
+    client = MlflowClient()
+    assert r.info.status == "FINISHED"
+    p = r.data.params
+    assert p["method"] == "baseline" and p["epochs"] == "1" and p["seed"] == "3" and p["batch_size"] == "128"
+    assert len(p["dataset_fingerprint"]) == 16
+    m = r.data.metrics
+    for key in ["acc/test", "acc/test_confounded", "acc/test_clean", "bacc/test", "f1/test", "wr/test",
+                "cam_in_mask/test", "acc/val", "wr/val", "loss/train", "loss/ce", "loss/penalty"]:
+        assert key in m, key
+    assert 0 <= m["acc/test"] <= 1 and 0 <= m["wr/test"] <= 100
+    assert [h.step for h in client.get_metric_history(r.info.run_id, "acc/val")] == [0]
+    files = {f.path for f in client.list_artifacts(r.info.run_id, "figures")}
+    assert {"figures/confusion_matrix.png", "figures/cam_grid_test.png"} <= files
+    ckpts = [f.path for f in client.list_artifacts(r.info.run_id, "checkpoints")]
+    assert "checkpoints/last.pt" in ckpts and any("best_val" in c for c in ckpts)
+    images = [f.path for f in client.list_artifacts(r.info.run_id, "images")]
+    assert any("cam_grid_val" in i for i in images), images
+    state = torch.load(client.download_artifacts(r.info.run_id, "checkpoints/last.pt", str(tmp_path)),
+                       weights_only=True)
+    assert "classifier.weight" in state
+    assert r.inputs.dataset_inputs and r.inputs.dataset_inputs[0].dataset.name == "decoy-digits"
+    model = mlflow.pytorch.load_model(f"runs:/{r.info.run_id}/model")
+    out = model(torch.rand(2, 1, 28, 28))
+    assert out.shape == (2, 10)
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{r.info.run_id}/model")
+    assert pyfunc.metadata.signature is not None
+    assert np.asarray(pyfunc.predict(np.random.rand(1, 1, 28, 28).astype(np.float32))).shape == (1, 10)
+
+
+def test_unreachable_server_is_refused_before_any_run(cli_env, tmp_path):
+    env = dict(cli_env, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}")
+    res = focusml_cli(["train", "--epochs", "1"], env, tmp_path, timeout=120)
+    assert res.returncode == 2
+    assert "cannot reach the MLflow tracking server" in res.stderr and "focusml server" in res.stderr
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--method", "nope"], "unknown method 'nope'"),
+    (["--dataset", "nope"], "unknown dataset 'nope'"),
+    (["--epochs", "0"], "--epochs is 0"),
+    (["--method", "baseline", "--dilate", "1"], "does not apply to method 'baseline'"),
+])
+def test_bad_cli_input_exits_2_and_leaves_no_run(tracking_env, cli_env, tmp_path, args, fragment):
+    res = focusml_cli(["train", "--experiment", "bad-input", *args], cli_env, tmp_path, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert fragment in res.stderr
+    assert runs_of("bad-input") == []
+
+
+def test_folder_errors_leave_no_run(tracking_env, cli_env, tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "ds"
+    for split in ("train", "val", "test"):
+        for cls in ("a", "b"):
+            d = root / "images" / split / cls
+            d.mkdir(parents=True)
+            Image.new("L", (16, 16)).save(d / "x.png")
+            md = root / "masks" / split / cls
+            md.mkdir(parents=True)
+            if not (split == "val" and cls == "b"):
+                Image.new("L", (16, 16)).save(md / "x.png")
+    res = focusml_cli(["train", "--dataset", "folder", "--data-root", str(root), "--experiment", "folder-bad"],
+                      cli_env, tmp_path, timeout=120)
+    assert res.returncode == 2 and "masks/val/b/x.png is missing" in res.stderr, res.stderr
+    (root / "masks" / "val" / "b").mkdir(exist_ok=True)
+    Image.new("L", (16, 16)).save(root / "masks" / "val" / "b" / "x.png")
+    res = focusml_cli(["train", "--method", "upper_bound", "--dataset", "folder", "--data-root", str(root),
+                       "--experiment", "folder-bad"], cli_env, tmp_path, timeout=120)
+    assert res.returncode == 2 and "no clean split" in res.stderr, res.stderr
+    assert runs_of("folder-bad") == []
+
+
+def test_failure_after_start_marks_run_failed(tracking_env):
+    class Boom(Callbacks):
+        def on_epoch_end(self, epoch, metrics, model):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        run(tiny_config(experiment="fails"), callbacks=Boom())
+    (r,) = runs_of("fails")
+    assert r.info.status == "FAILED"
+
+
+def test_runs_are_reproducible_from_their_seed():
+    a = run(tiny_config(seed=5), tracking_enabled=False).metrics
+    b = run(tiny_config(seed=5), tracking_enabled=False).metrics
+    for k in ("acc/test", "wr/test", "cam_in_mask/test"):
+        assert a[k] == b[k]
+
+
+def test_upper_bound_trains_on_clean_split(digits):
+    from focusml.methods import get
+
+    assert get("upper_bound").train_split == "train_clean"
+    assert digits.split("train_clean").masks.sum() == 0
+
+
+def test_mlproject_is_current():
+    from focusml.mlproject import render
+
+    assert (REPO / "MLproject").read_text() == render(), "run `make mlproject` to regenerate MLproject"
+
+
+@pytest.mark.parametrize("entry", ["baseline", "upper_bound"])
+def test_mlflow_run_entry_points(tracking_env, cli_env, entry):
+    mlflow_bin = str(Path(sys.executable).parent / "mlflow")
+    res = subprocess.run([mlflow_bin, "run", str(REPO), "-e", entry, "-P", "epochs=1", "-P", "batch_size=128",
+                          "--env-manager", "local", "--experiment-name", f"mlproject-{entry}"],
+                         env=cli_env, cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (r,) = runs_of(f"mlproject-{entry}")
+    assert r.info.status == "FINISHED"
+    assert r.data.tags["focusml.method"] == entry and "acc/test" in r.data.metrics
