@@ -68,3 +68,28 @@ def cam_in_mask(pos_cams: torch.Tensor, masks: torch.Tensor, eps: float = 1e-12)
     inside = (pos_cams * m).flatten(1).sum(1)
     total = pos_cams.flatten(1).sum(1).clamp_min(eps)
     return float((inside / total)[keep].mean())
+
+
+def grad_cam_from(features: torch.Tensor, logits: torch.Tensor, classes: torch.Tensor,
+                  create_graph: bool = False) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al. 2017) from a forward pass that is still attached to the graph.
+
+    α_k = mean_uv ∂z_c/∂A_k(u,v), map = ReLU(Σ_k α_k A_k) → (N,h,w). Images are independent in the
+    forward (no batch statistics), so one gradient of Σ_i z_{i,c_i} gives every image's own map.
+    `create_graph=True` keeps the map differentiable (for penalties on it).
+    """
+    score = logits.gather(1, classes[:, None].to(logits.device)).sum()
+    grads, = torch.autograd.grad(score, features, create_graph=create_graph)
+    alpha = grads.mean((2, 3), keepdim=True)
+    return F.relu((alpha * features).sum(1))
+
+
+def grad_cam(model, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+    """Grad-CAM of one class per image (default: the predicted class) on the feature grid (N,h,w).
+
+    For a GAP model (focusml's CamNet) it equals ReLU(CAM_c) / (h·w).
+    """
+    with torch.enable_grad():
+        a, logits = model.forward_features(x)
+        c = logits.argmax(1) if classes is None else classes
+        return grad_cam_from(a, logits, c).detach()

@@ -109,6 +109,8 @@ def run(config: RunConfig, *, callbacks: Callbacks | None = None, tracking_enabl
         fingerprint = data.fingerprint
         tracking.log_params({"dataset_fingerprint": fingerprint})
         tracking.log_dataset(data, fingerprint)
+        if method_cls.uses_masks:
+            _log_mask_examples(data, method_cls.train_split, config)
         fitted = _train(model, data, method, config, device, _Tracker(data, device, callbacks), log=tracking.log_artifact)
         metrics, cm, _ = test_metrics(model, data, device)
         metrics.update(_summary(fitted))
@@ -124,6 +126,18 @@ def _train(model, data, method, config, device, callbacks, log) -> FitResult:
                          log_artifact=log or (lambda path, artifact_path: None), progress=callbacks.on_prepare)
     method.prepare(ctx)
     return fit(model, data, method, config, device, callbacks)
+
+
+def _log_mask_examples(data, split_name: str, config: RunConfig) -> None:
+    """The augmented-mask example grid (figures/mask_augmentation.png) of a mask-based run."""
+    from focusml.data.masks import examples
+    from focusml.figures import mask_augment_grid
+
+    split = data.split(split_name)
+    index, augmented = examples(split.masks, config.augment, config.seed)
+    if len(index):
+        tracking.log_figure(mask_augment_grid(split.images[index], split.masks[index], augmented,
+                                              f"mask augmentation: {config.augment}"), "figures/mask_augmentation.png")
 
 
 def _summary(fitted: FitResult) -> dict[str, float]:

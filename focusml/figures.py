@@ -69,3 +69,27 @@ def to_pil(fig):
 
 def close(fig) -> None:
     plt.close(fig)
+
+
+def mask_augment_grid(images: torch.Tensor, masks: torch.Tensor, augmented: list[torch.Tensor],
+                      title: str | None = None):
+    """Rows: the given masks, then each augmented draw, overlaid in red (alpha = mask value)."""
+    rows = [("mask", masks), *((f"draw {i + 1}", a) for i, a in enumerate(augmented))]
+    cols = len(images)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.3 * cols, 1.4 * len(rows)), squeeze=False)
+    for r, (label, ms) in enumerate(rows):
+        for i in range(cols):
+            ax = axes[r, i]
+            ax.axis("off")
+            img = _display(images[i])
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1 if img.max() <= 1 else 255)
+            overlay = np.zeros((*ms[i].shape, 4))
+            overlay[..., 0] = 1.0
+            overlay[..., 3] = 0.6 * ms[i].float().clamp(0, 1).numpy()
+            ax.imshow(overlay)
+            if i == 0:
+                ax.set_title(label, fontsize=7, loc="left")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -111,14 +111,16 @@ def list_methods():
 @click.option("--port", default=5000, show_default=True, type=int)
 @click.option("--backend-store-uri", default=None, help="default: MLFLOW_TRACKING_URI if it is a database URI, else sqlite:///mlflow.db here")
 @click.option("--artifacts-destination", default=None, help="default: ./mlartifacts here")
-def server(host, port, backend_store_uri, artifacts_destination):
+@click.option("--workers", default=1, show_default=True, type=int, help="server worker processes (one is plenty for a local UI)")
+def server(host, port, backend_store_uri, artifacts_destination, workers):
     """Start the MLflow tracking server and UI on focusml's store."""
     env_uri = os.environ.get("MLFLOW_TRACKING_URI", "")
     store = backend_store_uri or (env_uri if env_uri and not env_uri.startswith("http") else tracking.default_uri())
     mlflow_bin = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or shutil.which("mlflow")
     if mlflow_bin is None:
         raise FocusmlError("the `mlflow` command is not installed in this environment: pip install mlflow.")
-    cmd = [mlflow_bin, "server", "--backend-store-uri", store, "--host", host, "--port", str(port)]
+    cmd = [mlflow_bin, "server", "--backend-store-uri", store, "--host", host, "--port", str(port),
+           "--workers", str(workers)]
     if artifacts_destination:
         cmd += ["--artifacts-destination", artifacts_destination]
     click.echo(f"MLflow UI on http://{host}:{port}  (store: {store}); Ctrl-C stops it.", err=True)

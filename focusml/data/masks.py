@@ -62,15 +62,19 @@ def scale(m: torch.Tensor, amount: float, gen: torch.Generator) -> torch.Tensor:
 
 
 def blur(m: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian blur, then rescale each mask so its peak stays 1: a soft mask in [0, 1]."""
+    """Gaussian blur, then rescale each mask so its peak stays 1: a soft mask in [0, 1].
+
+    The image border is padded by replication, so a mask touching the border (a decoy in a
+    corner) is not dimmed there as if the region ended at the frame.
+    """
     if sigma <= 0:
         return m
     radius = max(1, int(math.ceil(3 * sigma)))
     t = torch.arange(-radius, radius + 1, dtype=m.dtype)
     k = torch.exp(-(t**2) / (2 * sigma**2))
     k = k / k.sum()
-    x = F.conv2d(F.pad(m[:, None], (radius, radius, 0, 0)), k.view(1, 1, 1, -1))
-    x = F.conv2d(F.pad(x, (0, 0, radius, radius)), k.view(1, 1, -1, 1))[:, 0]
+    x = F.conv2d(F.pad(m[:, None], (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1))[:, 0]
     peak = x.flatten(1).max(1).values.clamp_min(1e-12).view(-1, 1, 1)
     return (x / peak).clamp(0, 1)
 
@@ -93,3 +97,15 @@ def augment(m: torch.Tensor, index: torch.Tensor, cfg: MaskAugment, gen: torch.G
     m = scale(m, cfg.scale, gen)
     m = jitter(m, cfg.jitter, gen)
     return blur(m, cfg.blur)
+
+
+def examples(masks: torch.Tensor, cfg: MaskAugment, seed: int = 0, n: int = 8, draws: int = 3
+             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Rows of `masks` (uint8 N×H×W) to show, and `draws` augmented versions of them.
+
+    Picks the first `n` annotated rows; each draw uses its own generator (seed + draw), so the
+    figure is reproducible and shows the spread of the augmentation.
+    """
+    index = torch.nonzero(masks.flatten(1).sum(1) > 0).flatten()[:n]
+    m = masks[index].float()
+    return index, [augment(m, index, cfg, torch.Generator().manual_seed(seed + d), seed) for d in range(draws)]

@@ -1,0 +1,44 @@
+"""`focusml compare`: every method against the baseline and upper bound, from the runs in MLflow."""
+
+from __future__ import annotations
+
+import click
+
+from focusml import tracking
+from focusml.cli import cli
+from focusml.cli._common import echo_table
+
+
+@cli.command()
+@click.option("--experiment", default="focusml", show_default=True, help="MLflow experiment whose runs are compared")
+@click.option("--dataset", default="", help="compare one dataset only (default: every dataset, one table each)")
+@click.option("--out", "out_dir", default="comparison", show_default=True, type=click.Path(file_okay=False),
+              help="folder for comparison.md, comparison.csv and comparison.png")
+@click.option("--log/--no-log", default=True, show_default=True,
+              help="log the three files as artifacts of a comparison run in the same experiment")
+@click.option("--children/--no-children", default=False, show_default=True,
+              help="also compare nested runs (e.g. Optuna trials, one row per λ tried)")
+def compare(experiment, dataset, out_dir, log, children):
+    """Compare every method with the baseline and upper bound of the same dataset and seed.
+
+    \b
+    gap closed = (acc − acc_baseline) / (acc_upper − acc_baseline), averaged over the runs
+    that have both references (their count in brackets); empty where a run has none.
+    \b
+    Examples:
+      focusml compare --experiment focusml
+      focusml compare --experiment focusml --dataset decoy-digits --out reports/digits
+      mlflow run . -e compare -P experiment=focusml --env-manager local
+    """
+    from focusml.compare import display_rows, report
+
+    click.echo(f"Comparing the runs of experiment '{experiment}' in {tracking.tracking_uri()}", err=True)
+    table, paths, run_id = report(experiment, dataset or None, out_dir, log=log, include_children=children)
+    for name, group in table.groupby("dataset", sort=False):
+        click.echo(f"\n{name}")
+        echo_table(display_rows(group))
+    click.echo("")
+    for kind, path in paths.items():
+        click.echo(f"{kind}: {path}")
+    if run_id:
+        click.echo(f"comparison run_id: {run_id}")

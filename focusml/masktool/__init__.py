@@ -1,0 +1,14 @@
+"""The mask tool: a local web page to draw irrelevance masks on a folder dataset.
+
+`focusml masks serve DATASET_DIR [--run RUN_ID]` starts `server.make_server` over the dataset;
+the page (static/index.html, static/app.js: plain HTML/JS, no build step) browses images by
+split and class, draws and erases rectangles and brush strokes, applies one rectangle to a whole
+class or split, and, with a run, overlays the model's CAM and turns it into a suggested mask.
+Masks are single-channel PNGs in ROOT/masks/ (non-zero = irrelevant), written atomically;
+`paths.DatasetTree` keeps every read and write inside the dataset root.
+"""
+
+from focusml.masktool.paths import DatasetTree, UnsafePath
+from focusml.masktool.server import CamModel, MaskToolApp, load_cam_model, make_server
+
+__all__ = ["CamModel", "DatasetTree", "MaskToolApp", "UnsafePath", "load_cam_model", "make_server"]
