@@ -10,7 +10,7 @@ import urllib.request
 import torch
 from click.testing import CliRunner
 
-from conftest import free_port, wait_healthy
+from conftest import free_port, stop_group, wait_healthy
 from focusml.cli import cli
 from focusml.data import DataOptions, load
 from focusml.methods import METHODS
@@ -52,9 +52,5 @@ def test_server_binds_loopback_and_answers(tmp_path):
         lines = [l for l in out.splitlines() if f":{port} " in l]
         assert lines and all("127.0.0.1" in l for l in lines), lines
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_group(proc)
     assert (tmp_path / "mlflow.db").exists()

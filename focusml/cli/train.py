@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from dataclasses import fields
 
@@ -125,7 +124,7 @@ def server(host, port, backend_store_uri, artifacts_destination, workers):
         cmd += ["--artifacts-destination", artifacts_destination]
     click.echo(f"MLflow UI on http://{host}:{port}  (store: {store}); Ctrl-C stops it.", err=True)
     click.echo(f"Log runs to it with: export MLFLOW_TRACKING_URI=http://{host}:{port}", err=True)
-    try:
-        sys.exit(subprocess.call(cmd))
-    except KeyboardInterrupt:
-        sys.exit(0)
+    # MLflow's background job runner (GenAI jobs) is not used by focusml: leave it off unless asked for.
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    sys.stderr.flush()
+    os.execv(mlflow_bin, cmd)  # become the server: signals (Ctrl-C, SIGTERM) reach it directly
