@@ -56,6 +56,14 @@ def setup(uri: str | None = None) -> str:
     return uri
 
 
+class StopRun(Exception):
+    """Raised inside `start_run` to end a run early on purpose, not as a failure (e.g. a pruned
+    Optuna trial): the run gets `tags` and ends with `status` instead of FAILED."""
+
+    status = "KILLED"
+    tags: dict[str, str] = {}
+
+
 @contextmanager
 def start_run(experiment: str, run_name: str | None = None, parent_run_id: str | None = None,
               tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
@@ -81,6 +89,11 @@ def start_run(experiment: str, run_name: str | None = None, parent_run_id: str |
         yield run
     except KeyboardInterrupt:
         mlflow.end_run(status="KILLED")
+        raise
+    except StopRun as e:
+        if e.tags:
+            mlflow.set_tags(e.tags)
+        mlflow.end_run(status=e.status)
         raise
     except BaseException:
         mlflow.end_run(status="FAILED")
@@ -171,6 +184,9 @@ def register(run_id: str, name: str, alias: str | None = "champion", artifact: s
     if models:
         logged = client.get_logged_model(models[0].model_id)
         source = logged.model_uri
+    elif not client.list_artifacts(run_id, artifact):
+        raise FocusmlError(f"run {run_id} has no logged model to register (it ran with `log_model: false` / "
+                           "--no-log-model, or was pruned or failed before the end). Pick a run that logged one.")
     mv = mlflow.register_model(source, name)
     if alias:
         client.set_registered_model_alias(name, alias, mv.version)

@@ -1,0 +1,94 @@
+"""`focusml tune` (an Optuna study, every trial an MLflow child run) and `focusml register`."""
+
+from __future__ import annotations
+
+import click
+from tqdm.auto import tqdm
+
+from focusml import tracking
+from focusml.cli import cli
+from focusml.cli._common import echo_table
+
+
+@cli.command()
+@click.argument("study_file", metavar="STUDY.yaml", type=click.Path(dir_okay=False))
+@click.option("--n-trials", type=int, default=None, help="trials to add in this call (default: the file's n_trials)")
+@click.option("--study-name", default=None, help="Optuna study name (default: the file's study_name, else its stem); "
+                                                 "an existing name is resumed")
+@click.option("--storage", default=None, help="Optuna storage: a database URL (sqlite:///optuna.db, postgresql://…) or a "
+                                              "journal file path; default optuna.db here (optuna.journal with --workers > 1)")
+@click.option("--workers", type=int, default=1, show_default=True, help="worker processes on this machine")
+@click.option("--register", default=None, help="register the best trial's model under this name, alias `champion`")
+def tune(study_file, n_trials, study_name, storage, workers, register):
+    """Search a method's λ and mask augmentation with Optuna; every trial is an MLflow child run.
+
+    Objectives are validation metrics only (acc/val, wr/val); test metrics are logged for every
+    trial and never used to choose.
+
+    \b
+    Examples:
+      focusml tune studies/pas.yaml
+      focusml tune studies/pas.yaml --n-trials 5 --study-name pas-a     # resumes pas-a if it exists
+      focusml tune studies/pas.yaml --workers 2                        # 2 processes, optuna.journal
+      focusml tune studies/rrr.yaml --storage postgresql://user:pw@db/optuna --register rrr-digits
+    """
+    import optuna
+
+    from focusml.tune import load_spec, run_study
+
+    spec = load_spec(study_file)
+    n = spec.n_trials if n_trials is None else n_trials
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the bar below replaces Optuna's per-trial lines
+    click.echo(f"Study {study_name or spec.study_name}: {spec.method} on {spec.dataset}, {n} trials, "
+               f"{spec.sampler} sampler, pruner {spec.pruner}, objectives "
+               f"{', '.join(f'{o.metric} ({o.direction})' for o in spec.objectives)} → {tracking.tracking_uri()}", err=True)
+    bar = tqdm(total=n, desc="trials", unit="trial", dynamic_ncols=True)
+
+    def on_trial(t):
+        bar.update(1)
+        shown = "/".join(f"{v:.4g}" for v in t.values) if t.values else ""
+        if t.state != "COMPLETE":
+            shown = f"{t.state.lower()} {shown}".strip()
+        bar.set_postfix_str(f"#{t.number} {shown}")
+
+    try:
+        result = run_study(spec, n_trials=n, study_name=study_name, storage=storage, workers=workers,
+                           register=register or None, on_trial=on_trial)
+    finally:
+        bar.close()
+    click.echo(f"{result.study_name}: {len(result.trials)} trials in the study ({result.new_trials} new, "
+               f"{result.count('COMPLETE')} complete, {result.count('PRUNED')} pruned, {result.count('FAIL')} failed) "
+               f"in {result.wall_s:.0f}s; storage {result.storage}", err=True)
+    front = result.pareto if len(result.objectives) > 1 else ([result.best] if result.best else [])
+    if len(result.objectives) > 1:
+        click.echo("Pareto front (validation metrics):")
+    rows = []
+    for t in front:
+        row = {"trial": t.number, **dict(zip(result.objectives, t.values)), **t.params, "run_id": t.run_id}
+        if result.best and t.number == result.best.number and len(front) > 1:
+            row["trial"] = f"{t.number} (chosen)"
+        rows.append(row)
+    echo_table(rows)
+    if result.skipped:
+        click.echo(f"figures skipped: {', '.join(f'{k} ({v})' for k, v in result.skipped.items())}", err=True)
+    click.echo(f"parent_run_id: {result.parent_run_id}")
+    if result.best:
+        click.echo(f"best_run_id: {result.best.run_id}")
+    if result.registered:
+        click.echo(f"registered: {result.registered}, alias champion")
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--name", required=True, help="registered model name")
+@click.option("--alias", default="champion", show_default=True, help="alias to point at the new version ('' for none)")
+def register(run_id, name, alias):
+    """Register a run's logged model in the MLflow Model Registry and set an alias on it.
+
+    \b
+    Example:
+      focusml register 3f2a… --name pas-digits --alias champion
+    """
+    tracking.setup()
+    version = tracking.register(run_id, name, alias or None)
+    click.echo(f"registered {name} version {version}" + (f", alias {alias}" if alias else ""))
