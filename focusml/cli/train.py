@@ -51,8 +51,11 @@ def run_options(fn):
         opts.append(click.option(f"--{f.name.replace('_', '-')}", type=_TYPES[type(f.default)], default=None,
                                  help=f"mask augmentation: {aug_help[f.name]} (default {f.default})"))
     for p in methods.all_params().values():
+        owners = {n: q for n, c in methods.METHODS.items() for q in c.params if q.name == p.name}
+        text = p.help if len(owners) == 1 else p.help.split(" (")[0]
+        defaults = ", ".join(f"{n} {q.default}" for n, q in owners.items())
         opts.append(click.option(f"--{p.name.replace('_', '-')}", type=_TYPES[p.type], default=None,
-                                 help=f"{p.help} [methods: {', '.join(n for n, c in methods.METHODS.items() if p.name in {q.name for q in c.params})}]"))
+                                 help=f"{text} [default: {defaults}]"))
     opts.append(click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
                              help="YAML file with the same keys; options given here win"))
     for opt in reversed(opts):
