@@ -18,7 +18,10 @@ def sample_indices(labels: torch.Tensor, num_classes: int, per_class: int = 2) -
 
 def _display(img: torch.Tensor) -> np.ndarray:
     arr = img.float().numpy()
-    return arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
+    if arr.shape[0] == 1:
+        return arr[0]
+    arr = arr.transpose(1, 2, 0)  # RGB: matplotlib ignores vmin/vmax, so bring 0..255 to [0, 1]
+    return arr / 255.0 if arr.max() > 1 else arr
 
 
 def cam_grid(images: torch.Tensor, masks: torch.Tensor, cams: torch.Tensor, labels, preds,

@@ -107,7 +107,8 @@ def tiny_config(**kw):
 @pytest.fixture
 def cli_env(tmp_path):
     """Environment for running `focusml` in a subprocess from a scratch directory."""
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")}
     env["PYTHONUNBUFFERED"] = "1"
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"  # as with an activated venv
     return env

@@ -10,19 +10,30 @@ Layout (every path below ROOT; `focusml datasets export NAME DIR` writes an exam
 
 Splits `train`, `val` and `test` are required, `test_confounded` is optional; the classes are the
 sub-folders of `images/train` (sorted), and every split must use only those. Images are
-converted to greyscale when every training image is greyscale, else to RGB. With
-`image_size`, images are resized (bilinear) and masks with them (nearest neighbour); without
-it every image must have the size of the first one.
+converted to greyscale when every training image is greyscale, else to RGB; 16-bit greyscale
+images are scaled to 8 bits (÷257). With `image_size`, images are resized (bilinear) and masks
+with them (nearest neighbour, so a mask stays binary); without it every image must have the
+size of the first one. A mask must always have its own image's size.
+
+Refused, each with the offending path and the fix: a missing split or mask, an empty split, a
+file that is not a readable image (corrupt, truncated, not an image at all), a mask that is not
+single-channel or not its image's size, and anything outside the layout (a file where a folder
+belongs, an unknown split or class folder, a folder inside a class folder, a non-image file,
+two images sharing a name stem and so a mask, a mask without an image, a clean image without
+a counterpart in images/ or the other way round). Hidden entries (names starting with '.',
+e.g. .DS_Store) are ignored everywhere.
 """
 
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from focusml import FocusmlError
 from focusml.data.base import SPLITS, Dataset, Split
@@ -30,10 +41,20 @@ from focusml.data.registry import DataOptions, register
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 REQUIRED_SPLITS = ("train", "val", "test")
+GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+MASK_MODES = {"1", "L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+# What PIL raises for unreadable files: not an image, truncated, bad chunk, bad zlib stream, bomb.
+_READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError,
+                Image.DecompressionBombError)
 
 
 def mask_path(root: Path, split: str, cls: str, image_name: str) -> Path:
     return root / "masks" / split / cls / (Path(image_name).stem + ".png")
+
+
+def _entries(folder: Path) -> list[Path]:
+    """Sorted entries of a folder, hidden ones (.DS_Store, ...) left out."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
 
 
 def _open(path: Path, what: str) -> Image.Image:
@@ -41,106 +62,190 @@ def _open(path: Path, what: str) -> Image.Image:
         img = Image.open(path)
         img.load()
         return img
-    except (UnidentifiedImageError, OSError) as e:
-        raise FocusmlError(f"{what} {path} is not a readable image ({e}). Remove it or replace it with a PNG/JPEG.")
+    except _READ_ERRORS as e:
+        raise FocusmlError(
+            f"folder dataset: {what} {path} is not a readable image ({type(e).__name__}: {e}). "
+            "Remove it or replace it with a valid PNG/JPEG."
+        )
+
+
+def _check_top(root: Path, tree: str) -> None:
+    """ROOT/<tree>/ may hold only split folders."""
+    for p in _entries(root / tree):
+        if not p.is_dir():
+            raise FocusmlError(
+                f"folder dataset: {p} is outside the expected layout: {root / tree}/ holds only split folders "
+                f"({', '.join(SPLITS)}). Move or delete it."
+            )
+        if p.name not in SPLITS:
+            raise FocusmlError(
+                f"folder dataset: {p} is not a split folder; {root / tree}/ may hold only {', '.join(SPLITS)}. "
+                "Rename or remove it."
+            )
 
 
 def _list_images(split_dir: Path, classes: list[str], split: str) -> list[tuple[str, Path]]:
+    """(class, image path) of a split folder, in a fixed order; refuses anything outside the layout."""
     if not split_dir.is_dir():
         raise FocusmlError(f"folder dataset: split folder {split_dir} is missing. Create {split_dir}/<class>/ with images.")
-    found = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
-    stray_files = sorted(p.name for p in split_dir.iterdir() if not p.is_dir())
-    if stray_files:
+    entries = _entries(split_dir)
+    stray = [p for p in entries if not p.is_dir()]
+    if stray:
         raise FocusmlError(
-            f"folder dataset: {split_dir / stray_files[0]} is outside the expected layout: images go in "
+            f"folder dataset: {stray[0]} is outside the expected layout: images go in "
             f"{split_dir}/<class>/<file>. Move or delete it."
         )
-    unknown = [c for c in found if c not in classes]
+    unknown = [p for p in entries if p.name not in classes]
     if unknown:
         raise FocusmlError(
-            f"folder dataset: class folder {split_dir / unknown[0]} is not a class of images/train "
+            f"folder dataset: class folder {unknown[0]} is not a class of images/train "
             f"({', '.join(classes)}). Rename it or add that class to images/train."
         )
     items: list[tuple[str, Path]] = []
     for cls in classes:
         cdir = split_dir / cls
-        files = sorted(cdir.iterdir()) if cdir.is_dir() else []
-        images = []
-        for f in files:
+        stems: dict[str, Path] = {}
+        for f in _entries(cdir) if cdir.is_dir() else []:
             if f.is_dir():
-                raise FocusmlError(f"folder dataset: {f} is a folder inside a class folder; the layout is one level deep. Move its images up.")
+                raise FocusmlError(f"folder dataset: {f} is a folder inside a class folder; the layout is one level "
+                                   "deep. Move its images up.")
             if f.suffix.lower() not in IMAGE_EXTENSIONS:
-                raise FocusmlError(
-                    f"folder dataset: {f} is not an image file (allowed: {', '.join(sorted(IMAGE_EXTENSIONS))}). Remove it."
-                )
-            images.append((cls, f))
-        if not images and split == "train":
-            raise FocusmlError(f"folder dataset: class '{cls}' has no training images in {cdir}. Add images or remove the folder.")
-        items.extend(images)
+                raise FocusmlError(f"folder dataset: {f} is not an image file (allowed: "
+                                   f"{', '.join(sorted(IMAGE_EXTENSIONS))}). Remove it.")
+            if f.stem in stems:
+                raise FocusmlError(f"folder dataset: {stems[f.stem]} and {f} share the name '{f.stem}' and so the mask "
+                                   f"{f.stem}.png. Rename one of them.")
+            stems[f.stem] = f
+            items.append((cls, f))
+        if not stems and split == "train":
+            raise FocusmlError(f"folder dataset: class '{cls}' has no training images in {cdir}. Add images or remove "
+                               "the folder.")
     if not items:
         raise FocusmlError(f"folder dataset: split '{split}' in {split_dir} is empty. Add images to its class folders.")
     return items
 
 
-def _to_array(img: Image.Image, mode: str, size: tuple[int, int] | None, resample) -> np.ndarray:
-    img = img.convert(mode)
-    if size is not None and img.size != size:
-        img = img.resize(size, resample)
+def _is_grey(img: Image.Image) -> bool:
+    if img.mode == "P":
+        pal = np.asarray(img.getpalette() or [], dtype=np.int32).reshape(-1, 3)
+        return bool((pal[:, 0] == pal[:, 1]).all() and (pal[:, 1] == pal[:, 2]).all())
+    return img.mode in GREY_MODES
+
+
+def _eight_bit(img: Image.Image, mode: str) -> Image.Image:
+    """`img` as an 8-bit 'L' or 'RGB' image; 16-bit and float greyscale are scaled, not clipped."""
+    if img.mode.startswith("I") or img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode == "F" and arr.max(initial=0) <= 1.0:
+            arr = arr * 255.0
+        elif arr.max(initial=0) > 255:
+            arr = arr / 257.0
+        img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
+    return img.convert(mode)
+
+
+def _image_array(img: Image.Image, mode: str, size: tuple[int, int]) -> np.ndarray:
+    img = _eight_bit(img, mode)
+    if img.size != size:
+        img = img.resize(size, Image.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
-def _load_mask(path: Path, size: tuple[int, int], resized: bool) -> np.ndarray:
+def _load_mask(path: Path, image_path: Path, image_size: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """The binary mask of an image of `image_size`, taken to `size` by nearest neighbour."""
     if not path.is_file():
         raise FocusmlError(
-            f"folder dataset: mask {path} is missing. Draw it with `focusml masks serve`, or save an all-black "
-            "single-channel PNG of the image's size there to mean 'no annotation'."
+            f"folder dataset: mask {path} is missing (its image: {image_path}). Draw it with `focusml masks serve`, "
+            "or save an all-black single-channel PNG of the image's size there to mean 'no annotation'."
         )
     m = _open(path, "mask")
-    if m.mode not in ("1", "L", "P", "I", "I;16"):
+    if m.mode not in MASK_MODES:
         raise FocusmlError(
             f"folder dataset: mask {path} has {len(m.getbands())} channels ({m.mode}); masks must be single-channel "
             "(greyscale) PNGs. Convert it, e.g. `PIL.Image.open(p).convert('L').save(p)`."
         )
-    if m.size != size and not resized:
+    if m.size != image_size:
         raise FocusmlError(
-            f"folder dataset: mask {path} is {m.size[0]}×{m.size[1]} but its image is {size[0]}×{size[1]}. "
-            "Redraw the mask at the image's size."
+            f"folder dataset: mask {path} is {m.size[0]}×{m.size[1]} but its image {image_path} is "
+            f"{image_size[0]}×{image_size[1]}. Redraw the mask at the image's size."
         )
+    arr = (np.asarray(m) > 0).astype(np.uint8)
     if m.size != size:
-        m = m.resize(size, Image.NEAREST)
-    return (np.asarray(m.convert("L")) > 0).astype(np.uint8)
+        arr = np.asarray(Image.fromarray(arr).resize(size, Image.NEAREST))
+    return arr
 
 
-def _load_split(root: Path, split: str, classes: list[str], mode: str, size, resize: bool, tree: str) -> Split:
-    items = _list_images(root / tree / split, classes, split)
+def _check_orphan_masks(root: Path, split: str, items: list[tuple[str, Path]]) -> None:
+    """Every file in masks/<split>/ must be the mask of an image of that split."""
+    mdir = root / "masks" / split
+    if not mdir.is_dir():
+        return
+    expected = {(cls, p.stem) for cls, p in items}
+    classes = {cls for cls, _ in items}
+    for cdir in _entries(mdir):
+        if not cdir.is_dir():
+            raise FocusmlError(f"folder dataset: {cdir} is outside the expected layout: masks go in "
+                               f"{mdir}/<class>/<name>.png. Move or delete it.")
+        for f in _entries(cdir):
+            if (cdir.name, Path(f.name).stem) not in expected or f.suffix.lower() != ".png" or f.is_dir():
+                hint = "" if cdir.name in classes else " (no such class folder in images/)"
+                raise FocusmlError(
+                    f"folder dataset: {f} is not the mask of any image: expected masks/{split}/<class>/<stem>.png "
+                    f"for an image images/{split}/<class>/<stem>.<ext>{hint}. Rename or delete it."
+                )
+
+
+def _load_split(root: Path, split: str, classes: list[str], mode: str, size: tuple[int, int], resize: bool) -> Split:
+    items = _list_images(root / "images" / split, classes, split)
+    _check_orphan_masks(root, split, items)
     images, masks, labels = [], [], []
     for cls, path in items:
         img = _open(path, "image")
-        if size is None:
-            size = img.size
         if img.size != size and not resize:
             raise FocusmlError(
                 f"folder dataset: image {path} is {img.size[0]}×{img.size[1]}, others are {size[0]}×{size[1]}. "
                 "Pass --image-size N to resize every image (and mask) to N×N."
             )
-        images.append(_to_array(img, mode, size, Image.BILINEAR))
-        if tree == "images":
-            masks.append(_load_mask(mask_path(root, split, cls, path.name), img.size if not resize else size, resize))
-        else:
-            masks.append(np.zeros(size[::-1], dtype=np.uint8))
+        images.append(_image_array(img, mode, size))
+        masks.append(_load_mask(mask_path(root, split, cls, path.name), path, img.size, size))
         labels.append(classes.index(cls))
-    return Split(
-        torch.from_numpy(np.stack(images)),
-        torch.from_numpy(np.stack(masks)),
-        torch.tensor(labels, dtype=torch.int64),
-    )
+    return Split(torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks)),
+                 torch.tensor(labels, dtype=torch.int64))
+
+
+def _load_clean(root: Path, split: str, classes: list[str], reference: list[tuple[str, Path]], mode: str,
+                size: tuple[int, int], resize: bool) -> Split:
+    """The clean twin of `split`: one clean image per image of images/<split>, same class and name stem."""
+    cdir = root / "clean" / split
+    found = {(cls, p.stem): p for cls, p in _list_images(cdir, classes, split)}
+    images = []
+    for cls, path in reference:
+        twin = found.pop((cls, path.stem), None)
+        if twin is None:
+            raise FocusmlError(f"folder dataset: image {path} has no clean twin {cdir / cls / path.stem}.<ext>. "
+                               f"Add it, or remove {cdir} if this split has no clean version.")
+        img = _open(twin, "clean image")
+        if img.size != size and not resize:
+            raise FocusmlError(f"folder dataset: clean image {twin} is {img.size[0]}×{img.size[1]}, others are "
+                               f"{size[0]}×{size[1]}. Pass --image-size N to resize every image to N×N.")
+        images.append(_image_array(img, mode, size))
+    if found:
+        extra = next(iter(found.values()))
+        raise FocusmlError(f"folder dataset: clean image {extra} has no counterpart in images/{split}/ (same class, "
+                           "same name stem). Remove it or add the image.")
+    labels = torch.tensor([classes.index(cls) for cls, _ in reference], dtype=torch.int64)
+    return Split(torch.from_numpy(np.stack(images)), torch.zeros((len(images), size[1], size[0]), dtype=torch.uint8),
+                 labels)
 
 
 def _resolve_root(root: Path | None) -> Path:
     if root is None:
         raise FocusmlError("the folder dataset needs its root: pass --data-root DIR (layout: see `focusml datasets list`).")
     root = Path(root)
+    if not root.is_dir():
+        raise FocusmlError(f"folder dataset: {root} is not a folder. Pass --data-root DIR holding images/, masks/ "
+                           "and optionally clean/.")
     if not (root / "images").is_dir():
         raise FocusmlError(f"folder dataset: {root / 'images'} is missing. Expected layout: ROOT/images/<split>/<class>/<file>.")
     return root
@@ -154,35 +259,33 @@ def _resolve_root(root: Path | None) -> Path:
 )
 def load_folder(options: DataOptions) -> Dataset:
     root = _resolve_root(options.root)
+    for tree in ("images", "masks", "clean"):
+        if (root / tree).is_dir():
+            _check_top(root, tree)
     train_dir = root / "images" / "train"
     if not train_dir.is_dir():
         raise FocusmlError(f"folder dataset: {train_dir} is missing. Put training images in {train_dir}/<class>/.")
-    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    classes = [p.name for p in _entries(train_dir) if p.is_dir()]
     if not classes:
         raise FocusmlError(f"folder dataset: {train_dir} has no class folders. Create {train_dir}/<class>/ for each class.")
-    first = next((f for c in classes for f in sorted((train_dir / c).iterdir()) if f.is_file()), None)
-    if first is None:
-        raise FocusmlError(f"folder dataset: {train_dir} holds no images.")
-    resize = options.image_size is not None
-    size = (options.image_size, options.image_size) if resize else None
-    grey = all(
-        _open(f, "image").mode in ("1", "L", "I", "I;16")
-        for c in classes
-        for f in sorted((train_dir / c).iterdir())[:20]
-        if f.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    train_items = _list_images(train_dir, classes, "train")
+    sample = [p for c in classes for p in [q for k, q in train_items if k == c][:20]]
+    grey = all(_is_grey(_open(p, "image")) for p in sample)
     mode = "L" if grey else "RGB"
-    if size is None:
-        size = _open(first, "image").size
+    resize = options.image_size is not None
+    size = (options.image_size, options.image_size) if resize else _open(train_items[0][1], "image").size
     splits = {}
     for split in SPLITS:
-        if split not in REQUIRED_SPLITS and not (root / "images" / split).is_dir():
-            continue
-        splits[split] = _load_split(root, split, classes, mode, size, resize, "images")
+        if split in REQUIRED_SPLITS or (root / "images" / split).is_dir():
+            splits[split] = _load_split(root, split, classes, mode, size, resize)
     if (root / "clean").is_dir():
-        for split in REQUIRED_SPLITS:
+        for split in SPLITS:
             if (root / "clean" / split).is_dir():
-                splits[f"{split}_clean"] = _load_split(root, split, classes, mode, size, resize, "clean")
+                if split not in REQUIRED_SPLITS:
+                    raise FocusmlError(f"folder dataset: {root / 'clean' / split} has no use: clean images exist for "
+                                       f"{', '.join(REQUIRED_SPLITS)} only. Remove it.")
+                reference = _list_images(root / "images" / split, classes, split)
+                splits[f"{split}_clean"] = _load_clean(root, split, classes, reference, mode, size, resize)
     return Dataset(name="folder", classes=classes, splits=splits, description=__doc__ or "",
                    params={"root": os.fspath(root), "image_size": options.image_size})
 
@@ -193,7 +296,7 @@ def export(dataset: Dataset, out: Path) -> Path:
     for split_name, split in dataset.splits.items():
         tree, split_dir = ("clean", split_name[: -len("_clean")]) if split_name.endswith("_clean") else ("images", split_name)
         for i in range(len(split)):
-            cls = dataset.classes[int(split.labels[i])]
+            cls = dataset.classes[int(split.labels[i])].replace("/", "-").replace("\\", "-")
             name = f"{i:05d}.png"
             img = split.images[i].numpy()
             arr = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
