@@ -1,0 +1,124 @@
+"""A logged MLflow run, loaded back: its info, its trained model and the dataset it trained on.
+
+`load_run_model` loads the run's `checkpoints/last.pt` state dict with `torch.load(weights_only=True)`,
+else the logged MLflow model; `load_run_data` rebuilds the run's dataset from its params.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from focusml import FocusmlError
+from focusml.data import DataOptions, Dataset, load
+
+
+def run_info(run_id: str):
+    """The MLflow run `run_id` (tracking URI from the environment); FocusmlError if unknown."""
+    import mlflow
+
+    from focusml import tracking
+
+    tracking.setup()
+    try:
+        return mlflow.MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException as e:
+        raise FocusmlError(
+            f"run {run_id} not found in {mlflow.get_tracking_uri()} ({e.message.splitlines()[0]}). "
+            "Check the run id (`focusml train` prints it) and MLFLOW_TRACKING_URI."
+        ) from None
+
+
+def _check_cam_model(model, source: str) -> nn.Module:
+    if not all(hasattr(model, a) for a in ("features", "classifier", "forward_features")):
+        raise FocusmlError(f"the model from {source} is not a CAM-capable focusml model (needs .features and .classifier).")
+    return model.cpu().eval()
+
+
+def load_run_model(run_id: str, image_size: int | None = None, prefer: str = "checkpoint") -> nn.Module:
+    """A run's trained model (a CamNet) on the CPU in eval mode.
+
+    `prefer="checkpoint"` loads `checkpoints/last.pt` with `weights_only=True` (no pickled code
+    runs) and, if that fails, the logged MLflow model (`runs:/RUN_ID/model`); `prefer="model"`
+    tries them the other way round. MLflow 3 logs PyTorch models as `torch.export` programs,
+    which keep the weights but not `forward_features`, so either way the network is rebuilt from
+    the run's `model` param and loaded with those weights (`image_size` matters only for vgg11,
+    whose poolings depend on it).
+    """
+    import mlflow
+
+    from focusml.models import build_model
+
+    run = run_info(run_id)
+    params = run.data.params
+    client = mlflow.MlflowClient()
+    errors: list[str] = []
+
+    def rebuild(state: dict, source: str):
+        try:
+            in_ch = state["features.0.weight"].shape[1]
+            n_cls = state["classifier.weight"].shape[0]
+            size = image_size or _param(params, "image_size", int) or 28
+            model = build_model(params.get("model") or "small", in_ch, n_cls, size)
+            model.load_state_dict(state)
+            return model
+        except (KeyError, RuntimeError, FocusmlError) as e:
+            errors.append(f"{source} does not fit model '{params.get('model')}': {str(e).splitlines()[0]}")
+            return None
+
+    def from_checkpoint():
+        names = {a.path for a in client.list_artifacts(run_id, "checkpoints")}
+        if "checkpoints/last.pt" not in names:
+            errors.append("no checkpoints/last.pt")
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/last.pt", dst_path=tmp)
+            state = torch.load(local, map_location="cpu", weights_only=True)
+        return rebuild(state, "checkpoints/last.pt")
+
+    def from_logged_model():
+        saved = list(sys.path)  # the pytorch flavour prepends the logged code folder to sys.path
+        try:
+            logged = mlflow.pytorch.load_model(f"runs:/{run_id}/model", map_location="cpu")
+        except (mlflow.exceptions.MlflowException, OSError) as e:
+            errors.append(f"no logged model ({str(e).splitlines()[0]})")
+            return None
+        finally:
+            sys.path[:] = saved
+        if hasattr(logged, "forward_features"):
+            return logged
+        return rebuild({k: v.detach().cpu() for k, v in logged.state_dict().items()}, "the logged model")
+
+    order = (from_checkpoint, from_logged_model) if prefer == "checkpoint" else (from_logged_model, from_checkpoint)
+    for loader in order:
+        model = loader()
+        if model is not None:
+            return _check_cam_model(model, f"run {run_id}")
+    raise FocusmlError(
+        f"run {run_id} has no usable model ({'; '.join(errors)}). Use a run logged by `focusml train` "
+        "(it logs checkpoints/last.pt, and the MLflow model unless --no-log-model)."
+    )
+
+
+def _param(params: dict, key: str, cast, default=None):
+    value = params.get(key)
+    if value in (None, "", "None"):
+        return default
+    try:
+        return cast(value)
+    except ValueError:
+        raise FocusmlError(f"run param {key}={value!r} is not a valid {cast.__name__}.") from None
+
+
+def load_run_data(params: dict) -> Dataset:
+    """Rebuild the dataset a run trained on from its logged params (dataset, data_seed, data_root, image_size)."""
+    name = params.get("dataset")
+    if not name:
+        raise FocusmlError("the run has no `dataset` param: it was not logged by `focusml train`.")
+    root = _param(params, "data_root", str)
+    return load(name, DataOptions(seed=_param(params, "data_seed", int, 0), root=Path(root) if root else None,
+                                  download=False, image_size=_param(params, "image_size", int)))

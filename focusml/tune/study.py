@@ -1,0 +1,84 @@
+"""Running (or resuming) a study under one MLflow parent run."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import optuna
+
+from focusml import FocusmlError, tracking
+from focusml.config import RunConfig
+from focusml.train import Callbacks
+from focusml.tune.report import log_setup, summarise
+from focusml.tune.results import StudyResult, TrialRecord
+from focusml.tune.spec import StudySpec
+from focusml.tune.storage import DEFAULT_JOURNAL, open_storage
+from focusml.tune.trials import TrialContext, make_objective
+from focusml.tune.workers import run_workers
+
+
+def run_study(spec: StudySpec, *, n_trials: int | None = None, study_name: str | None = None,
+              storage: str | None = None, workers: int = 1, register: str | None = None,
+              on_trial: Callable[[TrialRecord], None] | None = None,
+              trial_callbacks: Callable[[optuna.Trial], Callbacks | None] | None = None) -> StudyResult:
+    """Run (or resume) a study under one MLflow parent run and return its summary.
+
+    `on_trial` is called with every trial that finishes during this call (for progress output);
+    `trial_callbacks(trial)` may give per-trial training callbacks (single process only).
+    """
+    n = spec.n_trials if n_trials is None else n_trials
+    if not isinstance(n, int) or n < 1:
+        raise FocusmlError(f"--n-trials is {n}; it must be ≥ 1.")
+    if not isinstance(workers, int) or workers < 1:
+        raise FocusmlError(f"--workers is {workers}; it must be ≥ 1.")
+    name = study_name or spec.study_name
+    if register and not spec.config({p.name: p.corners()[0] for p in spec.search}).log_model:
+        raise FocusmlError(f"--register {register} needs the trials' models, but {spec.source} sets "
+                           "`log_model: false`; remove it from `fixed`.")
+    uri = tracking.setup()
+    store, shown = open_storage(storage, workers)
+    try:
+        study = optuna.create_study(study_name=name, storage=store, directions=spec.directions, load_if_exists=True,
+                                    sampler=spec.make_sampler(), pruner=spec.make_pruner())
+    except (optuna.exceptions.StorageInternalError, ValueError, OSError) as e:
+        raise FocusmlError(f"cannot open the Optuna storage {shown}: {e}") from None
+    if [d.name.lower() for d in study.directions] != spec.directions:
+        raise FocusmlError(f"study '{name}' in {shown} already exists with directions "
+                           f"{[d.name.lower() for d in study.directions]}, but {spec.source} asks for {spec.directions}: "
+                           "pick another --study-name.")
+    n_before = len(study.trials)
+    for params in spec.enqueue:
+        study.enqueue_trial(params, skip_if_exists=True)
+    if n_before:  # resuming: a fresh sampler seed so random draws do not repeat the earlier ones
+        study.sampler = spec.make_sampler(n_before)
+    start = time.perf_counter()
+    experiment_name = spec.fixed.get("experiment", RunConfig().experiment)
+    tags = {"focusml.kind": "tune", "optuna.study_name": name, "focusml.method": spec.method,
+            "focusml.dataset": spec.dataset}
+    with tracking.start_run(experiment_name, run_name=f"tune-{name}", tags=tags) as parent:
+        os.environ.pop("MLFLOW_RUN_ID", None)  # consumed by the parent; trials must open new runs
+        parent_id = parent.info.run_id
+        import mlflow
+
+        experiment_name = mlflow.get_experiment(parent.info.experiment_id).name  # children next to the parent
+        log_setup(spec, name, shown, n, workers, n_before)
+        ctx = TrialContext(spec, name, parent_id, experiment_name)
+        if workers == 1:
+            report = (lambda s, t: on_trial(TrialRecord.of(t))) if on_trial else None
+            study.optimize(make_objective(ctx, trial_callbacks), n_trials=n, callbacks=[report] if report else None)
+        else:
+            storage_arg = storage or str(Path.cwd() / DEFAULT_JOURNAL)
+            run_workers(ctx, storage_arg, study, n, workers, n_before, uri, on_trial)
+        result = summarise(study, spec, name, shown, parent_id, n_before)
+        result.wall_s = time.perf_counter() - start
+        mlflow.log_metric("time/study_s", result.wall_s)
+        if register:
+            if result.best is None or not result.best.run_id:
+                raise FocusmlError(f"study '{name}' has no completed trial to register.")
+            version = tracking.register(result.best.run_id, register, "champion")
+            result.registered = f"{register} version {version}"
+            mlflow.set_tags({"registered_model": register, "registered_version": version})
+    return result

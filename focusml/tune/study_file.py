@@ -1,0 +1,201 @@
+"""Reading a study file (`studies/*.yaml`): every error names the field, the value and what is allowed."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from focusml import FocusmlError
+from focusml.config import load_yaml
+from focusml.tune.spec import OBJECTIVES, PARAM_TYPES, PRUNERS, SAMPLERS, TOP_KEYS, Objective, SearchParam, StudySpec
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read and validate a study file (YAML)."""
+    data = load_yaml(path)
+    return parse_spec(data, source=str(path), default_name=Path(path).stem)
+
+
+def _fail(source: str, where: str, value: Any, allowed: str) -> FocusmlError:
+    return FocusmlError(f"{source}: {where} is {value!r}; {allowed}.")
+
+
+def _mapping(source: str, where: str, value: Any) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _fail(source, where, value, "it must be a mapping of name: value")
+    return value
+
+
+def _int(source: str, where: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise _fail(source, where, value, f"it must be a whole number ≥ {low}")
+    return value
+
+
+def parse_spec(data: dict[str, Any], source: str = "study", default_name: str = "study") -> StudySpec:
+    """Validate a study mapping; every error names the field, the value and what is allowed."""
+    unknown = [k for k in data if k not in TOP_KEYS]
+    if unknown:
+        raise _fail(source, f"key '{unknown[0]}'", data[unknown[0]], f"allowed top-level keys: {', '.join(TOP_KEYS)}")
+    for key in ("method", "dataset"):
+        if not isinstance(data.get(key), str) or not data[key]:
+            raise _fail(source, key, data.get(key), f"give the {key} name (see `focusml {key}s`)"
+                        if key == "method" else "give a dataset name (see `focusml datasets list`)")
+    fixed = {k.replace("-", "_"): v for k, v in _mapping(source, "fixed", data.get("fixed")).items()}
+    for key in ("method", "dataset"):
+        if key in fixed:
+            raise _fail(source, f"fixed.{key}", fixed[key], f"set `{key}` at the top level of the study file")
+    search = _parse_search(source, _mapping(source, "search", data.get("search")))
+    for p in search:
+        if p.name in fixed:
+            raise _fail(source, f"search.{p.name}", "also in fixed", "a searched option cannot also be fixed")
+    objectives = _parse_objectives(source, data.get("objectives", ["acc/val"]))
+    sampler, sampler_options = _parse_choice(source, "sampler", data.get("sampler", "tpe"), SAMPLERS)
+    pruner, pruner_options = _parse_choice(source, "pruner", data.get("pruner", "none"), PRUNERS)
+    seed = data.get("seed", 0)
+    if seed is not None:
+        seed = _int(source, "seed", seed, 0)
+    if "seed" in sampler_options:
+        raise _fail(source, "sampler.seed", sampler_options["seed"], "put the seed at the top level (`seed:`)")
+    name = data.get("study_name", default_name)
+    if not isinstance(name, str) or not name.strip():
+        raise _fail(source, "study_name", name, "give a non-empty name")
+    enqueue = data.get("enqueue") or []
+    if not isinstance(enqueue, list) or not all(isinstance(e, dict) for e in enqueue):
+        raise _fail(source, "enqueue", enqueue, "it must be a list of {param: value} mappings tried first")
+    names = {p.name for p in search}
+    for i, e in enumerate(enqueue):
+        extra = [k for k in e if k not in names]
+        if extra:
+            raise _fail(source, f"enqueue[{i}].{extra[0]}", e[extra[0]], f"enqueue only searched params: {', '.join(sorted(names))}")
+    spec = StudySpec(source=source, method=data["method"], dataset=data["dataset"], fixed=fixed, search=search,
+                     objectives=objectives, n_trials=_int(source, "n_trials", data.get("n_trials", 20), 1),
+                     sampler=sampler, sampler_options=sampler_options, pruner=pruner, pruner_options=pruner_options,
+                     seed=seed, study_name=name.strip(), enqueue=tuple(enqueue))
+    _check_runs(spec)
+    _check_strategy(spec)
+    return spec
+
+
+def _parse_search(source: str, raw: dict) -> tuple[SearchParam, ...]:
+    if not raw:
+        raise _fail(source, "search", raw, "give at least one searched option, e.g. `lam: {type: float, low: 0.01, high: 100, log: true}`")
+    out = []
+    for name, spec in raw.items():
+        where = f"search.{name}"
+        name = str(name).replace("-", "_")
+        if isinstance(spec, list):
+            spec = {"type": "categorical", "choices": spec}
+        spec = _mapping(source, where, spec)
+        allowed_keys = {"type", "low", "high", "log", "step", "choices"}
+        bad = [k for k in spec if k not in allowed_keys]
+        if bad:
+            raise _fail(source, f"{where}.{bad[0]}", spec[bad[0]], f"allowed keys: {', '.join(sorted(allowed_keys))}")
+        kind = spec.get("type")
+        if kind not in PARAM_TYPES:
+            raise _fail(source, f"{where}.type", kind, f"choose one of {', '.join(PARAM_TYPES)}")
+        if kind == "categorical":
+            choices = spec.get("choices")
+            if not isinstance(choices, list) or not choices or not all(
+                    c is None or isinstance(c, (bool, int, float, str)) for c in choices):
+                raise _fail(source, f"{where}.choices", choices, "give a non-empty list of numbers or strings")
+            extra = [k for k in spec if k not in ("type", "choices")]
+            if extra:
+                raise _fail(source, f"{where}.{extra[0]}", spec[extra[0]], "a categorical option takes only `choices`")
+            out.append(SearchParam(name, kind, choices=tuple(choices)))
+            continue
+        if "choices" in spec:
+            raise _fail(source, f"{where}.choices", spec["choices"], f"`choices` needs `type: categorical`, not {kind}")
+        num = int if kind == "int" else (int, float)
+        low, high, log, step = spec.get("low"), spec.get("high"), spec.get("log", False), spec.get("step")
+        for key, value in (("low", low), ("high", high)):
+            if isinstance(value, bool) or not isinstance(value, num) or not math.isfinite(value):
+                raise _fail(source, f"{where}.{key}", value, f"give a finite {'whole number' if kind == 'int' else 'number'}")
+        if not low < high:
+            raise _fail(source, f"{where}.high", high, f"it must be greater than low ({low})")
+        if not isinstance(log, bool):
+            raise _fail(source, f"{where}.log", log, "true or false")
+        if log and low <= 0:
+            raise _fail(source, f"{where}.low", low, "a log-scaled range needs low > 0")
+        if step is not None:
+            if isinstance(step, bool) or not isinstance(step, num) or step <= 0:
+                raise _fail(source, f"{where}.step", step, f"give a {'whole number' if kind == 'int' else 'number'} > 0")
+            if log:
+                raise _fail(source, f"{where}.step", step, "`step` and `log: true` cannot be combined (Optuna)")
+        out.append(SearchParam(name, kind, float(low) if kind == "float" else low, float(high) if kind == "float" else high,
+                               log, step))
+    return tuple(out)
+
+
+def _parse_objectives(source: str, raw: Any) -> tuple[Objective, ...]:
+    if isinstance(raw, (str, dict)):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        raise _fail(source, "objectives", raw, f"give a list of metrics among {', '.join(OBJECTIVES)}")
+    out = []
+    for i, item in enumerate(raw):
+        where = f"objectives[{i}]"
+        if isinstance(item, str):
+            item = {"metric": item}
+        item = _mapping(source, where, item)
+        bad = [k for k in item if k not in ("metric", "direction")]
+        if bad:
+            raise _fail(source, f"{where}.{bad[0]}", item[bad[0]], "allowed keys: metric, direction")
+        metric = item.get("metric")
+        if metric not in OBJECTIVES:
+            leak = " (choosing on a test split leaks the test set into the choice)" if "test" in str(metric) else ""
+            raise _fail(source, f"{where}.metric", metric, f"choose a validation metric: {', '.join(OBJECTIVES)}{leak}")
+        direction = item.get("direction", OBJECTIVES[metric])
+        if direction != OBJECTIVES[metric]:
+            raise _fail(source, f"{where}.direction", direction, f"{metric} is only sensibly {OBJECTIVES[metric]}d")
+        if metric in [o.metric for o in out]:
+            raise _fail(source, f"{where}.metric", metric, "each metric may appear once")
+        out.append(Objective(metric, direction))
+    return tuple(out)
+
+
+def _parse_choice(source: str, key: str, raw: Any, known: dict) -> tuple[str, dict]:
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    raw = dict(_mapping(source, key, raw))
+    name = raw.pop("name", None)
+    if name not in known:
+        raise _fail(source, f"{key}.name" if raw else key, name, f"choose one of {', '.join(known)}")
+    return name, raw
+
+
+def _check_runs(spec: StudySpec) -> None:
+    """The fixed options, and every edge value of the space, must make a valid run (field named if not)."""
+    try:
+        spec.config({})
+    except FocusmlError as e:
+        raise FocusmlError(f"{spec.source}: fixed options do not make a valid run: {e}") from None
+    for p in spec.search:
+        for value in p.corners():
+            try:
+                spec.config({p.name: value})
+            except FocusmlError as e:
+                raise FocusmlError(f"{spec.source}: search.{p.name} value {value!r} does not make a valid run: {e}") from None
+    base = {p.name: p.corners()[0] for p in spec.search}
+    try:
+        spec.config(base)
+    except FocusmlError as e:
+        raise FocusmlError(f"{spec.source}: search values {base} together do not make a valid run: {e}") from None
+
+
+def _check_strategy(spec: StudySpec) -> None:
+    if spec.multi and spec.pruner != "none":
+        raise _fail(spec.source, "pruner", spec.pruner,
+                    f"Optuna prunes single-objective studies only and this one has {len(spec.objectives)} objectives: use `pruner: none`")
+    if spec.sampler == "grid":
+        for p in spec.search:
+            if p.grid_values() is None:
+                raise _fail(spec.source, f"search.{p.name}", "a continuous float range",
+                            "the grid sampler needs a finite set: give `step`, or `type: categorical` with `choices`")
+    if spec.sampler == "cmaes" and spec.multi:
+        raise _fail(spec.source, "sampler", spec.sampler, "CMA-ES is single-objective: use tpe, nsga2 or random")
+    spec.make_sampler()
+    spec.make_pruner()

@@ -1,0 +1,86 @@
+"""One trial: a `focusml train` run as an MLflow child run that reports its objective to Optuna."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import optuna
+
+from focusml import tracking
+from focusml.train import Callbacks
+from focusml.tune.spec import StudySpec
+
+
+class TrialPruned(optuna.TrialPruned, tracking.StopRun):
+    """Stops a pruned trial: Optuna records it PRUNED, its MLflow run ends KILLED, tagged pruned."""
+
+    status = "KILLED"
+    tags = {"optuna.pruned": "true"}
+
+
+class TrialCallbacks(Callbacks):
+    """Reports the per-epoch objective to the trial (single-objective) and prunes on request."""
+
+    def __init__(self, trial: optuna.Trial, spec: StudySpec, inner: Callbacks | None = None):
+        self.trial, self.spec, self.inner = trial, spec, inner or Callbacks()
+
+    def on_prepare(self, desc, step, steps):
+        self.inner.on_prepare(desc, step, steps)
+
+    def on_batch_end(self, epoch, step, steps, loss):
+        self.inner.on_batch_end(epoch, step, steps, loss)
+
+    def on_epoch_end(self, epoch, metrics, model):
+        import mlflow
+
+        self.inner.on_epoch_end(epoch, metrics, model)
+        run = mlflow.active_run()
+        if run is not None and "mlflow_run_id" not in self.trial.user_attrs:
+            self.trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        if self.spec.multi:
+            return  # Optuna cannot prune multi-objective studies
+        value = metrics[self.spec.objectives[0].metric]
+        if math.isfinite(value):
+            self.trial.report(value, step=epoch)
+        if self.trial.should_prune():
+            raise TrialPruned(f"trial {self.trial.number} pruned after epoch {epoch} "
+                              f"({self.spec.objectives[0].metric} = {value:.4g})")
+
+
+def objective_values(history: list[dict[str, float]], spec: StudySpec) -> list[float]:
+    """The final epoch's validation metrics, one per objective (never a test metric)."""
+    final = history[-1]
+    return [float(final[o.metric]) for o in spec.objectives]
+
+
+@dataclass
+class TrialContext:
+    """What a trial needs, picklable for worker processes."""
+
+    spec: StudySpec
+    study_name: str
+    parent_run_id: str
+    experiment: str
+
+
+def make_objective(ctx: TrialContext, inner_factory: Callable[[optuna.Trial], Callbacks | None] | None = None):
+    from focusml import experiment
+
+    def objective(trial: optuna.Trial):
+        params = {p.name: p.suggest(trial) for p in ctx.spec.search}
+        config = ctx.spec.config(params, experiment=ctx.experiment,
+                                 run_name=f"{ctx.study_name}-trial-{trial.number}")
+        trial.set_user_attr("worker_pid", os.getpid())
+        inner = inner_factory(trial) if inner_factory else None
+        result = experiment.run(config, callbacks=TrialCallbacks(trial, ctx.spec, inner),
+                                parent_run_id=ctx.parent_run_id,
+                                tags={"optuna.study_name": ctx.study_name, "optuna.trial_number": str(trial.number),
+                                      "focusml.tune.parent": ctx.parent_run_id})
+        trial.set_user_attr("mlflow_run_id", result.run_id)
+        values = objective_values(result.history, ctx.spec)
+        return values if ctx.spec.multi else values[0]
+
+    return objective
