@@ -24,9 +24,12 @@ def class_cam(model, x: torch.Tensor, classes: torch.Tensor | None = None):
     return torch.einsum("nk,nkhw->nhw", w, a), logits
 
 
-def mask_to_grid(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(N,H,W) masks → (N,h,w) by adaptive max pooling."""
-    return F.adaptive_max_pool2d(masks[:, None].float(), size)[:, 0]
+def mask_to_grid(masks: torch.Tensor, size: tuple[int, int], dilate_cells: int = 0) -> torch.Tensor:
+    """(N,H,W) masks → (N,h,w) by adaptive max pooling, optionally grown by `dilate_cells` cells."""
+    grid = F.adaptive_max_pool2d(masks[:, None].float(), size)
+    if dilate_cells > 0:
+        grid = F.max_pool2d(grid, 2 * dilate_cells + 1, stride=1, padding=dilate_cells)
+    return grid[:, 0]
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -164,3 +164,21 @@ def test_loss_training_changes_the_model_and_logs_the_penalty(name, baseline_sta
     assert diff > 1e-3
     h = result.history[0]
     assert h["loss/penalty"] > 0 and abs(h["loss/train"] - h["loss/ce"] - h["loss/penalty"]) < 1e-4
+
+
+def test_grid_dilate_grows_the_grid_mask_by_whole_cells_only():
+    from focusml.cam import mask_to_grid
+
+    m = torch.zeros(1, 28, 28)
+    m[0, :4, :4] = 1  # the decoy: exactly cell (0, 0) of the 7×7 grid
+    assert mask_to_grid(m, (7, 7)).sum() == 1
+    grown = mask_to_grid(m, (7, 7), 1)
+    assert grown.sum() == 4 and grown[0, :2, :2].sum() == 4
+    feats = torch.rand(1, 3, 7, 7, requires_grad=True)
+    weight = torch.rand(10, 3)
+    pas_term(feats, weight, torch.tensor([2]), m, grid_dilate=1).backward()
+    touched = feats.grad.abs().sum(1)[0] > 0
+    assert torch.equal(touched, grown[0] > 0)
+    # PASA with and without dilation differ only through the extra cells
+    logits = torch.rand(1, 10)
+    assert pasa_term(feats, weight, logits, m, grid_dilate=1) > pasa_term(feats, weight, logits, m)

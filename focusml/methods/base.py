@@ -64,6 +64,17 @@ def lam_param(default: float, scale_note: str) -> Param:
     return Param("lam", float, default, f"penalty weight λ ≥ 0 ({scale_note})", low=0.0)
 
 
+def grid_dilate_param(default: int = 1) -> Param:
+    """Grow m↓ by N feature-grid cells (0 = METHODS.md's m↓ exactly).
+
+    A cell next to the mask sees the masked pixels through its receptive field, so a shortcut
+    silenced in its own cell moves to the neighbours; one cell closes that door.
+    """
+    return Param("grid_dilate", int, default,
+                 "grow the mask on the feature grid by N cells (0 = exact m↓); neighbours of the mask see it "
+                 "through their receptive field", low=0, high=8)
+
+
 def p_param(default: float = 0.5) -> Param:
     return Param("p", float, default, "probability per image of applying the replacement, in [0, 1]", low=0.0, high=1.0)
 
