@@ -10,7 +10,7 @@ images without the tag. Colour carries only the shortcut: the symbol and backgro
 
 Why these settings: the symbol is small and its grey level varies, so learning the shape
 takes the small CNN a few epochs, while one colour channel of the tag separates the classes
-at once, and a baseline trained on the confounded data leans on the tag (see docs/datasets.md
+at once, and a baseline trained on the confounded data leans on the tag (see README
 for the measured gap).
 """
 

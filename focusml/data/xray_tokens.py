@@ -17,7 +17,7 @@ same images without it.
 Why these settings: a bright plate reads as "opacity" to a model that never saw tokens (the
 upper bound's test accuracy fell to ~0.6), and a stronger haze is learnt from the 2% of
 counter-examples by the baseline too; a dark plate with a mid-grey letter and a haze of 30–45
-grey levels keep both effects small (docs/datasets.md has the numbers). The soft tissue is kept
+grey levels keep both effects small (README has the numbers). The soft tissue is kept
 dim: with a bright body the small CNN at lr 3e-3 often never left chance on this task.
 """
 

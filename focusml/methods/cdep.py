@@ -13,7 +13,7 @@ both parts (about twice a forward) with its own backward.
 ≈C/2 (≈5 on the 10-class built-in datasets) while CE is ≈ln C (≈2.3): already of the order of
 CE, so no rescaling is applied (λ=1 is the raw penalty). Default λ = 10: the best of
 {0.1, 1, 10, 100} on decoy-digits by `acc/test` of a selection seed (100) not among the reported
-seeds (docs/peers.md). The network drives this share to ≈0 within a few epochs at every λ tried
+seeds (README). The network drives this share to ≈0 within a few epochs at every λ tried
 while still using the decoy (wr/test stays 30–50), which is why CDEP closes only part of the gap.
 """
 

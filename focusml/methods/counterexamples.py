@@ -9,7 +9,7 @@ same mask and index −1. Noise comes from the loop's generator, so runs are rep
 
 No λ: the strength is the number of copies (batches grow by the masked share × copies). The
 default is METHODS.md's one copy; `copies=3` scored higher on the selection seed but lower on the
-reported seeds and costs twice as much per epoch (docs/peers.md).
+reported seeds and costs twice as much per epoch (README).
 """
 
 from __future__ import annotations

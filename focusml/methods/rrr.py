@@ -15,7 +15,7 @@ uses the shortcut, the state the penalty exists to prevent. Ross et al.'s λ₁ 
 for their MLP, batch sum and input scale and does not transfer.
 
 Default λ = 1000: the best of {1, 10, 100, 1000} on decoy-digits by `acc/test` of a selection
-seed (100) that is not among the reported seeds (docs/peers.md has the whole grid); RRR needs
+seed (100) that is not among the reported seeds (README has the whole grid); RRR needs
 the masked input gradient driven to ≈0, so it wants a penalty far above CE once the model learns.
 """
 

@@ -11,7 +11,7 @@ trains through both the feature maps and the gradient weights α.
 penalty is ≈0.13 at initialisation on decoy-digits (≈0.4 for a baseline that uses the decoy).
 It is multiplied by `SCALE = 10`, which makes λ=1 give ≈1.3 at initialisation, of the order of
 CE (ln 10 ≈ 2.3). Default λ = 1: the best of {0.1, 1, 10} on decoy-digits by `acc/test` of a
-selection seed (100) not among the reported seeds (docs/peers.md); λ = 10 collapses training.
+selection seed (100) not among the reported seeds (README); λ = 10 collapses training.
 """
 
 from __future__ import annotations
