@@ -30,7 +30,7 @@ def cam_grid(images: torch.Tensor, masks: torch.Tensor, cams: torch.Tensor, labe
     n = len(images)
     cols = min(cols, n)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 2.0 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i in range(n):
