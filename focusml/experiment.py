@@ -105,9 +105,8 @@ def run(config: RunConfig, *, callbacks: Callbacks | None = None, tracking_enabl
                 "focusml.dataset": config.dataset, **(tags or {})}
     with tracking.start_run(config.experiment, config.run_name or f"{config.method}-{config.dataset}-s{config.seed}",
                             parent_run_id=parent_run_id, tags=run_tags) as active:
-        tracking.log_params(config.to_params())
         fingerprint = data.fingerprint
-        tracking.log_params({"dataset_fingerprint": fingerprint})
+        tracking.log_params({**config.to_params(), "dataset_fingerprint": fingerprint})
         tracking.log_dataset(data, fingerprint)
         if method_cls.uses_masks:
             _log_mask_examples(data, method_cls.train_split, config)

@@ -96,9 +96,22 @@ def test_shipped_studies_are_valid_and_tuned_alike():
     for s in specs.values():
         assert all(o.metric.endswith("/val") for o in s.objectives)
         assert {"dilate", "jitter", "blur"} <= {p.name for p in s.search}
+    # Tuned the same way: same procedure and augmentation space; λ on a log scale around each
+    # method's own default (the λ scales differ), and trial 0 is the method's defaults.
     same = lambda s: (s.fixed, s.objectives, s.sampler, s.sampler_options, s.pruner, s.pruner_options, s.n_trials,  # noqa: E731
-                      [(p.name, p.type, p.low, p.high, p.log) for p in s.search])
+                      [(p.name, p.type, p.low, p.high, p.log) for p in s.search if p.name != "lam"])
     assert same(specs["pas"]) == same(specs["pasa"]) == same(specs["rrr"])
+    from focusml.methods import get
+
+    for s in specs.values():
+        defaults = {p.name: p.default for p in get(s.method).params}
+        first = s.enqueue[0]
+        for name, value in first.items():
+            if name in defaults:
+                assert value == defaults[name], (s.method, name)
+        lam = [p for p in s.search if p.name == "lam"]
+        if lam:
+            assert lam[0].log and lam[0].low <= defaults["lam"] <= lam[0].high
 
 
 def test_storage_choice(tmp_path, monkeypatch):
