@@ -156,6 +156,24 @@ def glyph(letter: str) -> np.ndarray:
     return np.array([[ch == "#" for ch in row] for row in GLYPHS[letter]], dtype=bool)
 
 
+def paste_corner(rng: np.random.Generator, image: np.ndarray, patch) -> tuple[np.ndarray, np.ndarray]:
+    """Paste a square `patch` (k×k, or a per-channel value broadcast over it) in a random corner.
+
+    `image` is H×W or C×H×W; `patch` is a k×k array or a pair (value, k). Returns a copy of the
+    image and the H×W uint8 mask that is 1 exactly on the patch.
+    """
+    value, k = patch if isinstance(patch, tuple) else (patch, patch.shape[-1])
+    size = image.shape[-1]
+    corner = int(rng.integers(0, 4))
+    r0 = 0 if corner in (0, 1) else size - k
+    c0 = 0 if corner in (0, 2) else size - k
+    out = image.copy()
+    out[..., r0 : r0 + k, c0 : c0 + k] = value
+    mask = np.zeros(image.shape[-2:], np.uint8)
+    mask[r0 : r0 + k, c0 : c0 + k] = 1
+    return out, mask
+
+
 def to_uint8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 

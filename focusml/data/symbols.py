@@ -74,14 +74,7 @@ def render(rng: np.random.Generator, label: int) -> np.ndarray:
 
 def add_tag(rng: np.random.Generator, image: np.ndarray, cls: int) -> tuple[np.ndarray, np.ndarray]:
     """Paint the 4×4 tag of colour COLOURS[cls] in a random corner; return (image, mask)."""
-    corner = int(rng.integers(0, 4))
-    r0 = 0 if corner in (0, 1) else SIZE - TAG
-    c0 = 0 if corner in (0, 2) else SIZE - TAG
-    out = image.copy()
-    out[:, r0 : r0 + TAG, c0 : c0 + TAG] = COLOURS[cls][:, None, None]
-    mask = np.zeros((SIZE, SIZE), np.uint8)
-    mask[r0 : r0 + TAG, c0 : c0 + TAG] = 1
-    return out, mask
+    return draw.paste_corner(rng, image, (COLOURS[cls][:, None, None], TAG))
 
 
 @register(

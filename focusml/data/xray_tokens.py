@@ -72,16 +72,9 @@ def render(rng: np.random.Generator, label: int) -> np.ndarray:
 
 def add_token(rng: np.random.Generator, image: np.ndarray, cls: int) -> tuple[np.ndarray, np.ndarray]:
     """Paint the 7×7 token of hospital LETTERS[cls] in a random corner; return (image, mask)."""
-    corner = int(rng.integers(0, 4))
-    r0 = 0 if corner in (0, 1) else SIZE - TOKEN
-    c0 = 0 if corner in (0, 2) else SIZE - TOKEN
     plate = np.full((TOKEN, TOKEN), PLATE[0])
     plate[1:6, 1:6][draw.glyph(LETTERS[cls])] = PLATE[1]
-    out = image.copy()
-    out[r0 : r0 + TOKEN, c0 : c0 + TOKEN] = plate
-    mask = np.zeros((SIZE, SIZE), np.uint8)
-    mask[r0 : r0 + TOKEN, c0 : c0 + TOKEN] = 1
-    return out, mask
+    return draw.paste_corner(rng, image, plate)
 
 
 @register(
