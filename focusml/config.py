@@ -13,35 +13,12 @@ from typing import Any
 
 import yaml
 
-from focusml import FocusmlError
+from focusml import FocusmlError, methods
+from focusml.data import DATASETS
+from focusml.data.masks import MaskAugment
+from focusml.models import MODELS
 
-
-@dataclass
-class MaskAugment:
-    """Mask augmentation of METHODS.md, applied per batch to the masks of mask-based methods."""
-
-    dilate: int = 0  # pixels, ≥ 0
-    jitter: int = 0  # max random shift in pixels, ≥ 0
-    scale: float = 0.0  # random scale factor in [1 − scale, 1 + scale], 0 ≤ scale < 1
-    blur: float = 0.0  # Gaussian sigma in pixels; > 0 gives a soft mask in [0, 1]
-    keep_fraction: float = 1.0  # share of training images whose mask is kept, in [0, 1]
-
-    def validate(self) -> "MaskAugment":
-        checks = [
-            ("dilate", self.dilate, self.dilate >= 0, "≥ 0 pixels"),
-            ("jitter", self.jitter, self.jitter >= 0, "≥ 0 pixels"),
-            ("scale", self.scale, 0 <= self.scale < 1, "in [0, 1): masks are scaled by a factor in [1−scale, 1+scale]"),
-            ("blur", self.blur, self.blur >= 0, "a Gaussian sigma ≥ 0"),
-            ("keep-fraction", self.keep_fraction, 0 <= self.keep_fraction <= 1, "a share in [0, 1]"),
-        ]
-        for name, value, ok, want in checks:
-            if isinstance(value, float) and math.isnan(value) or not ok:
-                raise FocusmlError(f"--{name} is {value}; it must be {want}.")
-        return self
-
-    @property
-    def active(self) -> bool:
-        return self != MaskAugment()
+__all__ = ["MaskAugment", "RunConfig", "load_yaml"]  # MaskAugment lives in data.masks, beside what it drives
 
 
 @dataclass
@@ -67,10 +44,6 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         """Check every field; fill in the method's defaults. Raises FocusmlError."""
-        from focusml import methods
-        from focusml.data import DATASETS
-        from focusml.models import MODELS
-
         cls = methods.get(self.method)
         if self.dataset not in DATASETS:
             raise FocusmlError(f"unknown dataset '{self.dataset}'. Known datasets: {', '.join(sorted(DATASETS))}.")
@@ -105,11 +78,9 @@ class RunConfig:
     @classmethod
     def from_flat(cls, values: dict[str, Any]) -> "RunConfig":
         """Build from flat keys (YAML file or CLI); None values mean 'not given'."""
-        from focusml.methods import all_params
-
         own = {f.name for f in fields(cls)} - {"augment", "method_params"}
         aug_keys = {f.name for f in fields(MaskAugment)}
-        method_keys = set(all_params())
+        method_keys = set(methods.all_params())
         run, aug, mparams = {}, {}, {}
         for key, value in values.items():
             key = key.replace("-", "_")

@@ -13,8 +13,8 @@ tensors (and the fingerprint) are identical on every machine.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
+from focusml.data import draw
 from focusml.data.base import Dataset, Split
 from focusml.data.registry import DataOptions, register
 
@@ -24,23 +24,9 @@ PATCH = 4
 N_TRAIN, N_VAL = 1000, 250  # the remaining 547 digits form the test splits
 
 
-def _upscale_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """Row-stochastic bilinear interpolation matrix (align_corners=False semantics)."""
-    r = np.zeros((n_out, n_in))
-    for i in range(n_out):
-        src = (i + 0.5) * n_in / n_out - 0.5
-        src = min(max(src, 0.0), n_in - 1.0)
-        lo = int(np.floor(src))
-        hi = min(lo + 1, n_in - 1)
-        w = src - lo
-        r[i, lo] += 1 - w
-        r[i, hi] += w
-    return r
-
-
 def render_digits(raw: np.ndarray) -> np.ndarray:
     """(N, 8, 8) values 0..16 → (N, 28, 28) uint8, digit centred in a 20×20 box."""
-    r = _upscale_matrix(8, BOX)
+    r = draw.upscale_matrix(8, BOX)
     up = np.einsum("ij,njk,lk->nil", r, raw / 16.0, r)
     out = np.zeros((len(raw), SIZE, SIZE), dtype=np.uint8)
     off = (SIZE - BOX) // 2
@@ -50,23 +36,13 @@ def render_digits(raw: np.ndarray) -> np.ndarray:
 
 def add_decoys(images: np.ndarray, shade_class: np.ndarray, rng: np.random.Generator):
     """Paint a 4×4 patch of shade 255−25·c in a random corner; return (images, masks)."""
-    imgs = images.copy()
-    masks = np.zeros_like(images, dtype=np.uint8)
+    # All corners in one vectorised draw: one call per image would consume the generator
+    # differently and change every dataset's bytes (their fingerprints are pinned).
     corners = rng.integers(0, 4, size=len(images))
-    for i, (c, k) in enumerate(zip(shade_class, corners)):
-        r0 = 0 if k in (0, 1) else SIZE - PATCH
-        c0 = 0 if k in (0, 2) else SIZE - PATCH
-        imgs[i, r0 : r0 + PATCH, c0 : c0 + PATCH] = 255 - 25 * int(c)
-        masks[i, r0 : r0 + PATCH, c0 : c0 + PATCH] = 1
-    return imgs, masks
-
-
-def _split(images: np.ndarray, masks: np.ndarray, labels: np.ndarray) -> Split:
-    return Split(
-        torch.from_numpy(images[:, None].copy()),
-        torch.from_numpy(masks.copy()),
-        torch.from_numpy(labels.astype(np.int64)),
-    )
+    if not len(images):
+        return images.copy(), np.zeros_like(images, dtype=np.uint8)
+    pairs = [draw.paste_at(img, (255 - 25 * int(c), PATCH), int(k)) for img, c, k in zip(images, shade_class, corners)]
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
 @register(
@@ -75,6 +51,8 @@ def _split(images: np.ndarray, masks: np.ndarray, labels: np.ndarray) -> Split:
     shortcut="4×4 patch in a random corner, shade 255−25·label in train/val, random class in test",
 )
 def load_decoy_digits(options: DataOptions) -> Dataset:
+    # Imported only when this dataset is built: scikit-learn takes seconds to import, and the mask
+    # tool and `focusml datasets` import `focusml.data` without needing it.
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -92,10 +70,10 @@ def load_decoy_digits(options: DataOptions) -> Dataset:
         y = labels[idx]
         shade = rng.integers(0, 10, size=len(idx)) if name == "test" else y
         imgs, masks = add_decoys(clean[idx], shade, rng)
-        splits[name] = _split(imgs, masks, y)
-        splits[f"{name}_clean"] = _split(clean[idx], np.zeros_like(masks), y)
+        splits[name] = draw.make_split(imgs, masks, y)
+        splits[f"{name}_clean"] = draw.make_split(clean[idx], np.zeros_like(masks), y)
     imgs, masks = add_decoys(clean[parts["test"]], labels[parts["test"]], rng)
-    splits["test_confounded"] = _split(imgs, masks, labels[parts["test"]])
+    splits["test_confounded"] = draw.make_split(imgs, masks, labels[parts["test"]])
     return Dataset(
         name="decoy-digits",
         classes=[str(i) for i in range(10)],

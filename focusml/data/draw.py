@@ -156,15 +156,15 @@ def glyph(letter: str) -> np.ndarray:
     return np.array([[ch == "#" for ch in row] for row in GLYPHS[letter]], dtype=bool)
 
 
-def paste_corner(rng: np.random.Generator, image: np.ndarray, patch) -> tuple[np.ndarray, np.ndarray]:
-    """Paste a square `patch` (k×k, or a per-channel value broadcast over it) in a random corner.
+def paste_at(image: np.ndarray, patch, corner: int) -> tuple[np.ndarray, np.ndarray]:
+    """Paste a square `patch` (k×k, or a per-channel value broadcast over it) in `corner`.
 
-    `image` is H×W or C×H×W; `patch` is a k×k array or a pair (value, k). Returns a copy of the
-    image and the H×W uint8 mask that is 1 exactly on the patch.
+    Corners: 0 top left, 1 top right, 2 bottom left, 3 bottom right. `image` is H×W or C×H×W;
+    `patch` is a k×k array or a pair (value, k). Returns a copy of the image and the H×W uint8
+    mask that is 1 exactly on the patch.
     """
     value, k = patch if isinstance(patch, tuple) else (patch, patch.shape[-1])
     size = image.shape[-1]
-    corner = int(rng.integers(0, 4))
     r0 = 0 if corner in (0, 1) else size - k
     c0 = 0 if corner in (0, 2) else size - k
     out = image.copy()
@@ -172,6 +172,11 @@ def paste_corner(rng: np.random.Generator, image: np.ndarray, patch) -> tuple[np
     mask = np.zeros(image.shape[-2:], np.uint8)
     mask[r0 : r0 + k, c0 : c0 + k] = 1
     return out, mask
+
+
+def paste_corner(rng: np.random.Generator, image: np.ndarray, patch) -> tuple[np.ndarray, np.ndarray]:
+    """`paste_at` a corner drawn uniformly from `rng` (one draw per call)."""
+    return paste_at(image, patch, int(rng.integers(0, 4)))
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:

@@ -9,11 +9,40 @@ mask is fixed by (seed, image index), emulating a user who annotated only part o
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from focusml.config import MaskAugment
+from focusml import FocusmlError
+
+
+@dataclass
+class MaskAugment:
+    """Mask augmentation of METHODS.md, applied per batch to the masks of mask-based methods."""
+
+    dilate: int = 0  # pixels, ≥ 0
+    jitter: int = 0  # max random shift in pixels, ≥ 0
+    scale: float = 0.0  # random scale factor in [1 − scale, 1 + scale], 0 ≤ scale < 1
+    blur: float = 0.0  # Gaussian sigma in pixels; > 0 gives a soft mask in [0, 1]
+    keep_fraction: float = 1.0  # share of training images whose mask is kept, in [0, 1]
+
+    def validate(self) -> "MaskAugment":
+        checks = [
+            ("dilate", self.dilate, self.dilate >= 0, "≥ 0 pixels"),
+            ("jitter", self.jitter, self.jitter >= 0, "≥ 0 pixels"),
+            ("scale", self.scale, 0 <= self.scale < 1, "in [0, 1): masks are scaled by a factor in [1−scale, 1+scale]"),
+            ("blur", self.blur, self.blur >= 0, "a Gaussian sigma ≥ 0"),
+            ("keep-fraction", self.keep_fraction, 0 <= self.keep_fraction <= 1, "a share in [0, 1]"),
+        ]
+        for name, value, ok, want in checks:
+            if isinstance(value, float) and math.isnan(value) or not ok:
+                raise FocusmlError(f"--{name} is {value}; it must be {want}.")
+        return self
+
+    @property
+    def active(self) -> bool:
+        return self != MaskAugment()
 
 
 def dilate(m: torch.Tensor, pixels: int) -> torch.Tensor:

@@ -43,9 +43,10 @@ def register(name: str, description: str, shortcut: str, builtin: bool = True):
 
 
 def load(name: str, options: DataOptions | None = None) -> Dataset:
-    """Load dataset `name`; raise FocusmlError naming the known datasets for an unknown one."""
-    import focusml.data  # noqa: F401  (registers every loader)
+    """Load dataset `name`; raise FocusmlError naming the known datasets for an unknown one.
 
+    Every loader is registered by then: importing this module runs `focusml.data/__init__`,
+    which imports each loader module."""
     if name not in DATASETS:
         raise FocusmlError(
             f"unknown dataset '{name}'. Known datasets: {', '.join(sorted(DATASETS))} "

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from focusml import FocusmlError
+from focusml.cache import cache_dir
 from focusml.data.base import Dataset, Split
 from focusml.data.decoy_digits import add_decoys
 from focusml.data.draw import make_split
@@ -36,7 +37,7 @@ FASHION_CLASSES = ["T-shirt-top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
 
 
 def default_root() -> Path:
-    return Path(os.environ.get("FOCUSML_CACHE", Path.home() / ".cache" / "focusml")) / "torchvision"
+    return cache_dir() / "torchvision"
 
 
 def _read(cls, root: Path, download: bool, name: str):
@@ -99,7 +100,7 @@ def _load(options: DataOptions, name: str, cls, classes: list[str]) -> Dataset:
     builtin=False,
 )
 def load_decoy_mnist(options: DataOptions) -> Dataset:
-    from torchvision.datasets import MNIST
+    from torchvision.datasets import MNIST  # only when used: torchvision's datasets are slow to import
 
     return _load(options, "decoy-mnist", MNIST, [str(i) for i in range(10)])
 
@@ -111,6 +112,6 @@ def load_decoy_mnist(options: DataOptions) -> Dataset:
     builtin=False,
 )
 def load_decoy_fashion(options: DataOptions) -> Dataset:
-    from torchvision.datasets import FashionMNIST
+    from torchvision.datasets import FashionMNIST  # only when used (slow to import)
 
     return _load(options, "decoy-fashion", FashionMNIST, FASHION_CLASSES)
