@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from focusml import FocusmlError, inpainter
+from focusml import FocusmlError
+from focusml.methods.generative import inpainter
 from focusml.methods import Batch, PrepareContext, get
 from focusml.models import small_cnn
 from focusml.train import layer_hooks

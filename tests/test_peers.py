@@ -11,7 +11,7 @@ from torch import nn
 
 from focusml import FocusmlError
 from focusml.cam import class_cam, grad_cam, mask_to_grid, minmax
-from focusml.decomposition import decompose, propagate
+from focusml.methods.cdep.decomposition import decompose, propagate
 from focusml.methods import Batch, get
 from focusml.models import CamNet, small_cnn, vgg_cam
 from focusml.train import train_step

@@ -3,16 +3,16 @@ inpainting model's output `G(x⊙(1−m), m)` (METHODS.md).
 
 `x' = x·(1 − m) + G(x⊙(1−m), m)·m`: pixels outside the mask never change. `prepare` loads the
 built-in inpainter from the cache (keyed by the dataset fingerprint) or trains it on the
-training images with holes that avoid the irrelevance masks (`focusml.inpainter`), and logs the
+training images with holes that avoid the irrelevance masks (`inpainter.py` beside this module), and logs the
 weights as the run artifact `inpainter/`. `--inpainter module:callable` uses the user's own
-instead (contract in `focusml.inpainter`).
+instead (contract in its docstring).
 """
 
 from __future__ import annotations
 
 import torch
 
-from focusml import inpainter
+from focusml.methods.generative import inpainter
 from focusml.methods.base import Batch, Method, Param, PrepareContext, p_param
 from focusml.methods.random_crop import choose
 

@@ -2,7 +2,7 @@
 ICML 2020, "Interpretations are useful: penalizing explanations to align neural networks with
 prior knowledge").
 
-The logits are split by contextual decomposition (`focusml.decomposition`) into `rel`, the
+The logits are split by contextual decomposition (`decomposition.py` beside this module) into `rel`, the
 evidence carried by the pixels under the mask, and `irrel`, the rest (rel + irrel = logits).
 Penalty (METHODS.md): `mean_i Σ_c softmax([rel_ic, irrel_ic])[0]` over images with a non-empty
 mask (unmasked images add zero): the share of each class score attributed to the masked region,
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from focusml.decomposition import decompose
+from focusml.methods.cdep.decomposition import decompose
 from focusml.methods.base import Batch, Method, lam_param
 
 
