@@ -6,9 +6,8 @@ Markdown table of acc/test, acc/test_clean, wr/test and cam_in_mask/test (mean �
 plus the shortcut gap (upper − baseline acc/test). With `--cam-dir`, writes the final test CAM
 grid of each method's first seed there (`DATASET-METHOD.png`).
 
-A run here is `focusml.experiment.run(RunConfig(...), tracking_enabled=False)` without
-importing MLflow (so it also runs on a machine that has only PyTorch): validate → load →
-build → prepare → fit → test metrics.
+A run here is the core `focusml.run.run(RunConfig(...))`, which imports no MLflow (so this also
+runs on a machine that has only PyTorch): validate → load → build → prepare → fit → test metrics.
 
 `--set MODULE.NAME=JSON` overrides a generator constant before loading, for tuning, e.g.
 `--set xray_tokens.FOLLOW=0.97 --set sketches.SKETCH_INK=[120,180]`.
@@ -22,21 +21,27 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
-import os
-import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+import pandas as pd
+import torch
+
+from focusml.analysis.summary import fmt_mean_std, markdown_table, mean_std
+from focusml.callbacks import Callbacks
+from focusml.config import RunConfig
+from focusml.figures import close, sample_indices, split_cam_grid
+from focusml.run import run
 
 DATASETS = ("decoy-digits", "symbols", "xray-tokens", "sketches")
 METHODS = ("baseline", "upper_bound", "pas")
 
 
 def apply_overrides(overrides: dict[str, object]) -> None:
-    import importlib
-
     for key, value in overrides.items():
         module, _, name = key.partition(".")
         mod = importlib.import_module(f"focusml.data.{module}")
@@ -45,47 +50,33 @@ def apply_overrides(overrides: dict[str, object]) -> None:
         setattr(mod, name, tuple(value) if isinstance(value, list) else value)
 
 
+class _KeepContext(Callbacks):
+    """Keeps the run's context (its data and device) for what this script reports after the run."""
+
+    ctx = None
+
+    def on_run_end(self, ctx, result):
+        self.ctx = ctx
+
+
 def one_run(job: dict) -> dict:
     """Train and evaluate one (dataset, method, seed); returns its metrics (and CAM grid path)."""
-    import torch
-
     torch.set_num_threads(1)
     apply_overrides(job["overrides"])
-    from focusml import methods
-    from focusml.config import RunConfig
-    from focusml.data import DataOptions, Split, load
-    from focusml.evaluate import predict, test_metrics
-    from focusml.methods import PrepareContext
-    from focusml.models import build_model
-    from focusml.train import fit, resolve_device
-
     start = time.perf_counter()
     config = RunConfig(method=job["method"], dataset=job["dataset"], seed=job["seed"], epochs=job["epochs"],
-                       device=job["device"], log_model=False).validate()
-    method_cls = methods.get(config.method)
-    data = load(config.dataset, DataOptions(seed=config.data_seed))
-    method = method_cls(config.method_params)
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    c, h, w = data.image_shape
-    model = build_model(config.model, c, data.num_classes, max(h, w)).to(device)
-    cache = Path(os.environ.get("FOCUSML_CACHE", Path.home() / ".cache" / "focusml"))
-    method.prepare(PrepareContext(data=data, config=config, model=model, cache_dir=cache, device=device,
-                                  log_artifact=lambda path, artifact_path: None, progress=lambda *a: None))
-    fitted = fit(model, data, method, config, device)
-    metrics, _, _ = test_metrics(model, data, device)
-    out = {**{k: job[k] for k in ("dataset", "method", "seed")}, **metrics,
-           "acc/val_last": fitted.history[-1]["acc/val"], "seconds": time.perf_counter() - start,
+                       device=job["device"], log_model=False)
+    keep = _KeepContext()
+    result = run(config, keep)
+    data, device = keep.ctx.data, keep.ctx.device
+    out = {**{k: job[k] for k in ("dataset", "method", "seed")}, **result.metrics,
+           "acc/val_last": result.history[-1]["acc/val"], "seconds": time.perf_counter() - start,
            "device": str(device), "fingerprint": data.fingerprint}
     if job.get("cam_dir"):
-        from focusml.figures import cam_grid, close, sample_indices
-
         test = data.split("test")
         idx = sample_indices(test.labels, data.num_classes, per_class=5)
-        sub = Split(test.images[idx], test.masks[idx], test.labels[idx])
-        p = predict(model, sub, device)
-        fig = cam_grid(sub.images, sub.masks, p.pos_cams, p.labels, p.preds, data.classes, cols=10,
-                       title=f"{config.method} on {config.dataset}, seed {config.seed} (test: shortcut broken)")
+        fig = split_cam_grid(result.model, data, "test", idx, device, cols=10,
+                             title=f"{config.method} on {config.dataset}, seed {config.seed} (test: shortcut broken)")
         path = Path(job["cam_dir"]) / f"{config.dataset}-{config.method}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=80)
@@ -94,29 +85,29 @@ def one_run(job: dict) -> dict:
     return out
 
 
-def summarise(rows: list[dict]) -> str:
-    def ms(values):
-        values = [v for v in values if v == v]
-        if not values:
-            return "—"
-        sd = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+METRICS = ["acc/test", "acc/test_clean", "wr/test", "cam_in_mask/test"]
 
-    lines = ["| dataset | method | acc/test | acc/test_clean | wr/test | cam_in_mask/test | seeds |",
-             "|---|---|---|---|---|---|---|"]
+
+def summarise(rows: list[dict]) -> str:
+    """Mean ± std over seeds per dataset and method, then the shortcut gap (upper − baseline acc/test)."""
+    runs = pd.DataFrame(rows)
+    runs["method"] = pd.Categorical(runs["method"], [m for m in METHODS if m in set(runs["method"])]
+                                    + sorted(set(runs["method"]) - set(METHODS)))
+    runs["dataset"] = pd.Categorical(runs["dataset"], list(dict.fromkeys(runs["dataset"])))
+    runs = runs.sort_values(["dataset", "method"], kind="stable")
+    stats = mean_std(runs, ["dataset", "method"], METRICS).fillna({f"{m} std": 0.0 for m in METRICS})
+    stats = stats[stats["n"] > 0]
+    cells = pd.DataFrame({"dataset": stats.index.get_level_values(0).astype(str),
+                          "method": stats.index.get_level_values(1).astype(str)})
+    for m in METRICS:
+        cells[m] = [fmt_mean_std(a, b) or "—" for a, b in zip(stats[f"{m} mean"], stats[f"{m} std"])]
+    cells["seeds"] = stats["n"].astype(str).to_numpy()
     gaps = []
-    for ds in dict.fromkeys(r["dataset"] for r in rows):
-        by = {m: [r for r in rows if r["dataset"] == ds and r["method"] == m] for m in METHODS}
-        for m, rs in by.items():
-            if rs:
-                lines.append(f"| {ds} | {m} | {ms([r['acc/test'] for r in rs])} | "
-                             f"{ms([r['acc/test_clean'] for r in rs])} | {ms([r['wr/test'] for r in rs])} | "
-                             f"{ms([r['cam_in_mask/test'] for r in rs])} | {len(rs)} |")
-        if by["baseline"] and by["upper_bound"]:
-            base = statistics.mean(r["acc/test"] for r in by["baseline"])
-            up = statistics.mean(r["acc/test"] for r in by["upper_bound"])
-            gaps.append(f"{ds}: upper − baseline acc/test = {100 * (up - base):.1f} points")
-    return "\n".join(lines + [""] + gaps)
+    acc = stats["acc/test mean"]
+    for ds in runs["dataset"].cat.categories:
+        if (ds, "baseline") in acc.index and (ds, "upper_bound") in acc.index:
+            gaps.append(f"{ds}: upper − baseline acc/test = {100 * (acc[ds, 'upper_bound'] - acc[ds, 'baseline']):.1f} points")
+    return "\n".join([markdown_table(cells), "", *gaps])
 
 
 def main(argv=None) -> None:

@@ -23,12 +23,27 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
 import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import fields
 from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from focusml.analysis.summary import fmt_mean_std, gap_closed, markdown_table, mean_std
+from focusml.cache import cache_dir
+from focusml.config import MaskAugment, RunConfig
+from focusml.methods import METHODS, Batch
+from focusml.methods.generative import Generative, inpainter
+from focusml.models import build_model
+from focusml.run import load_data, run
+from focusml.train import resolve_device
 
 REFERENCES = ("baseline", "upper_bound")
 TARGETS = {"loss": 0.9, "replacement": 0.5}  # gap closed, per family (issue 3)
@@ -47,10 +62,6 @@ def parse_sets(items: list[str]) -> dict[str, dict[str, str]]:
 
 
 def parse_augment(items: list[str]) -> dict:
-    from dataclasses import fields
-
-    from focusml.config import MaskAugment
-
     kinds = {f.name: type(f.default) for f in fields(MaskAugment)}
     out = {}
     for item in items:
@@ -64,20 +75,13 @@ def parse_augment(items: list[str]) -> dict:
 
 
 def one_run(job: tuple) -> dict:
-    """Train one (method, seed) with tracking disabled; return the numbers the table needs."""
-    import torch
-
+    """Train one (method, seed) with the core run (no tracking); return the numbers the table needs."""
     torch.set_num_threads(1)
-    from focusml.config import RunConfig
-    from focusml.experiment import run
-
-    from focusml.config import MaskAugment
-
     method, seed, epochs, dataset, device, params, augment = job
     config = RunConfig(method=method, dataset=dataset, seed=seed, epochs=epochs, device=device,
                        log_model=False, method_params=dict(params), augment=MaskAugment(**dict(augment)))
     start = time.perf_counter()
-    result = run(config, tracking_enabled=False)
+    result = run(config)
     times = [h["time/epoch_s"] for h in result.history]
     return {"method": method, "seed": seed, "acc": result.metrics["acc/test"], "wr": result.metrics["wr/test"],
             "acc_confounded": result.metrics.get("acc/test_confounded", float("nan")),
@@ -88,85 +92,60 @@ def warm_caches(methods: list[str], dataset: str, device: str) -> None:
     """Train what `prepare` would train once (the generative inpainter) before workers start."""
     if "generative" not in methods:
         return
-    import torch
-
-    from focusml import inpainter
-    from focusml.config import RunConfig
-    from focusml.experiment import cache_dir, load_data
-    from focusml.methods.generative import Generative
-
     data = load_data(RunConfig(dataset=dataset))
-    inpainter.load_or_train(data, Generative.train_split, cache_dir(), torch.device("cpu" if device == "auto" else device),
-                            Generative.settings)
+    inpainter.load_or_train(data, Generative.train_split, cache_dir(), resolve_device(device), Generative.settings)
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def summarise(results: list[dict], methods: list[str], families: dict[str, str]) -> pd.DataFrame:
+    """One row per method: acc/test and gap closed as mean ± std over seeds, each seed paired with its
+    own baseline and upper bound (`focusml.analysis.summary.gap_closed`), and time per epoch ÷ baseline."""
+    runs = pd.DataFrame(results)
+    ref = {m: runs[runs["method"] == m].set_index("seed") for m in REFERENCES}
+    runs["gap"] = gap_closed(runs["acc"], runs["seed"].map(ref["baseline"]["acc"]),
+                             runs["seed"].map(ref["upper_bound"]["acc"]))
+    runs["time"] = runs["epoch_s"] / runs["seed"].map(ref["baseline"]["epoch_s"])
+    stats = mean_std(runs, "method", ["acc", "gap"]).fillna({"acc std": 0.0, "gap std": 0.0})
+    means = runs.groupby("method", sort=False).agg(acc_confounded=("acc_confounded", "mean"), wr=("wr", "mean"),
+                                                   time=("time", "mean"), epoch_s=("epoch_s", "mean"))
+    table = stats.join(means).reindex([m for m in methods if m in set(runs["method"])])
+    table.insert(0, "family", [families[m] for m in table.index])
+    return table
 
 
-def summarise(results: list[dict], methods: list[str], families: dict[str, str]) -> list[dict]:
-    by = {(r["method"], r["seed"]): r for r in results}
-    seeds = sorted({r["seed"] for r in results})
-    rows = []
-    for m in methods:
-        runs = [by[(m, s)] for s in seeds if (m, s) in by]
-        if not runs:
-            continue
-        gaps, ratios = [], []
-        for r in runs:
-            base, upper = by.get(("baseline", r["seed"])), by.get(("upper_bound", r["seed"]))
-            if base and upper and upper["acc"] != base["acc"]:
-                gaps.append((r["acc"] - base["acc"]) / (upper["acc"] - base["acc"]))
-            if base:
-                ratios.append(r["epoch_s"] / base["epoch_s"])
-        acc_m, acc_s = mean_std([r["acc"] for r in runs])
-        gap = mean_std(gaps) if gaps else (float("nan"), float("nan"))
-        rows.append({"method": m, "family": families[m], "acc": (acc_m, acc_s),
-                     "acc_confounded": statistics.fmean(r["acc_confounded"] for r in runs),
-                     "wr": statistics.fmean(r["wr"] for r in runs), "gap": gap,
-                     "time": statistics.fmean(ratios) if ratios else float("nan"),
-                     "epoch_s": statistics.fmean(r["epoch_s"] for r in runs), "n": len(runs)})
-    return rows
+def markdown(table: pd.DataFrame) -> str:
+    cells = pd.DataFrame({
+        "method": table.index,
+        "family": table["family"],
+        "acc/test (mean ± std)": [fmt_mean_std(m, s) for m, s in zip(table["acc mean"], table["acc std"])],
+        "acc/test_confounded": table["acc_confounded"].map("{:.3f}".format),
+        "wr/test": table["wr"].map("{:.1f}".format),
+        "gap closed (mean ± std)": ["—" if m in REFERENCES else fmt_mean_std(g, s, digits=0, scale=100, unit="%")
+                                    for m, g, s in zip(table.index, table["gap mean"], table["gap std"])],
+        "s/epoch ÷ baseline": table["time"].map("{:.2f}×".format),
+    })
+    return markdown_table(cells)
 
 
-def markdown(rows: list[dict]) -> str:
-    lines = ["| method | family | acc/test (mean ± std) | acc/test_confounded | wr/test | gap closed (mean ± std) "
-             "| s/epoch ÷ baseline |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        gap = "—" if r["method"] in REFERENCES else f"{100 * r['gap'][0]:.0f}% ± {100 * r['gap'][1]:.0f}%"
-        lines.append(f"| {r['method']} | {r['family']} | {r['acc'][0]:.3f} ± {r['acc'][1]:.3f} | "
-                     f"{r['acc_confounded']:.3f} | {r['wr']:.1f} | {gap} | {r['time']:.2f}× |")
-    return "\n".join(lines)
-
-
-def verdicts(rows: list[dict]) -> list[str]:
+def verdicts(table: pd.DataFrame) -> list[str]:
     out = []
-    for r in rows:
-        want = TARGETS.get(r["family"]) if r["method"] in ("pas", "pasa") or r["family"] == "replacement" else None
+    for method, r in table.iterrows():
+        want = TARGETS.get(r["family"]) if method in ("pas", "pasa") or r["family"] == "replacement" else None
         if want is not None:
-            ok = r["gap"][0] >= want
-            out.append(f"{r['method']}: gap closed {100 * r['gap'][0]:.0f}% (target ≥ {100 * want:.0f}%) "
+            ok = r["gap mean"] >= want
+            out.append(f"{method}: gap closed {100 * r['gap mean']:.0f}% (target ≥ {100 * want:.0f}%) "
                        f"{'met' if ok else 'MISSED'}")
-        if r["method"] in TIME_TARGET:
-            ok = r["time"] <= TIME_TARGET[r["method"]]
-            out.append(f"{r['method']}: {r['time']:.2f}× baseline time per epoch (target ≤ "
-                       f"{TIME_TARGET[r['method']]}×) {'met' if ok else 'MISSED'}")
+        if method in TIME_TARGET:
+            ok = r["time"] <= TIME_TARGET[method]
+            out.append(f"{method}: {r['time']:.2f}× baseline time per epoch (target ≤ "
+                       f"{TIME_TARGET[method]}×) {'met' if ok else 'MISSED'}")
     return out
 
 
 def init_scale(dataset: str, n: int = 256, seeds: int = 5) -> str:
     """λ=1 penalty of every λ-method at initialisation next to CE, on `n` training images."""
-    import torch
-    import torch.nn.functional as F
-
-    from focusml.config import RunConfig
-    from focusml.experiment import load_data
-    from focusml.methods import METHODS, Batch
-    from focusml.models import build_model
-
     data = load_data(RunConfig(dataset=dataset))
     x, m, y = data.split("train").batch(torch.arange(min(n, len(data.split("train")))))
-    lines = ["| method | λ=1 penalty at init (mean over seeds) | CE at init |", "|---|---|---|"]
+    rows = []
     for name, cls in METHODS.items():
         if "lam" not in {p.name for p in cls.params}:
             continue
@@ -181,21 +160,20 @@ def init_scale(dataset: str, n: int = 256, seeds: int = 5) -> str:
             pen = method.penalty(model, Batch(xin, m, y, torch.arange(len(y))), feats, logits)
             pens.append(float(pen.detach()) if pen is not None else 0.0)
             ces.append(float(F.cross_entropy(logits, y).detach()))
-        lines.append(f"| {name} | {statistics.fmean(pens):.3f} (range {min(pens):.3f}–{max(pens):.3f}) | "
-                     f"{statistics.fmean(ces):.3f} |")
-    return "\n".join(lines)
+        rows.append({"method": name,
+                     "λ=1 penalty at init (mean over seeds)": f"{statistics.fmean(pens):.3f} "
+                                                              f"(range {min(pens):.3f}–{max(pens):.3f})",
+                     "CE at init": f"{statistics.fmean(ces):.3f}"})
+    return markdown_table(rows)
 
 
 def main(argv=None) -> int:
-    from focusml.config import RunConfig
-    from focusml.methods import METHODS
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", default="3", help="number of seeds (0..N−1) or a comma list (default 3)")
     ap.add_argument("--epochs", type=int, default=RunConfig().epochs, help="epochs per run (default: RunConfig's)")
     ap.add_argument("--methods", default="", help="comma list (default: every registered method)")
     ap.add_argument("--dataset", default="decoy-digits")
-    ap.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda[:N] or auto (cuda when available)")
     ap.add_argument("--jobs", type=int, default=1, help="parallel single-threaded worker processes (default 1)")
     ap.add_argument("--set", action="append", default=[], metavar="METHOD.PARAM=VALUE",
                     help="override a method option, e.g. pas.lam=0.3 (repeatable)")
@@ -223,8 +201,6 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     results = []
     if args.jobs > 1:
-        import multiprocessing as mp
-
         with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
             for r in pool.map(one_run, jobs):
                 results.append(r)
@@ -236,15 +212,15 @@ def main(argv=None) -> int:
             results.append(r)
             print(f"  {r['method']:<18} seed {r['seed']}: acc/test {r['acc']:.3f}  {r['epoch_s']:.2f} s/epoch",
                   file=sys.stderr, flush=True)
-    rows = summarise(results, methods, {m: METHODS[m].family for m in methods})
+    summary = summarise(results, methods, {m: METHODS[m].family for m in methods})
     options = "; ".join(f"{m}: " + ", ".join(f"{k}={v}" for k, v in METHODS[m]({k: v for k, v in sets.get(m, {}).items()}).options.items())
                         for m in methods if METHODS[m].params)
     header = (f"{args.dataset}, {len(seeds)} seeds ({', '.join(map(str, seeds))}), {args.epochs} epochs, "
               f"lr {RunConfig().lr}, batch {RunConfig().batch_size}, device {args.device}, jobs {args.jobs}; "
               f"{time.perf_counter() - start:.0f} s in all\n\noptions: {options}\n"
               f"mask augmentation: {', '.join(f'{k}={v}' for k, v in augment.items()) or 'none (defaults)'}\n")
-    table = markdown(rows)
-    text = header + "\n" + table + "\n\n" + "\n".join(f"- {v}" for v in verdicts(rows)) + "\n"
+    table = markdown(summary)
+    text = header + "\n" + table + "\n\n" + "\n".join(f"- {v}" for v in verdicts(summary)) + "\n"
     print(text)
     if args.out:
         Path(args.out).write_text(text)

@@ -8,6 +8,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
+
+from focusml.data import Dataset, Split  # noqa: E402
+from focusml.evaluate import predict  # noqa: E402
 
 
 def sample_indices(labels: torch.Tensor, num_classes: int, per_class: int = 2) -> torch.Tensor:
@@ -49,9 +54,43 @@ def cam_grid(images: torch.Tensor, masks: torch.Tensor, cams: torch.Tensor, labe
     return fig
 
 
-def confusion_figure(cm: np.ndarray, classes: list[str], title: str = "confusion matrix (test)"):
-    from sklearn.metrics import ConfusionMatrixDisplay
+def sample_grid(data: Dataset, split_name: str = "train", per_class: int = 4, title: str | None = None):
+    """A matplotlib figure: `per_class` images of each class from a split, one row per class
+    (named on the left), each image with its mask outlined in cyan."""
+    split = data.split(split_name)
+    index = sample_indices(split.labels, data.num_classes, per_class)
+    rows, cols = data.num_classes, per_class
+    fig, axes = plt.subplots(rows, cols, figsize=(1.15 * cols + 0.9, 1.15 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for k, i in enumerate(index.tolist()):
+        y = int(split.labels[i])
+        col = (split.labels[index[:k]] == y).sum().item()
+        ax = axes[y, col]
+        img = split.images[i].numpy()
+        if img.shape[0] == 1:
+            ax.imshow(img[0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        else:
+            ax.imshow(img.transpose(1, 2, 0), interpolation="nearest")
+        mask = split.masks[i].numpy()
+        if mask.any():
+            ax.contour(mask, levels=[0.5], colors="cyan", linewidths=0.8)
+        if col == 0:
+            ax.text(-0.08, 0.5, data.classes[y], transform=ax.transAxes, ha="right", va="center", fontsize=8)
+    fig.suptitle(title or f"{data.name}: {split_name}", fontsize=9)
+    fig.tight_layout()
+    return fig
 
+
+def split_cam_grid(model, data: Dataset, split_name: str, index: torch.Tensor, device, title: str, cols: int = 10):
+    """`cam_grid` of rows `index` of a split, with the model's predictions and positive CAMs."""
+    split = data.split(split_name)
+    sub = Split(split.images[index], split.masks[index], split.labels[index])
+    p = predict(model, sub, device)
+    return cam_grid(sub.images, sub.masks, p.pos_cams, p.labels, p.preds, data.classes, cols=cols, title=title)
+
+
+def confusion_figure(cm: np.ndarray, classes: list[str], title: str = "confusion matrix (test)"):
     size = max(4.0, 0.45 * len(classes) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     ConfusionMatrixDisplay(cm, display_labels=classes).plot(ax=ax, colorbar=False, cmap="Blues")
@@ -62,8 +101,6 @@ def confusion_figure(cm: np.ndarray, classes: list[str], title: str = "confusion
 
 def to_pil(fig):
     """Render a figure to a PIL image (for mlflow.log_image step series) and close it."""
-    from PIL import Image
-
     fig.canvas.draw()
     img = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
     plt.close(fig)

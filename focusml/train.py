@@ -14,22 +14,14 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from focusml.callbacks import Callbacks
 from focusml.config import RunConfig
 from focusml.data import Dataset
 from focusml.data.masks import augment
 from focusml.evaluate import validation_metrics
 from focusml.methods import Batch, Method
 
-
-class Callbacks:
-    """Override what you need; `on_epoch_end` may raise (e.g. optuna.TrialPruned) to stop."""
-
-    def on_prepare(self, desc: str, step: int, steps: int) -> None:
-        """Progress of a method's `prepare` (e.g. inpainter training)."""
-
-    def on_batch_end(self, epoch: int, step: int, steps: int, loss: float) -> None: ...
-
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float], model) -> None: ...
+__all__ = ["Callbacks", "FitResult", "fit", "layer_hooks", "resolve_device", "train_step"]
 
 
 @dataclass

@@ -1,4 +1,15 @@
-"""Shared fixtures: a real `mlflow server` (SQLite backend, free loopback port) and tiny configs."""
+"""Shared fixtures: a real `mlflow server` (SQLite backend, free loopback port), tiny configs, and
+the helpers tests use to start and stop processes. Tests get them as fixtures (never `from conftest
+import ...`).
+
+Markers (`make test-fast` deselects all three):
+- `server`: starts or talks to a real `mlflow server`; set automatically on every test that uses
+  the `mlflow_server` fixture (directly or through `tracking_env`), and by hand on tests that start
+  a server themselves;
+- `slow`: trains models for whole epochs or runs the `focusml` CLI in a subprocess; set
+  automatically on tests that use `cli_env`, by hand on the others;
+- `browser`: drives headless Chromium.
+"""
 
 from __future__ import annotations
 
@@ -15,13 +26,21 @@ import pytest
 VENV_BIN = Path(sys.executable).parent
 
 
-def free_port() -> int:
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "mlflow_server" in item.fixturenames:
+            item.add_marker(pytest.mark.server)
+        if "cli_env" in item.fixturenames:
+            item.add_marker(pytest.mark.slow)
+
+
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -35,7 +54,7 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> No
     raise RuntimeError(f"mlflow server at {url} did not become healthy in {timeout}s")
 
 
-def stop_group(proc: subprocess.Popen) -> None:
+def _stop_group(proc: subprocess.Popen) -> None:
     """Stop a process started with start_new_session=True and everything it spawned."""
     import signal
 
@@ -55,7 +74,7 @@ def stop_group(proc: subprocess.Popen) -> None:
 def mlflow_server(tmp_path_factory):
     """A real MLflow tracking server over HTTP; yields its URL."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
+    port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(root / "server.log", "w")
     proc = subprocess.Popen(
@@ -66,10 +85,10 @@ def mlflow_server(tmp_path_factory):
         env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
     )
     try:
-        wait_healthy(url, proc)
+        _wait_healthy(url, proc)
         yield url
     finally:
-        stop_group(proc)
+        _stop_group(proc)
         log.close()
 
 
@@ -95,13 +114,43 @@ def digits():
     return load("decoy-digits")
 
 
-def tiny_config(**kw):
+def _tiny_config(**kw):
     """A 1-epoch, CPU run config for tests."""
     from focusml.config import RunConfig
 
     base = dict(epochs=1, batch_size=64, device="cpu", log_model=False)
     base.update(kw)
     return RunConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """`tiny_config(**fields)`: a 1-epoch, CPU, no-model-logging RunConfig with those fields changed."""
+    return _tiny_config
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """`free_port()`: a free TCP port on the loopback interface."""
+    return _free_port
+
+
+@pytest.fixture(scope="session")
+def wait_healthy():
+    """`wait_healthy(url, proc)`: wait until an MLflow server answers /health (or its process dies)."""
+    return _wait_healthy
+
+
+@pytest.fixture(scope="session")
+def stop_group():
+    """`stop_group(proc)`: stop a process started with start_new_session=True and all it spawned."""
+    return _stop_group
+
+
+@pytest.fixture(scope="session")
+def venv_bin() -> Path:
+    """The folder of this Python's console scripts (`focusml`, `mlflow`)."""
+    return VENV_BIN
 
 
 @pytest.fixture

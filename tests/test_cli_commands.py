@@ -7,10 +7,10 @@ import sys
 import time
 import urllib.request
 
+import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import free_port, stop_group, wait_healthy
 from focusml.cli import cli
 from focusml.data import DataOptions, load
 from focusml.methods import METHODS
@@ -40,7 +40,9 @@ def test_methods_lists_every_registered_method():
         assert name in res.output and cls.family in res.output
 
 
-def test_server_binds_loopback_and_answers(tmp_path):
+@pytest.mark.server
+@pytest.mark.slow
+def test_server_binds_loopback_and_answers(tmp_path, free_port, wait_healthy, stop_group):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "focusml", "server", "--port", str(port)], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)

@@ -12,10 +12,8 @@ import torch.nn.functional as F
 
 from focusml.cam import upsample
 from focusml.data import Split
-from focusml.filters import Report, analyse, match_filters, receptive_field, write_report
+from focusml.analysis.filters import Report, analyse, match_filters, receptive_field, write_report
 from focusml.models import small_cnn
-
-from conftest import tiny_config
 
 N, S = 96, 28
 
@@ -167,9 +165,8 @@ def _cli(args, capsys) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
-def test_filters_cli_end_to_end(tracking_env, tmp_path, capsys, monkeypatch):
-    from focusml.experiment import run
-    from focusml.filters import load_run_model
+def test_filters_cli_end_to_end(tracking_env, tmp_path, capsys, monkeypatch, tiny_config):
+    from focusml.tracking import load_run_model, run
 
     monkeypatch.chdir(tmp_path)
     result = run(tiny_config(log_model=True, experiment="filters-test"))

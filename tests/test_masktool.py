@@ -337,14 +337,13 @@ def test_browser_accepts_cam_suggestion(dataset, page):
 # ---- `focusml masks serve --run` end to end ---------------------------------------------------------
 
 
-def test_cli_serves_with_a_runs_cam(dataset, tracking_env, cli_env):
+def test_cli_serves_with_a_runs_cam(dataset, tracking_env, cli_env, tiny_config):
     import re
     import subprocess
     import sys
     import time
 
-    from conftest import tiny_config
-    from focusml.experiment import run
+    from focusml.tracking import run
 
     for img in (dataset / "images").rglob("*.png"):  # the folder loader wants a mask for every image
         mask = dataset / "masks" / img.relative_to(dataset / "images")

@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import VENV_BIN, tiny_config
 from focusml import FocusmlError
 from focusml.cli import main as cli_main
 from focusml.methods import Batch, get
@@ -18,6 +17,7 @@ from focusml.methods.pas import pas_term
 from focusml.methods.pasa import SCALE as PASA_SCALE
 from focusml.methods.pasa import pasa_term
 from focusml.models import small_cnn
+from focusml.run import run
 
 
 def corner_masks(n=4, size=28, patch=4):
@@ -119,7 +119,7 @@ def test_lambda_one_is_of_the_order_of_ce_at_initialisation(name, digits):
     ("random_crop", {"p": 1.5}, "--p"), ("generative", {"p": -0.1}, "--p"),
     ("selective_dropout", {"p": float("nan")}, "--p"), ("pas", {"p": 0.5}, "--p does not apply"),
 ])
-def test_bad_lambda_and_p_are_refused(name, opts, flag):
+def test_bad_lambda_and_p_are_refused(name, opts, flag, tiny_config):
     with pytest.raises(FocusmlError, match=flag):
         get(name)(opts)
     with pytest.raises(FocusmlError, match=flag):
@@ -139,8 +139,9 @@ def test_cli_refuses_bad_values_with_exit_status_2(argv, needle, capsys):
     assert needle in capsys.readouterr().err
 
 
-def test_cli_binary_refuses_negative_lambda(tmp_path):
-    proc = subprocess.run([str(VENV_BIN / "focusml"), "train", "--method", "pas", "--lam", "-1"],
+@pytest.mark.slow
+def test_cli_binary_refuses_negative_lambda(tmp_path, venv_bin):
+    proc = subprocess.run([str(venv_bin / "focusml"), "train", "--method", "pas", "--lam", "-1"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert "--lam for method 'pas' is -1.0; it must be ≥ 0" in proc.stderr
@@ -148,18 +149,15 @@ def test_cli_binary_refuses_negative_lambda(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def baseline_state():
-    from focusml.experiment import run
-
-    return run(tiny_config(method="baseline"), tracking_enabled=False).model.state_dict()
+def baseline_state(tiny_config):
+    return run(tiny_config(method="baseline")).model.state_dict()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["pas", "pasa"])
-def test_loss_training_changes_the_model_and_logs_the_penalty(name, baseline_state):
-    from focusml.experiment import run
-
+def test_loss_training_changes_the_model_and_logs_the_penalty(name, baseline_state, tiny_config):
     base = baseline_state
-    result = run(tiny_config(method=name, method_params={"lam": 1.0}), tracking_enabled=False)
+    result = run(tiny_config(method=name, method_params={"lam": 1.0}))
     diff = max(float((result.model.state_dict()[k] - v).abs().max()) for k, v in base.items())
     assert diff > 1e-3
     h = result.history[0]

@@ -10,19 +10,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_config
 from focusml import FocusmlError
 from focusml.methods.generative import inpainter
 from focusml.methods import Batch, PrepareContext, get
 from focusml.models import small_cnn
+from focusml.run import run as run_untracked
 from focusml.train import layer_hooks
 
 
-def ctx_for(data, tmp_path, model=None, logged=None, progress=None):
-    return PrepareContext(data=data, config=tiny_config(), model=model or small_cnn(1, 10), cache_dir=tmp_path,
-                          device=torch.device("cpu"),
-                          log_artifact=(lambda p, a: logged.append((Path(p), a))) if logged is not None else (lambda p, a: None),
-                          progress=progress or (lambda d, i, n: None))
+@pytest.fixture
+def ctx_for(tiny_config):
+    """`ctx_for(data, tmp_path, model=None, logged=None, progress=None)`: a PrepareContext for a method's `prepare`."""
+    def make(data, tmp_path, model=None, logged=None, progress=None):
+        return PrepareContext(data=data, config=tiny_config(), model=model or small_cnn(1, 10), cache_dir=tmp_path,
+                              device=torch.device("cpu"),
+                              log_artifact=(lambda p, a: logged.append((Path(p), a))) if logged is not None
+                              else (lambda p, a: None),
+                              progress=progress or (lambda d, i, n: None))
+    return make
 
 
 def train_batch(data, n=24, start=0):
@@ -31,7 +36,7 @@ def train_batch(data, n=24, start=0):
     return Batch(x, m, y, idx)
 
 
-def test_random_crop_replaces_masked_pixels_with_another_training_images_pixels(digits, tmp_path):
+def test_random_crop_replaces_masked_pixels_with_another_training_images_pixels(digits, tmp_path, ctx_for):
     method = get("random_crop")({"p": 1.0})
     method.prepare(ctx_for(digits, tmp_path))
     batch = train_batch(digits)
@@ -49,7 +54,7 @@ def test_random_crop_replaces_masked_pixels_with_another_training_images_pixels(
     assert changed >= len(batch.y) // 2  # the decoy is gone from most images
 
 
-def test_random_crop_probability_and_soft_masks(digits, tmp_path):
+def test_random_crop_probability_and_soft_masks(digits, tmp_path, ctx_for):
     batch = train_batch(digits, n=200)
     none = get("random_crop")({"p": 0.0})
     none.prepare(ctx_for(digits, tmp_path))
@@ -76,7 +81,7 @@ def test_holes_for_the_inpainter_never_overlap_a_mask(digits):
     assert (holes.flatten(1).sum(1) > 0).float().mean() > 0.9
 
 
-def test_builtin_inpainter_is_cached_by_fingerprint_and_logged(digits, tmp_path, monkeypatch):
+def test_builtin_inpainter_is_cached_by_fingerprint_and_logged(digits, tmp_path, monkeypatch, ctx_for):
     small = inpainter.InpainterSettings(steps=3, batch_size=8, width=8)
     monkeypatch.setattr("focusml.methods.generative.Generative.settings", small)
     logged, steps = [], []
@@ -96,7 +101,7 @@ def test_builtin_inpainter_is_cached_by_fingerprint_and_logged(digits, tmp_path,
     assert torch.equal(again.transform_batch(batch, torch.Generator().manual_seed(0)).x, out.x)
 
 
-def test_user_inpainter_module_callable(digits, tmp_path, monkeypatch):
+def test_user_inpainter_module_callable(digits, tmp_path, monkeypatch, ctx_for):
     (tmp_path / "my_inpaint.py").write_text(textwrap.dedent("""
         import torch
         seen = []
@@ -137,7 +142,7 @@ def _capture(model, name, store):
     return module.register_forward_hook(lambda mod, inp, out: store.append(out.detach().clone()))
 
 
-def test_selective_dropout_zeroes_exactly_the_masked_cells_of_the_chosen_layer(digits, tmp_path):
+def test_selective_dropout_zeroes_exactly_the_masked_cells_of_the_chosen_layer(digits, tmp_path, ctx_for):
     torch.manual_seed(0)
     model = small_cnn(1, 10)
     batch = train_batch(digits, n=8)
@@ -158,7 +163,7 @@ def test_selective_dropout_zeroes_exactly_the_masked_cells_of_the_chosen_layer(d
     assert not model._forward_hooks and not dict(model.named_modules())["features.1"]._forward_hooks
 
 
-def test_selective_dropout_default_layers_input_and_last_block_training_only(digits, tmp_path):
+def test_selective_dropout_default_layers_input_and_last_block_training_only(digits, tmp_path, ctx_for):
     from focusml.evaluate import predict
     from focusml.data import Split
 
@@ -186,7 +191,7 @@ def test_selective_dropout_default_layers_input_and_last_block_training_only(dig
     assert (a_eval * cells).abs().sum() > 0 and p.pos_cams.shape == (8, 28, 28)
 
 
-def test_selective_dropout_probability_and_bad_layers(digits, tmp_path):
+def test_selective_dropout_probability_and_bad_layers(digits, tmp_path, ctx_for):
     batch = train_batch(digits, n=400)
     method = get("selective_dropout")({"p": 0.5})
     out = method.transform_batch(batch, torch.Generator().manual_seed(0))
@@ -200,34 +205,30 @@ def test_selective_dropout_probability_and_bad_layers(digits, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def baseline_state():
-    from focusml.experiment import run
-
-    return run(tiny_config(method="baseline"), tracking_enabled=False).model.state_dict()
+def baseline_state(tiny_config):
+    return run_untracked(tiny_config(method="baseline")).model.state_dict()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,opts", [("random_crop", {}), ("generative", {}), ("selective_dropout", {})])
-def test_replacement_training_changes_the_model(name, opts, baseline_state, monkeypatch):
+def test_replacement_training_changes_the_model(name, opts, baseline_state, monkeypatch, tiny_config):
     """One short run per method: the model moves away from the baseline trained with the same seed."""
-    from focusml.experiment import run
-
     monkeypatch.setattr("focusml.methods.generative.Generative.settings",
                         inpainter.InpainterSettings(steps=20, batch_size=16, width=8))
-    result = run(tiny_config(method=name, method_params=opts), tracking_enabled=False)
+    result = run_untracked(tiny_config(method=name, method_params=opts))
     diff = max(float((result.model.state_dict()[k] - v).abs().max()) for k, v in baseline_state.items())
     assert diff > 1e-3
     assert all(torch.isfinite(v).all() for v in result.model.state_dict().values())
 
 
-def test_tracked_generative_run_logs_the_inpainter_and_the_mask_grid(tracking_env, monkeypatch):
+def test_tracked_generative_run_logs_the_inpainter_and_the_mask_grid(tracking_env, monkeypatch, tiny_config):
     import mlflow
 
-    from focusml.experiment import run
+    from focusml.config import MaskAugment
+    from focusml.tracking import run
 
     monkeypatch.setattr("focusml.methods.generative.Generative.settings",
                         inpainter.InpainterSettings(steps=5, batch_size=8, width=8))
-    from focusml.config import MaskAugment
-
     result = run(tiny_config(method="generative", experiment="test-generative", augment=MaskAugment(dilate=1, blur=1.0)))
     client = mlflow.MlflowClient()
     inp = [a.path for a in client.list_artifacts(result.run_id, "inpainter")]

@@ -14,9 +14,8 @@ from focusml.cam import class_cam, grad_cam, mask_to_grid, minmax
 from focusml.methods.cdep.decomposition import decompose, propagate
 from focusml.methods import Batch, get
 from focusml.models import CamNet, small_cnn, vgg_cam
+from focusml.run import run
 from focusml.train import train_step
-
-from conftest import tiny_config
 
 
 def _one_channel_net(a=0.7, b=0.5, w=(1.5, -0.5, 0.25), beta=(0.1, -0.2, 0.0)) -> CamNet:
@@ -279,11 +278,10 @@ def test_cdep_penalty_is_the_mean_summed_rel_share_of_masked_images():
     assert none.item() == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,options", [("rrr", {}), ("rrr_gradcam", {}), ("cdep", {}), ("counterexamples", {})])
-def test_each_peer_trains_one_epoch(method, options):
-    from focusml.experiment import run
-
-    result = run(tiny_config(method=method, method_params=options, batch_size=128), tracking_enabled=False)
+def test_each_peer_trains_one_epoch(method, options, tiny_config):
+    result = run(tiny_config(method=method, method_params=options, batch_size=128))
     epoch = result.history[0]
     assert 0.0 <= result.metrics["acc/test"] <= 1.0
     if method == "counterexamples":

@@ -12,9 +12,8 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from conftest import free_port, tiny_config
-from focusml import FocusmlError
-from focusml.experiment import run
+from focusml.run import run as run_untracked
+from focusml.tracking import run
 from focusml.train import Callbacks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +67,7 @@ def test_cli_train_logs_everything(tracking_env, cli_env, tmp_path):
     assert np.asarray(pyfunc.predict(np.random.rand(1, 1, 28, 28).astype(np.float32))).shape == (1, 10)
 
 
-def test_unreachable_server_is_refused_before_any_run(cli_env, tmp_path):
+def test_unreachable_server_is_refused_before_any_run(cli_env, tmp_path, free_port):
     env = dict(cli_env, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}")
     res = focusml_cli(["train", "--epochs", "1"], env, tmp_path, timeout=120)
     assert res.returncode == 2
@@ -112,7 +111,7 @@ def test_folder_errors_leave_no_run(tracking_env, cli_env, tmp_path):
     assert runs_of("folder-bad") == []
 
 
-def test_failure_after_start_marks_run_failed(tracking_env):
+def test_failure_after_start_marks_run_failed(tracking_env, tiny_config):
     class Boom(Callbacks):
         def on_epoch_end(self, epoch, metrics, model):
             raise RuntimeError("boom")
@@ -123,9 +122,10 @@ def test_failure_after_start_marks_run_failed(tracking_env):
     assert r.info.status == "FAILED"
 
 
-def test_runs_are_reproducible_from_their_seed():
-    a = run(tiny_config(seed=5), tracking_enabled=False).metrics
-    b = run(tiny_config(seed=5), tracking_enabled=False).metrics
+@pytest.mark.slow
+def test_runs_are_reproducible_from_their_seed(tiny_config):
+    a = run_untracked(tiny_config(seed=5)).metrics
+    b = run_untracked(tiny_config(seed=5)).metrics
     for k in ("acc/test", "wr/test", "cam_in_mask/test"):
         assert a[k] == b[k]
 

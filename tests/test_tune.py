@@ -139,6 +139,7 @@ def test_multi_objective_choice_is_on_the_pareto_front():
 # ----------------------------------------------------------------------------- tracked studies
 
 
+@pytest.mark.slow
 def test_tune_cli_tracks_trials_under_a_parent_and_registers_the_best(tracking_env, tmp_path, capsys):
     from focusml.cli import main
 
@@ -187,6 +188,7 @@ def test_tune_cli_tracks_trials_under_a_parent_and_registers_the_best(tracking_e
     assert client.get_model_version_by_alias("tuned-pas", "champion").run_id == best.user_attrs["mlflow_run_id"]
 
 
+@pytest.mark.slow
 def test_two_workers_on_a_journal_file_lose_and_duplicate_nothing(tracking_env, tmp_path):
     spec = spec_of(tmp_path, name="workers", objectives=["acc/val", "wr/val"])  # multi-objective: a Pareto front
     journal = str(tmp_path / "optuna.journal")
@@ -210,6 +212,7 @@ def test_two_workers_on_a_journal_file_lose_and_duplicate_nothing(tracking_env, 
     assert "figures/pareto_front.png" in arts
 
 
+@pytest.mark.slow
 def test_pruner_stops_a_bad_trial_and_resuming_adds_trials(tracking_env, tmp_path):
     spec = spec_of(tmp_path, name="pruning", fixed={"epochs": 1, "batch_size": 8, "device": "cpu", "log_model": False},
                    search={"lr": [0.01, 1e-6]}, enqueue=[{"lr": 0.01}, {"lr": 1e-6}],  # 1e-6: cannot learn

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 
 import click
+import pandas as pd
 from tqdm.auto import tqdm
 
-from focusml.train import Callbacks
+from focusml.callbacks import Callbacks
 
 
 class ProgressBars(Callbacks):
@@ -48,14 +49,12 @@ def fmt(value) -> str:
 
 
 def table(rows: list[dict], columns: list[str] | None = None) -> str:
-    """A plain aligned text table of dict rows."""
+    """A plain aligned text table of dict rows (tabulate's "simple" format via pandas), cells as `fmt` writes them."""
     if not rows:
         return "(no rows)"
     columns = columns or list(rows[0])
-    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths))  # noqa: E731
-    return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+    frame = pd.DataFrame([[fmt(r.get(c)) for c in columns] for r in rows], columns=columns)
+    return frame.to_markdown(index=False, tablefmt="simple", disable_numparse=True, stralign="left")
 
 
 def echo_table(rows: list[dict], columns: list[str] | None = None) -> None:

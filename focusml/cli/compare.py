@@ -5,11 +5,11 @@ from __future__ import annotations
 import click
 
 from focusml import tracking
-from focusml.cli import cli
+from focusml.analysis.compare import display_rows, report
 from focusml.cli._common import echo_table
 
 
-@cli.command()
+@click.command()
 @click.option("--experiment", default="focusml", show_default=True, help="MLflow experiment whose runs are compared")
 @click.option("--dataset", default="", help="compare one dataset only (default: every dataset, one table each)")
 @click.option("--out", "out_dir", default="comparison", show_default=True, type=click.Path(file_okay=False),
@@ -30,8 +30,6 @@ def compare(experiment, dataset, out_dir, log, children):
       focusml compare --experiment focusml --dataset decoy-digits --out reports/digits
       mlflow run . -e compare -P experiment=focusml --env-manager local
     """
-    from focusml.compare import display_rows, report
-
     click.echo(f"Comparing the runs of experiment '{experiment}' in {tracking.tracking_uri()}", err=True)
     table, paths, run_id = report(experiment, dataset or None, out_dir, log=log, include_children=children)
     for name, group in table.groupby("dataset", sort=False):

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 
-from focusml.cli import cli
 from focusml.cli._common import echo_table
 from focusml.data import DATASETS, DataOptions, load
 from focusml.data.folder import export as export_folder
+from focusml.figures import close, sample_grid
 
 
-@cli.group()
+@click.group()
 def datasets():
     """Built-in and on-disk datasets."""
 
@@ -39,41 +39,6 @@ def export(name, out_dir, data_seed, data_root):
     click.echo(f"train on it with: focusml train --dataset folder --data-root {out}")
 
 
-def sample_grid(data, split_name: str = "train", per_class: int = 4, title: str | None = None):
-    """A matplotlib figure: `per_class` images of each class from a split, one row per class
-    (named on the left), each image with its mask outlined in cyan."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from focusml.figures import sample_indices
-
-    split = data.split(split_name)
-    index = sample_indices(split.labels, data.num_classes, per_class)
-    rows, cols = data.num_classes, per_class
-    fig, axes = plt.subplots(rows, cols, figsize=(1.15 * cols + 0.9, 1.15 * rows + 0.4), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for k, i in enumerate(index.tolist()):
-        y = int(split.labels[i])
-        col = (split.labels[index[:k]] == y).sum().item()
-        ax = axes[y, col]
-        img = split.images[i].numpy()
-        if img.shape[0] == 1:
-            ax.imshow(img[0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        else:
-            ax.imshow(img.transpose(1, 2, 0), interpolation="nearest")
-        mask = split.masks[i].numpy()
-        if mask.any():
-            ax.contour(mask, levels=[0.5], colors="cyan", linewidths=0.8)
-        if col == 0:
-            ax.text(-0.08, 0.5, data.classes[y], transform=ax.transAxes, ha="right", va="center", fontsize=8)
-    fig.suptitle(title or f"{data.name}: {split_name}", fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
 @datasets.command("show")
 @click.argument("name")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
@@ -87,8 +52,6 @@ def sample_grid(data, split_name: str = "train", per_class: int = 4, title: str 
 @click.option("--image-size", type=int, default=None, help="resize folder images (and masks) to N×N")
 def show(name, out_file, split_name, per_class, data_seed, data_root, download, image_size):
     """Write a sample grid of dataset NAME: a row per class, masks outlined in cyan."""
-    from focusml.figures import close
-
     data = load(name, DataOptions(seed=data_seed, root=Path(data_root) if data_root else None,
                                   download=download, image_size=image_size))
     split = data.split(split_name)

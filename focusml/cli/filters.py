@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from focusml.cli import cli
+from focusml.analysis.filters import explore
 from focusml.cli._common import echo_table
 
 
-@cli.command("filters")
+@click.command("filters")
 @click.argument("run_id")
 @click.option("--compare", "compare_id", default=None, help="a second run (e.g. after refinement) shown beside RUN_ID")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
@@ -30,8 +30,6 @@ def filters(run_id, compare_id, out_dir, split, max_images, top, figures, match,
       focusml filters 3f2a...
       focusml filters BASELINE_RUN --compare REFINED_RUN --out report/
     """
-    from focusml.filters import explore
-
     out_dir = out_dir or f"filters-{run_id[:8]}"
     click.echo(f"Analysing run {run_id}" + (f" against {compare_id}" if compare_id else "") + "…", err=True)
     report = explore(run_id, compare=compare_id, out_dir=out_dir, split=split, max_images=max_images or None,

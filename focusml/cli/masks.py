@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from focusml.cli import cli
+from focusml.masktool import DatasetTree, MaskToolApp, load_cam_model, make_server
+from focusml.masktool.server import LOOPBACK
 
 
-@cli.group()
+@click.group()
 def masks():
     """Draw irrelevance masks on a folder dataset."""
 
@@ -28,9 +29,6 @@ def serve(dataset_dir, run_id, host, port):
       focusml masks serve digits-folder
       focusml masks serve digits-folder --run 3f2a... --port 8800
     """
-    from focusml.masktool import DatasetTree, MaskToolApp, load_cam_model, make_server
-    from focusml.masktool.server import LOOPBACK
-
     tree = DatasetTree(dataset_dir)
     cam = None
     if run_id:

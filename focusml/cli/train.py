@@ -1,16 +1,12 @@
-"""`focusml train`, `focusml methods`, `focusml server`."""
+"""`focusml train`: one tracked run, its options built from RunConfig, MaskAugment and every method's params."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
 from dataclasses import fields
 
 import click
 
-from focusml import FocusmlError, methods, tracking
-from focusml.cli import cli
+from focusml import methods, tracking
 from focusml.cli._common import ProgressBars, echo_table
 from focusml.config import MaskAugment, RunConfig, load_yaml
 
@@ -77,7 +73,7 @@ SUMMARY_KEYS = ["acc/test", "acc/test_confounded", "acc/test_clean", "bacc/test"
                 "cam_in_mask/test", "time/epoch_s_mean"]
 
 
-@cli.command()
+@click.command()
 @run_options
 def train(**options):
     """Train one method on one dataset and log the run to MLflow.
@@ -88,46 +84,9 @@ def train(**options):
       focusml train --method pas --lam 1 --dilate 1
       focusml train --config run.yaml --seed 2
     """
-    from focusml.experiment import run
-
     config = config_from_options(options).validate()
     click.echo(f"Training {config.method} on {config.dataset} (seed {config.seed}) → {tracking.tracking_uri()}", err=True)
-    result = run(config, callbacks=ProgressBars(config.epochs))
+    result = tracking.run(config, callbacks=ProgressBars(config.epochs))
     echo_table([{"metric": k, "value": result.metrics.get(k)} for k in SUMMARY_KEYS if k in result.metrics])
     click.echo(f"run_id: {result.run_id}")
     click.echo("See it in the UI: `focusml server`, then open http://127.0.0.1:5000", err=True)
-
-
-@cli.command("methods")
-def list_methods():
-    """List every training method with its family and options."""
-    rows = []
-    for name, cls in methods.METHODS.items():
-        params = ", ".join(f"{p.name}={p.default}" for p in cls.params) or "—"
-        rows.append({"method": name, "family": cls.family, "options (default)": params, "what changes": cls.summary})
-    echo_table(rows)
-
-
-@cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="interface to bind; keep 127.0.0.1 unless you mean to share it")
-@click.option("--port", default=5000, show_default=True, type=int)
-@click.option("--backend-store-uri", default=None, help="default: MLFLOW_TRACKING_URI if it is a database URI, else sqlite:///mlflow.db here")
-@click.option("--artifacts-destination", default=None, help="default: ./mlartifacts here")
-@click.option("--workers", default=1, show_default=True, type=int, help="server worker processes (one is plenty for a local UI)")
-def server(host, port, backend_store_uri, artifacts_destination, workers):
-    """Start the MLflow tracking server and UI on focusml's store."""
-    env_uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    store = backend_store_uri or (env_uri if env_uri and not env_uri.startswith("http") else tracking.default_uri())
-    mlflow_bin = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or shutil.which("mlflow")
-    if mlflow_bin is None:
-        raise FocusmlError("the `mlflow` command is not installed in this environment: pip install mlflow.")
-    cmd = [mlflow_bin, "server", "--backend-store-uri", store, "--host", host, "--port", str(port),
-           "--workers", str(workers)]
-    if artifacts_destination:
-        cmd += ["--artifacts-destination", artifacts_destination]
-    click.echo(f"MLflow UI on http://{host}:{port}  (store: {store}); Ctrl-C stops it.", err=True)
-    click.echo(f"Log runs to it with: export MLFLOW_TRACKING_URI=http://{host}:{port}", err=True)
-    # MLflow's background job runner (GenAI jobs) is not used by focusml: leave it off unless asked for.
-    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    sys.stderr.flush()
-    os.execv(mlflow_bin, cmd)  # become the server: signals (Ctrl-C, SIGTERM) reach it directly

@@ -1,16 +1,17 @@
-"""`focusml tune` (an Optuna study, every trial an MLflow child run) and `focusml register`."""
+"""`focusml tune`: an Optuna study, every trial an MLflow child run under one parent run."""
 
 from __future__ import annotations
 
 import click
+import optuna
 from tqdm.auto import tqdm
 
 from focusml import tracking
-from focusml.cli import cli
 from focusml.cli._common import echo_table
+from focusml.tune import load_spec, run_study
 
 
-@cli.command()
+@click.command()
 @click.argument("study_file", metavar="STUDY.yaml", type=click.Path(dir_okay=False))
 @click.option("--n-trials", type=int, default=None, help="trials to add in this call (default: the file's n_trials)")
 @click.option("--study-name", default=None, help="Optuna study name (default: the file's study_name, else its stem); "
@@ -32,10 +33,6 @@ def tune(study_file, n_trials, study_name, storage, workers, register):
       focusml tune studies/pas.yaml --workers 2                        # 2 processes, optuna.journal
       focusml tune studies/rrr.yaml --storage postgresql://user:pw@db/optuna --register rrr-digits
     """
-    import optuna
-
-    from focusml.tune import load_spec, run_study
-
     spec = load_spec(study_file)
     n = spec.n_trials if n_trials is None else n_trials
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the bar below replaces Optuna's per-trial lines
@@ -76,19 +73,3 @@ def tune(study_file, n_trials, study_name, storage, workers, register):
         click.echo(f"best_run_id: {result.best.run_id}")
     if result.registered:
         click.echo(f"registered: {result.registered}, alias champion")
-
-
-@cli.command()
-@click.argument("run_id")
-@click.option("--name", required=True, help="registered model name")
-@click.option("--alias", default="champion", show_default=True, help="alias to point at the new version ('' for none)")
-def register(run_id, name, alias):
-    """Register a run's logged model in the MLflow Model Registry and set an alias on it.
-
-    \b
-    Example:
-      focusml register 3f2a… --name pas-digits --alias champion
-    """
-    tracking.setup()
-    version = tracking.register(run_id, name, alias or None)
-    click.echo(f"registered {name} version {version}" + (f", alias {alias}" if alias else ""))

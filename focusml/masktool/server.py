@@ -283,7 +283,7 @@ def make_server(app: MaskToolApp, host: str = "127.0.0.1", port: int = 0) -> Thr
 
 def load_cam_model(run_id: str, tree: DatasetTree) -> CamModel:
     """The model of MLflow run `run_id` with the classes and image size it was trained with."""
-    from focusml.runs import load_run_model, run_info
+    from focusml.tracking import load_run_model, run_info
 
     params = run_info(run_id).data.params
     image_size = int(params["image_size"]) if params.get("image_size") not in (None, "", "None") else None

@@ -6,7 +6,7 @@ their directions, the number of trials, the sampler, the pruner and a seed (`REA
 value and what is allowed); `run_study` runs it:
 
 - one MLflow parent run per call (under `mlflow run`, the entry point's run); every trial is
-  `experiment.run` as a child run with an explicit parent id, its trial number and params, and
+  `tracking.run` as a child run with an explicit parent id, its trial number and params, and
   the same per-epoch logging as `focusml train`;
 - trials run in this process, or in K worker processes sharing one Optuna storage (a journal
   file on one machine, an RDB URL across machines); re-running a study name resumes it;
@@ -17,7 +17,7 @@ value and what is allowed); `run_study` runs it:
 
 No test leakage: objectives are the final epoch's validation metrics from the run's history
 (`acc/val`, `wr/val`, `cam_in_mask/val`); test metrics are logged for every trial by
-`experiment.run` but never read here.
+`tracking.run` but never read here.
 
 Modules: `spec` (what a study is), `study_file` (reading and validating a study file),
 `storage` (`--storage`), `trials` (one trial as an MLflow child run), `workers` (trials in

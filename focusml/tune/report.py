@@ -8,15 +8,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import optuna
+from optuna.visualization import matplotlib as ovm
 
+import focusml.figures  # noqa: F401  (selects matplotlib's Agg backend before Optuna draws)
 from focusml import tracking
 from focusml.tune.results import StudyResult, TrialRecord, choose
 from focusml.tune.spec import SearchParam, StudySpec
 
 
 def log_setup(spec: StudySpec, name: str, shown: str, n: int, workers: int, n_before: int) -> None:
-    import mlflow
-
     tracking.log_params({
         "study_name": name, "study_file": spec.source, "storage": shown, "method": spec.method,
         "dataset": spec.dataset, "objectives": ",".join(f"{o.metric}:{o.direction}" for o in spec.objectives),
@@ -26,7 +26,7 @@ def log_setup(spec: StudySpec, name: str, shown: str, n: int, workers: int, n_be
         **{f"fixed.{k}": v for k, v in spec.fixed.items()},
     })
     if Path(spec.source).is_file():
-        mlflow.log_artifact(spec.source, artifact_path="study")
+        tracking.log_artifact(spec.source, artifact_path="study")
 
 
 def _space(p: SearchParam) -> Any:
@@ -38,8 +38,6 @@ def _space(p: SearchParam) -> Any:
 
 def summarise(study: optuna.Study, spec: StudySpec, name: str, shown: str, parent_id: str, n_before: int) -> StudyResult:
     """Log the study's outcome on the parent run and return it."""
-    import mlflow
-
     trials = study.get_trials(deepcopy=False)
     best = choose(study, spec)
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -53,10 +51,10 @@ def summarise(study: optuna.Study, spec: StudySpec, name: str, shown: str, paren
     if best is not None:
         tracking.log_params({f"best.{k}": v for k, v in best.params.items()})
         tracking.log_metrics({f"best/{o.metric}": v for o, v in zip(spec.objectives, best.values)})
-        mlflow.set_tags({"best.trial_number": str(best.number), "best.run_id": best.user_attrs.get("mlflow_run_id", "")})
-    mlflow.log_dict({"chosen": best.number if best else None,
-                     "pareto_front": [vars(r) for r in result.pareto],
-                     "trials": [vars(r) for r in result.trials]}, "study/trials.json")
+        tracking.set_tags({"best.trial_number": str(best.number), "best.run_id": best.user_attrs.get("mlflow_run_id", "")})
+    tracking.log_dict({"chosen": best.number if best else None,
+                       "pareto_front": [vars(r) for r in result.pareto],
+                       "trials": [vars(r) for r in result.trials]}, "study/trials.json")
     _log_figures(study, spec, result)
     return result
 
@@ -67,11 +65,6 @@ def _log_figures(study: optuna.Study, spec: StudySpec, result: StudyResult) -> N
     Each figure is optional: when Optuna cannot draw one (too few trials, one distinct value),
     the reason is kept in `result.skipped` and tagged on the parent run instead.
     """
-    import mlflow
-    from optuna.visualization import matplotlib as ovm
-
-    import focusml.figures  # noqa: F401  (selects the Agg backend)
-
     targets = [(o.metric, (lambda t, i=i: t.values[i]) if spec.multi else None) for i, o in enumerate(spec.objectives)]
     plots: list[tuple[str, Callable[[], Any]]] = []
     for metric, target in targets:
@@ -102,7 +95,7 @@ def _log_figures(study: optuna.Study, spec: StudySpec, result: StudyResult) -> N
         tracking.log_figure(fig, f"figures/{name}.png")
         result.figures.append(f"figures/{name}.png")
     if result.skipped:
-        mlflow.set_tags({f"figure_skipped.{k}": v[:500] for k, v in result.skipped.items()})
+        tracking.set_tags({f"figure_skipped.{k}": v[:500] for k, v in result.skipped.items()})
     if not spec.multi and n_done >= 2:
         try:
             imp = optuna.importance.get_param_importances(

@@ -6,6 +6,9 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
 from focusml import FocusmlError
 
 DEFAULT_SQLITE = "optuna.db"
@@ -34,9 +37,6 @@ def open_storage(storage: str | None, workers: int = 1) -> tuple[Any, str]:
         raise FocusmlError(f"--storage {storage} looks like an SQLite file: write it as a URL, sqlite:///{path.resolve()} "
                            f"(or give a journal file such as {DEFAULT_JOURNAL}).")
     path.parent.mkdir(parents=True, exist_ok=True)
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
     return JournalStorage(JournalFileBackend(str(path))), f"journal:{path.resolve()}"
 
 

@@ -11,7 +11,7 @@ import optuna
 
 from focusml import FocusmlError, tracking
 from focusml.config import RunConfig
-from focusml.train import Callbacks
+from focusml.callbacks import Callbacks
 from focusml.tune.report import log_setup, summarise
 from focusml.tune.results import StudyResult, TrialRecord
 from focusml.tune.spec import StudySpec
@@ -61,9 +61,7 @@ def run_study(spec: StudySpec, *, n_trials: int | None = None, study_name: str |
     with tracking.start_run(experiment_name, run_name=f"tune-{name}", tags=tags) as parent:
         os.environ.pop("MLFLOW_RUN_ID", None)  # consumed by the parent; trials must open new runs
         parent_id = parent.info.run_id
-        import mlflow
-
-        experiment_name = mlflow.get_experiment(parent.info.experiment_id).name  # children next to the parent
+        experiment_name = tracking.experiment_name(parent.info.experiment_id)  # children next to the parent
         log_setup(spec, name, shown, n, workers, n_before)
         ctx = TrialContext(spec, name, parent_id, experiment_name)
         if workers == 1:
@@ -74,11 +72,11 @@ def run_study(spec: StudySpec, *, n_trials: int | None = None, study_name: str |
             run_workers(ctx, storage_arg, study, n, workers, n_before, uri, on_trial)
         result = summarise(study, spec, name, shown, parent_id, n_before)
         result.wall_s = time.perf_counter() - start
-        mlflow.log_metric("time/study_s", result.wall_s)
+        tracking.log_metrics({"time/study_s": result.wall_s})
         if register:
             if result.best is None or not result.best.run_id:
                 raise FocusmlError(f"study '{name}' has no completed trial to register.")
             version = tracking.register(result.best.run_id, register, "champion")
             result.registered = f"{register} version {version}"
-            mlflow.set_tags({"registered_model": register, "registered_version": version})
+            tracking.set_tags({"registered_model": register, "registered_version": version})
     return result

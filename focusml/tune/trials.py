@@ -1,4 +1,4 @@
-"""One trial: a `focusml train` run as an MLflow child run that reports its objective to Optuna."""
+"""One trial: a tracked run (`focusml.tracking.run`) as an MLflow child run that reports its objective to Optuna."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Callable
 import optuna
 
 from focusml import tracking
-from focusml.train import Callbacks
+from focusml.callbacks import Callbacks
 from focusml.tune.spec import StudySpec
 
 
@@ -34,12 +34,10 @@ class TrialCallbacks(Callbacks):
         self.inner.on_batch_end(epoch, step, steps, loss)
 
     def on_epoch_end(self, epoch, metrics, model):
-        import mlflow
-
         self.inner.on_epoch_end(epoch, metrics, model)
-        run = mlflow.active_run()
-        if run is not None and "mlflow_run_id" not in self.trial.user_attrs:
-            self.trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        run_id = tracking.active_run_id()
+        if run_id is not None and "mlflow_run_id" not in self.trial.user_attrs:
+            self.trial.set_user_attr("mlflow_run_id", run_id)
         if self.spec.multi:
             return  # Optuna cannot prune multi-objective studies
         value = metrics[self.spec.objectives[0].metric]
@@ -67,15 +65,13 @@ class TrialContext:
 
 
 def make_objective(ctx: TrialContext, inner_factory: Callable[[optuna.Trial], Callbacks | None] | None = None):
-    from focusml import experiment
-
     def objective(trial: optuna.Trial):
         params = {p.name: p.suggest(trial) for p in ctx.spec.search}
         config = ctx.spec.config(params, experiment=ctx.experiment,
                                  run_name=f"{ctx.study_name}-trial-{trial.number}")
         trial.set_user_attr("worker_pid", os.getpid())
         inner = inner_factory(trial) if inner_factory else None
-        result = experiment.run(config, callbacks=TrialCallbacks(trial, ctx.spec, inner),
+        result = tracking.run(config, callbacks=TrialCallbacks(trial, ctx.spec, inner),
                                 parent_run_id=ctx.parent_run_id,
                                 tags={"optuna.study_name": ctx.study_name, "optuna.trial_number": str(trial.number),
                                       "focusml.tune.parent": ctx.parent_run_id})

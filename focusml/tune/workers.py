@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import time
 from typing import Callable
@@ -37,8 +38,6 @@ def run_worker(ctx: TrialContext, storage: str, n_trials: int, seed_offset: int,
 def run_workers(ctx: TrialContext, storage: str, study: optuna.Study, n: int, workers: int, n_before: int, uri: str,
                  on_trial: Callable[[TrialRecord], None] | None) -> None:
     """K spawned processes, each running its share of n trials; report finished trials as they land."""
-    import multiprocessing as mp
-
     mpc = mp.get_context("spawn")
     errors = mpc.Queue()
     shares = [n // workers + (i < n % workers) for i in range(workers)]

@@ -1,21 +1,25 @@
-"""The filter explorer's report: an HTML page, filters.json and PNG figures of the ranked filters."""
+"""The filter explorer's report: an HTML page, filters.json and PNG figures of the ranked filters.
+
+The page is rendered from the Jinja2 template `report.html` beside this module (autoescaped).
+"""
 
 from __future__ import annotations
 
-import html
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import jinja2
 import numpy as np
 import torch
 
+from focusml.analysis.filters.stats import Analysis, FilterStat
 from focusml.data import Split
+from focusml.figures import close, plt
 
-if TYPE_CHECKING:  # `focusml.filters` imports this module: its classes are only named here
-    from focusml.filters import Analysis, FilterStat
+TEMPLATE = "report.html"
 
 
 @dataclass
@@ -89,10 +93,6 @@ def _draw_filter(axes, stat: FilterStat, split: Split, classes: list[str], label
 
 def filter_figure(rows: list[tuple[str, FilterStat]], split: Split, classes: list[str], top: int):
     """One row per (label, filter): class-weight bars, then the top-activating crops (mask outlined in red)."""
-    import matplotlib.pyplot as plt
-
-    import focusml.figures  # noqa: F401  (selects the Agg backend)
-
     wmax = max(1e-6, *(abs(w) for _, s in rows for w in s.class_weights)) * 1.1
     fig, axes = plt.subplots(len(rows), top + 1, figsize=(1.3 * (top + 1) + 1.2, 1.5 * len(rows)), squeeze=False,
                              gridspec_kw={"width_ratios": [2.2] + [1] * top})
@@ -104,10 +104,6 @@ def filter_figure(rows: list[tuple[str, FilterStat]], split: Split, classes: lis
 
 def shares_figure(report: Report):
     """Share in mask of every filter, ranked; with a comparison, before vs after as a scatter too."""
-    import matplotlib.pyplot as plt
-
-    import focusml.figures  # noqa: F401
-
     a = report.analysis
     shares = [s.share_in_mask for s in a.filters]
     ncols = 2 if report.compare else 1
@@ -135,15 +131,14 @@ def shares_figure(report: Report):
 
 
 def _fmt(v) -> str:
+    """A table cell: floats to 3 decimals, NaN as a dash (the template escapes the text)."""
     if isinstance(v, float):
         return "—" if math.isnan(v) else f"{v:.3f}"
-    return html.escape(str(v))
+    return str(v)
 
 
 def write_report(report: Report, split: Split, out_dir: Path, figures: int = 20, top: int = 6) -> Path:
     """Write index.html, filters.json, shares.png and one PNG per figured filter under `out_dir`."""
-    from focusml.figures import close
-
     out_dir = Path(out_dir)
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
     fig = shares_figure(report)
@@ -172,40 +167,11 @@ def write_report(report: Report, split: Split, out_dir: Path, figures: int = 20,
 
 
 def _html(report: Report, rows: list[dict], fig_names: dict[int, str]) -> str:
-    a = report.analysis
     cols = ["rank", "filter", "share_in_mask", "lift", "mean_activation", "top_class", "top_class_weight"]
     if report.compare is not None:
         cols += ["compare_filter", "compare_share_in_mask", "compare_mean_activation", "match_correlation"]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "<th>figure</th>"
-    body = []
-    for r in rows:
-        cells = "".join(f"<td>{_fmt(r[c])}</td>" for c in cols)
-        fig = fig_names.get(r["filter"])
-        img = f'<img src="{fig}" alt="filter {r["filter"]}">' if fig else ""
-        body.append(f"<tr{' class=weak' if r['weak'] else ''}>{cells}<td>{img}</td></tr>")
-    compare = ""
-    if report.compare is not None:
-        compare = (f"<p>Compared with <b>{html.escape(report.compare_title or '')}</b> "
-                   f"(run {html.escape(str(report.compare_run_id))}); filters paired by <b>{html.escape(report.match or '')}</b>"
-                   f" (match_correlation: Pearson correlation of the paired activation maps).</p>")
-    warn = "".join(f"<p class=warn>{html.escape(w)}</p>" for w in report.warnings)
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>focusml filters: {html.escape(report.title)}</title>
-<style>body{{font-family:sans-serif;margin:1.5em}} table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right;vertical-align:middle}} tr.weak{{color:#999}}
-td img{{max-height:260px}} .warn{{color:#b00}}</style></head><body>
-<h1>Filters of the last convolutional layer: {html.escape(report.title)}</h1>
-<p>Run {html.escape(str(report.run_id))}, split <b>{html.escape(report.split)}</b>: {a.n_images} images,
-{a.n_masked} with a mask; feature grid {a.grid[0]}×{a.grid[1]}. Masks cover {100 * a.area_share:.1f}% of the masked
-images' area, which is the share a filter firing uniformly would get (lift = share / that).</p>
-<p>share_in_mask = the filter's activation mass (bilinearly upsampled to the image) inside the masks over its
-total mass, on images with a mask. Filters are ranked by it: the top ones respond to the irrelevant region. Weak filters (grey: peak
-activation under 1% of the largest filter peak) come last.
-Crops: the receptive field of the filter's strongest cell in its top-activating images, mask outlined in red.
-Bars: the classifier's weight of the filter for every class.</p>
-{compare}{warn}
-<img src="figures/shares.png" alt="shares">
-<table><tr>{head}</tr>
-{''.join(body)}
-</table></body></html>
-"""
+    table = [{"weak": r["weak"], "cells": [_fmt(r[c]) for c in cols], "figure": fig_names.get(r["filter"]),
+              "filter": r["filter"]} for r in rows]
+    env = jinja2.Environment(autoescape=True, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+    template = env.from_string(resources.files(__package__).joinpath(TEMPLATE).read_text(encoding="utf-8"))
+    return template.render(report=report, a=report.analysis, cols=cols, rows=table)

@@ -1,5 +1,6 @@
-"""A logged MLflow run, loaded back: its info, its trained model and the dataset it trained on.
+"""Runs read back from MLflow: an experiment's runs as a table, a run's info, its model and its data.
 
+`search_runs` gives an experiment's runs as pandas rows (what `focusml compare` summarises);
 `load_run_model` loads the run's `checkpoints/last.pt` state dict with `torch.load(weights_only=True)`,
 else the logged MLflow model; `load_run_data` rebuilds the run's dataset from its params.
 """
@@ -10,20 +11,33 @@ import sys
 import tempfile
 from pathlib import Path
 
+import mlflow
+import pandas as pd
 import torch
 from torch import nn
 
 from focusml import FocusmlError
 from focusml.data import DataOptions, Dataset, load
+from focusml.models import build_model
+from focusml.tracking.store import setup
+
+
+def search_runs(experiment: str, order_by: list[str] | None = None) -> pd.DataFrame:
+    """Every run of experiment `experiment` as pandas rows (`mlflow.search_runs`). Needs tracking set up.
+
+    An unknown experiment raises FocusmlError naming the experiments the store has.
+    """
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        names = ", ".join(sorted(e.name for e in mlflow.search_experiments())) or "none"
+        raise FocusmlError(f"experiment '{experiment}' not found in {mlflow.get_tracking_uri()} (experiments: {names}). "
+                           "Pass --experiment NAME, or set MLFLOW_TRACKING_URI to the store your runs went to.")
+    return mlflow.search_runs(experiment_ids=[exp.experiment_id], order_by=order_by, output_format="pandas")
 
 
 def run_info(run_id: str):
     """The MLflow run `run_id` (tracking URI from the environment); FocusmlError if unknown."""
-    import mlflow
-
-    from focusml import tracking
-
-    tracking.setup()
+    setup()
     try:
         return mlflow.MlflowClient().get_run(run_id)
     except mlflow.exceptions.MlflowException as e:
@@ -49,10 +63,6 @@ def load_run_model(run_id: str, image_size: int | None = None, prefer: str = "ch
     the run's `model` param and loaded with those weights (`image_size` matters only for vgg11,
     whose poolings depend on it).
     """
-    import mlflow
-
-    from focusml.models import build_model
-
     run = run_info(run_id)
     params = run.data.params
     client = mlflow.MlflowClient()

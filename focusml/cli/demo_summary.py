@@ -1,9 +1,12 @@
-"""Print the latest baseline and upper-bound runs of an experiment as a table (used by `make demo`)."""
+"""The end of `make demo`: the latest baseline and upper-bound runs of an experiment as a table,
+and how to open the MLflow UI. Run as `python -m focusml.cli.demo_summary --experiment demo`.
+
+Not a `focusml` command (it is not in `COMMANDS`): `focusml compare` is the general table.
+"""
 
 from __future__ import annotations
 
 import click
-import mlflow
 
 from focusml import tracking
 from focusml.cli._common import echo_table
@@ -15,7 +18,7 @@ COLUMNS = ["acc/test", "acc/test_confounded", "acc/test_clean", "wr/test", "cam_
 @click.option("--experiment", default="demo")
 def main(experiment: str) -> None:
     tracking.setup()
-    runs = mlflow.search_runs(experiment_names=[experiment], order_by=["attributes.start_time DESC"])
+    runs = tracking.search_runs(experiment, order_by=["attributes.start_time DESC"])
     rows = []
     for method in ("baseline", "upper_bound"):
         sel = runs[runs.get("tags.focusml.method") == method] if len(runs) else runs

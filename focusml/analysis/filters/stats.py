@@ -1,4 +1,4 @@
-"""Filter explorer: which filters of the last convolutional layer respond to the masked region.
+"""The filter explorer's analysis: which filters of the last convolutional layer respond to the mask.
 
 For every filter k of the last layer of `model.features` (A_k ≥ 0, after the last ReLU):
 
@@ -20,34 +20,21 @@ Filters are ranked by share (largest first): the top of the list are the "irrele
 model's by index (valid when one was fine-tuned from the other) or by activation (Hungarian
 matching on the correlation of the two filters' activation maps), and the pairing correlation is
 reported so a reader can tell whether "the same filter" is meaningful.
-
-`explore` ties it to MLflow: it loads a run's model (its `checkpoints/last.pt` state dict with
-`torch.load(weights_only=True)`, else the logged MLflow model), rebuilds the run's dataset from its
-params (both in `focusml.runs`), writes an HTML report with PNG figures (`focusml.filters_report`)
-and logs that folder to the run.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from focusml import FocusmlError
 from focusml.data import Split
-from focusml.filters_report import Report, write_report
-from focusml.runs import load_run_data, load_run_model, run_info
-
-# --------------------------------------------------------------------------------------------
-# Analysis
-# --------------------------------------------------------------------------------------------
 
 
 def receptive_field(features: nn.Sequential) -> tuple[tuple[float, float], tuple[float, float], tuple[float, float]]:
@@ -204,8 +191,6 @@ def match_filters(model_a, model_b, split: Split, index: torch.Tensor, how: str 
     filters' activation maps over the images (Hungarian matching). Correlations are Pearson
     correlations over every image and grid cell; 0 for a filter that never varies.
     """
-    from scipy.optimize import linear_sum_assignment
-
     if how not in ("index", "activation"):
         raise FocusmlError(f"--match is {how!r}; use index or activation.")
     sums = None
@@ -231,54 +216,3 @@ def match_filters(model_a, model_b, split: Split, index: torch.Tensor, how: str 
         rows, cols = linear_sum_assignment(-corr)
         partner = cols[np.argsort(rows)]
     return partner, corr[np.arange(k), partner]
-
-# --------------------------------------------------------------------------------------------
-# From a run id to a logged report
-# --------------------------------------------------------------------------------------------
-
-
-def explore(run_id: str, compare: str | None = None, out_dir: str | os.PathLike | None = None, split: str = "val",
-            max_images: int | None = 500, top: int = 6, figures: int = 20, match: str = "auto",
-            log: bool = True) -> Report:
-    """Analyse run `run_id` (and `compare`), write the report to `out_dir`, log it to the run under `filters/`."""
-    import mlflow
-
-    run = run_info(run_id)
-    params = run.data.params
-    warnings = []
-    data = load_run_data(params)
-    fp = params.get("dataset_fingerprint")
-    if fp and fp != data.fingerprint:
-        warnings.append(f"the dataset rebuilt from the run's params differs from the one it trained on "
-                        f"(fingerprint {data.fingerprint} ≠ {fp}): its files changed since.")
-    c, h, w = data.image_shape
-    model = load_run_model(run_id, image_size=max(h, w))
-    sp = data.split(split)
-    index = pick_rows(len(sp), max_images)
-    analysis = analyse(model, sp, index, top=top)
-    title = run.info.run_name or run_id[:8]
-    report = Report(run_id, title, split, data.classes, analysis, warnings=warnings)
-    if compare:
-        other = run_info(compare)
-        if other.data.params.get("dataset") != params.get("dataset"):
-            warnings.append(f"run {compare} trained on dataset {other.data.params.get('dataset')!r}, "
-                            f"not {params.get('dataset')!r}; both are analysed on the latter.")
-        model_b = load_run_model(compare, image_size=max(h, w))
-        if model_b.classifier.weight.shape[0] != data.num_classes:
-            raise FocusmlError(f"run {compare} has {model_b.classifier.weight.shape[0]} classes, "
-                               f"run {run_id} {data.num_classes}: compare runs on the same dataset.")
-        if match == "auto":
-            match = "index" if other.data.params.get("pretrained") else "activation"
-        partner, corr = match_filters(model, model_b, sp, index, match)
-        report.compare = analyse(model_b, sp, index, top=top)
-        report.compare_run_id, report.compare_title = compare, other.info.run_name or compare[:8]
-        if report.compare_title == report.title:
-            report.title, report.compare_title = f"{title} ({run_id[:6]})", f"{report.compare_title} ({compare[:6]})"
-        report.partner, report.correlation, report.match = partner, corr, match
-    if out_dir is None:
-        out_dir = Path(tempfile.mkdtemp(prefix="focusml-filters-"))
-    report.out_dir = write_report(report, sp, Path(out_dir), figures=figures, top=top)
-    if log:
-        report.artifact_path = "filters" if not compare else f"filters/compare_{compare}"
-        mlflow.MlflowClient().log_artifacts(run_id, str(report.out_dir), artifact_path=report.artifact_path)
-    return report

@@ -1,0 +1,41 @@
+"""How a run reports while it works: one class of optional hooks, called by `run.run` and `train.fit`.
+
+The core never prints and never tracks; whoever calls it watches through these hooks. The CLI's
+progress bars, MLflow logging (`focusml.tracking.RunLogger`) and Optuna's pruning
+(`focusml.tune.TrialCallbacks`) are all `Callbacks`. A hook may raise to stop the run (e.g.
+`optuna.TrialPruned` from `on_epoch_end`).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: run.py imports this module
+    from focusml.run import RunContext, RunResult
+
+
+class Callbacks:
+    """Override what you need; every hook does nothing by default."""
+
+    def run_scope(self, ctx: RunContext) -> AbstractContextManager:
+        """A context that wraps the run once data and model are ready: prepare, fit, test, `on_run_end`.
+
+        A tracker opens its run here, so an input refused earlier leaves nothing behind, and the
+        run can end FAILED when the block raises.
+        """
+        return nullcontext()
+
+    def log_artifact(self, path: Path, artifact_path: str) -> None:
+        """A file a method's `prepare` wants kept with the run (e.g. the inpainter's weights)."""
+
+    def on_prepare(self, desc: str, step: int, steps: int) -> None:
+        """Progress of a method's `prepare` (e.g. inpainter training)."""
+
+    def on_batch_end(self, epoch: int, step: int, steps: int, loss: float) -> None: ...
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float], model) -> None: ...
+
+    def on_run_end(self, ctx: RunContext, result: RunResult) -> None:
+        """After the test metrics, inside `run_scope`."""

@@ -1,0 +1,86 @@
+"""One run end to end, without tracking: validate → load data → build model → method.prepare → fit → test.
+
+`run(config, callbacks)` is the core's single entry point: the tracked run of `focusml train`,
+the MLproject entry points and the Optuna trials (`focusml.tracking.run`, which plugs MLflow
+logging in as callbacks), the benchmarks and the tests all go through it. It returns the final
+metrics and the trained model; nothing here imports MLflow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from focusml import methods
+from focusml.cache import cache_dir
+from focusml.callbacks import Callbacks
+from focusml.config import RunConfig
+from focusml.data import DataOptions, Dataset, load
+from focusml.evaluate import test_metrics
+from focusml.methods import Method, PrepareContext
+from focusml.models import build_model
+from focusml.train import FitResult, fit, resolve_device
+
+
+@dataclass
+class RunContext:
+    """What a run works on once its inputs are accepted (what `Callbacks.run_scope` receives)."""
+
+    config: RunConfig
+    data: Dataset
+    model: torch.nn.Module
+    method: Method
+    device: torch.device
+
+
+@dataclass
+class RunResult:
+    metrics: dict[str, float]  # test metrics, `time/epoch_s_mean` and `best_epoch`
+    run_id: str | None = None  # set by a tracker (`focusml.tracking.RunLogger`)
+    history: list[dict[str, float]] = field(default_factory=list)  # per-epoch metrics
+    model: torch.nn.Module | None = None  # the final (evaluated) model
+    fit: FitResult | None = None  # the loop's outcome: history, best-val state and epoch
+    confusion: np.ndarray | None = None  # confusion matrix on `test`
+
+
+def load_data(config: RunConfig) -> Dataset:
+    """The dataset a config names, with its data options."""
+    return load(config.dataset, DataOptions(
+        seed=config.data_seed,
+        root=Path(config.data_root) if config.data_root else None,
+        download=config.download,
+        image_size=config.image_size,
+    ))
+
+
+def summary(fitted: FitResult) -> dict[str, float]:
+    """Run-level numbers from the loop: mean time per epoch and the epoch with the best acc/val."""
+    times = [h["time/epoch_s"] for h in fitted.history]
+    return {"time/epoch_s_mean": sum(times) / len(times), "best_epoch": float(fitted.best_epoch)}
+
+
+def run(config: RunConfig, callbacks: Callbacks | None = None) -> RunResult:
+    """Train and evaluate one configuration. Bad input raises `FocusmlError` before `run_scope` opens."""
+    callbacks = callbacks or Callbacks()
+    config.validate()
+    method_cls = methods.get(config.method)
+    data = load_data(config)
+    data.split(method_cls.train_split)  # refuse early (e.g. upper_bound without a clean split)
+    method = method_cls(config.method_params)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    c, h, w = data.image_shape
+    model = build_model(config.model, c, data.num_classes, max(h, w), config.pretrained).to(device)
+    ctx = RunContext(config, data, model, method, device)
+    with callbacks.run_scope(ctx):
+        method.prepare(PrepareContext(data=data, config=config, model=model, cache_dir=cache_dir(), device=device,
+                                      log_artifact=callbacks.log_artifact, progress=callbacks.on_prepare))
+        fitted = fit(model, data, method, config, device, callbacks)
+        metrics, cm, _ = test_metrics(model, data, device)
+        metrics.update(summary(fitted))
+        result = RunResult(metrics, None, fitted.history, model, fitted, cm)
+        callbacks.on_run_end(ctx, result)
+    return result
