@@ -50,7 +50,7 @@ def vgg_cam(in_channels: int, num_classes: int, image_size: int = 28, arch: str 
     Poolings are dropped from the end until the feature grid is at least 4×4 for `image_size`,
     and the trailing pooling is always removed so the features end with a ReLU.
     """
-    import torchvision
+    import torchvision  # only vgg11 needs it, and importing torchvision takes seconds
 
     vgg = getattr(torchvision.models, arch)(weights=None)
     layers = list(vgg.features)

@@ -7,13 +7,13 @@ adds a folder to a finished run named by its id.
 from __future__ import annotations
 
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
 import torch
-import torchvision
 from mlflow.models import infer_signature
 
 import focusml
@@ -105,7 +105,7 @@ def log_model(model: torch.nn.Module, example: torch.Tensor) -> str:
         signature=infer_signature(x, y),
         input_example=x,
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                          f"torchvision=={torchvision.__version__.split('+')[0]}", "focusml"],
+                          f"torchvision=={version('torchvision').split('+')[0]}", "focusml"],
         code_paths=[str(Path(focusml.__file__).parent)],
     )
     return info.model_uri
