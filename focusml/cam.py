@@ -1,4 +1,4 @@
-"""Class activation maps and the attention metrics of METHODS.md.
+"""Class activation maps and the attention metrics of docs/methods.md.
 
 CAM_c(u,v) = Σ_k w_ck A_k(u,v) on the feature grid; `upsample` takes it bilinearly to the image
 size for display and for pixel-level metrics; `mask_to_grid` takes a mask to the feature grid

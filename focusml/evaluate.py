@@ -1,4 +1,4 @@
-"""Metrics on every split (METHODS.md): accuracy, balanced accuracy, macro-F1, WR, CAM in mask.
+"""Metrics on every split (docs/methods.md): accuracy, balanced accuracy, macro-F1, WR, CAM in mask.
 
 Attention metrics use the positive CAM of the predicted class, upsampled to the image size.
 """

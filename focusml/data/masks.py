@@ -1,4 +1,4 @@
-"""Mask augmentation (METHODS.md): dilate, jitter, scale, blur, keep_fraction.
+"""Mask augmentation (docs/methods.md): dilate, jitter, scale, blur, keep_fraction.
 
 All operations act on float masks (N×H×W, values in [0, 1]) of one batch and draw their
 randomness from the given `torch.Generator`, so a run is reproducible from its seed.
@@ -19,7 +19,7 @@ from focusml import FocusmlError
 
 @dataclass
 class MaskAugment:
-    """Mask augmentation of METHODS.md, applied per batch to the masks of mask-based methods."""
+    """Mask augmentation of docs/methods.md, applied per batch to the masks of mask-based methods."""
 
     dilate: int = 0  # pixels, ≥ 0
     jitter: int = 0  # max random shift in pixels, ≥ 0

@@ -10,8 +10,8 @@ images without the tag. Colour carries only the shortcut: the symbol and backgro
 
 Why these settings: the symbol is small and its grey level varies, so learning the shape
 takes the small CNN a few epochs, while one colour channel of the tag separates the classes
-at once, and a baseline trained on the confounded data leans on the tag (see README
-for the measured gap).
+at once, and a baseline trained on the confounded data leans on the tag (docs/benchmarks.md
+has the measured gap).
 """
 
 from __future__ import annotations

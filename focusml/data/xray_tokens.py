@@ -15,9 +15,9 @@ plate replaces the pixels under it, so the mask is exactly its 49 pixels; clean 
 same images without it.
 
 Why these settings: a bright plate reads as "opacity" to a model that never saw tokens (the
-upper bound's test accuracy fell to ~0.6), and a stronger haze is learnt from the 2% of
+upper bound's test accuracy fell), and a stronger haze is learnt from the 2% of
 counter-examples by the baseline too; a dark plate with a mid-grey letter and a haze of 30–45
-grey levels keep both effects small (README has the numbers). The soft tissue is kept
+grey levels keep both effects small (docs/benchmarks.md has the numbers). The soft tissue is kept
 dim: with a bright body the small CNN at lr 3e-3 often never left chance on this task.
 """
 

@@ -65,7 +65,7 @@ def lam_param(default: float, scale_note: str) -> Param:
 
 
 def grid_dilate_param(default: int = 1) -> Param:
-    """Grow m↓ by N feature-grid cells (0 = METHODS.md's m↓ exactly).
+    """Grow m↓ by N feature-grid cells (0 = the exact m↓ of docs/methods.md exactly).
 
     A cell next to the mask sees the masked pixels through its receptive field, so a shortcut
     silenced in its own cell moves to the neighbours; one cell closes that door.

@@ -8,8 +8,8 @@ soft mask (mask augmentation `blur`) blends, `x' = (1 − m)·x + m·noise`. Add
 same mask and index −1. Noise comes from the loop's generator, so runs are reproducible.
 
 No λ: the strength is the number of copies (batches grow by the masked share × copies). The
-default is METHODS.md's one copy; `copies=3` scored higher on the selection seed but lower on the
-reported seeds and costs twice as much per epoch (README).
+default is the contract's one copy: more copies cost more per epoch without a clear gain
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations

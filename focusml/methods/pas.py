@@ -1,4 +1,4 @@
-"""`pas`: selective activation loss (METHODS.md).
+"""`pas`: selective activation loss (docs/methods.md).
 
     L = CE + λ · S · mean_i [ Σ_uv m↓_i · ReLU(CAM_{y_i}) / max(1, Σ_uv m↓_i) ]
 
@@ -7,20 +7,19 @@ taken to that grid by adaptive max pooling (a cell is irrelevant when any pixel 
 is), so the bracket is the mean positive true-class evidence over the masked cells (zero for an
 image without a mask). Its gradient reaches the features only through masked cells.
 
-λ scale: the bracket is in logit units and a freshly initialised CAM network has logits of a few
-hundredths, so the raw term is ≈ 0.006–0.012 at initialisation on decoy-digits while CE is
-≈ ln 10 ≈ 2.3. The term is therefore multiplied by the fixed constant `S = 200`: λ=1 then gives a
-penalty at initialisation (mean over 5 seeds, `benchmarks/methods.py --init-scale --dataset D`) of
-1.8 on decoy-digits (CE 2.3), 1.7 on symbols (CE 1.6), 2.5 on xray-tokens (CE 0.7) and 3.7 on
-sketches (CE 1.6): the order of CE. S never changes during training, so the loss is the METHODS.md loss with weight λ·S.
+λ scale: the bracket is in logit units, and a freshly initialised CAM network has logits of a
+few hundredths, so the raw term is far below CE at initialisation. The fixed constant `S`
+brings λ=1 to the order of CE there (`benchmarks/methods.py --init-scale` prints both; the
+values per dataset are in docs/methods.md). S never changes during training, so the loss is the
+contract's loss with weight λ·S.
 
-Default λ = 0.1 (λ·S = 20): larger λ slows the start of training (λ=0.5 leaves CE at chance for
-the first 6 of 20 epochs) and lowers test accuracy (README: the sweep).
+Default λ = 0.1: larger λ slows the start of training and lowers test accuracy (the sweep is in
+docs/benchmarks.md).
 
 `grid_dilate` (default 1) grows m↓ by one cell of the feature grid before the penalty. With the
-exact m↓ (`--grid-dilate 0`, METHODS.md's definition) the masked cell goes silent but the
-shortcut moves into its neighbours, whose receptive fields also cover the masked pixels: PAS then
-closes ~70–80% of the gap on decoy-digits, with one cell of margin 97% (README: Benchmark).
+exact m↓ (`--grid-dilate 0`) the masked cell goes silent but the shortcut moves into its
+neighbours, whose receptive fields also cover the masked pixels; one cell of margin closes that
+door (measured in docs/benchmarks.md, "Why grid_dilate 1").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`pasa`: adjusted selective activation loss, scale-invariant (METHODS.md).
+"""`pasa`: adjusted selective activation loss, scale-invariant (docs/methods.md).
 
     L = CE + λ · S · mean_i Σ_c p̄_ic · [ Σ_uv m↓_i · ReLU(CAM_c) ] / [ Σ_uv ReLU(CAM_c) + ε ]
 
@@ -9,16 +9,12 @@ the model cannot lower the penalty by shrinking its activations. ε = 1e-6 only 
 class with no positive evidence at all.
 
 λ scale: each share is in [0, 1] and at initialisation roughly the masked fraction of the
-feature grid (a 4×4 decoy on a 7×7 grid: 1/49 ≈ 0.02, a little more because the bright patch
-activates more), so the raw term is ≈ 0.01–0.05 on decoy-digits while CE ≈ ln 10 ≈ 2.3. The
-term is multiplied by the fixed constant `S = 50`: λ=1 then gives a penalty at initialisation
-(mean over 5 seeds, `benchmarks/methods.py --init-scale --dataset D`) of 1.9 on decoy-digits
-(CE 2.3), 1.5 on symbols (CE 1.6), 6.6 on xray-tokens (CE 0.7) and 9.2 on sketches (CE 1.6),
-whose masks cover more of the grid: within a factor of ten of CE everywhere.
+feature grid (a little more, because a bright shortcut activates more), far below CE. The fixed
+constant `S` brings λ=1 within a factor of ten of CE at initialisation on every built-in dataset
+(datasets whose masks cover more of the grid get more); the values are in docs/methods.md.
 
-Default λ = 0.1 (λ·S = 5), the best of 0.01–1 in a 3-seed sweep on decoy-digits (README).
-`grid_dilate` (default 1) grows m↓ by one feature-grid cell, as for PAS (see pas.py): the exact
-m↓ (`--grid-dilate 0`) closes ~82% of the decoy-digits gap, one cell of margin 98%.
+Default λ = 0.1, the best of a 3-seed sweep on decoy-digits (docs/benchmarks.md). `grid_dilate`
+(default 1) grows m↓ by one feature-grid cell, as for PAS (see pas.py).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """`random_crop`: with probability `p` per image, the pixels under the mask are replaced by the
-same pixels of another training image drawn at random (METHODS.md).
+same pixels of another training image drawn at random (docs/methods.md).
 
 `x' = x·(1 − m) + x_donor·m`, so pixels outside the mask never change; a soft (blurred) mask
 blends the two images. The donor is drawn uniformly from the whole training split, never the

@@ -1,22 +1,21 @@
 """`rrr`: Right for the Right Reasons (Ross, Hughes & Doshi-Velez, IJCAI 2017).
 
-Penalty (METHODS.md): `mean_i Σ_pixels (m_i ⊙ ∂/∂x Σ_c log p_ic)²`, the squared input gradient
+Penalty (docs/methods.md): `mean_i Σ_pixels (m_i ⊙ ∂/∂x Σ_c log p_ic)²`, the squared input gradient
 of the summed log-probabilities inside the irrelevance mask, summed over channels and pixels and
 averaged over the batch (images with an all-zero mask add zero). The gradient is taken with
 `create_graph=True`, so training pays a double backward pass. One gradient of the batch sum
 gives every image its own input gradient because images do not interact in the forward (a
 BatchNorm layer in training mode would couple them through the batch statistics).
 
-λ scale: the raw penalty is ≈1e-8 at initialisation (an untrained network is almost insensitive
-to its input) and ≈1.4e4 on decoy-digits for a baseline that has learned the decoy, so no
-constant makes it CE-sized at initialisation. It is multiplied by `SCALE = 1e-4`, which makes
-λ=1 give a penalty of the order of CE at initialisation (≈1.4 vs ln 10 ≈ 2.3) for a model that
-uses the shortcut, the state the penalty exists to prevent. Ross et al.'s λ₁ = 1000 is quoted
-for their MLP, batch sum and input scale and does not transfer.
+λ scale: an untrained network is almost insensitive to its input, so the raw penalty is tiny at
+initialisation and huge for a baseline that has learned the decoy: no constant makes it CE-sized
+at initialisation. `SCALE` makes λ=1 give a penalty of the order of CE for a model that uses the
+shortcut, the state the penalty exists to prevent. Ross et al.'s λ₁ = 1000 is quoted for their
+MLP, batch sum and input scale and does not transfer.
 
-Default λ = 1000: the best of {1, 10, 100, 1000} on decoy-digits by `acc/test` of a selection
-seed (100) that is not among the reported seeds (README has the whole grid); RRR needs
-the masked input gradient driven to ≈0, so it wants a penalty far above CE once the model learns.
+Default λ = 1000: the best of a small grid on a selection seed that is not among the reported
+seeds (docs/benchmarks.md has the grid); RRR needs the masked input gradient driven to ≈0, so it
+wants a penalty far above CE once the model learns.
 """
 
 from __future__ import annotations

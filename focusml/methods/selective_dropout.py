@@ -1,5 +1,5 @@
 """`selective_dropout`: with probability `p` per image, the activations of the chosen layers are
-set to zero at the positions of the mask taken to that layer's grid (METHODS.md).
+set to zero at the positions of the mask taken to that layer's grid (docs/methods.md).
 
 The mask goes to each layer's h×w grid by adaptive max pooling (a cell is dropped when any pixel
 of its footprint is irrelevant) and the activations are multiplied by `1 − m↓`, so a binary

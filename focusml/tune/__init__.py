@@ -1,7 +1,7 @@
 """Optuna studies from `studies/*.yaml`: search λ and mask augmentation, every trial an MLflow run.
 
 A study file names a method, a dataset, fixed run options, a search space, the objective(s) and
-their directions, the number of trials, the sampler, the pruner and a seed (`README`).
+their directions, the number of trials, the sampler, the pruner and a seed (docs/tuning.md).
 `load_spec` parses and validates it (a wrong file raises `FocusmlError` naming the field, the
 value and what is allowed); `run_study` runs it:
 

@@ -1,5 +1,5 @@
 """`generative`: with probability `p` per image, the pixels under the mask are replaced by an
-inpainting model's output `G(x⊙(1−m), m)` (METHODS.md).
+inpainting model's output `G(x⊙(1−m), m)` (docs/methods.md).
 
 `x' = x·(1 − m) + G(x⊙(1−m), m)·m`: pixels outside the mask never change. `prepare` loads the
 built-in inpainter from the cache (keyed by the dataset fingerprint) or trains it on the
