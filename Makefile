@@ -1,4 +1,5 @@
-# focusml: `make demo` sets up and runs the main job; `make test` sets up and runs the tests.
+# focusml: `make demo` sets up and runs the main job; `make test` sets up and runs the tests
+# (`make test-fast`: the inner loop without servers, browser or whole-epoch trainings).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -32,6 +33,10 @@ demo: setup
 
 test: setup-dev
 	$(BIN)/python -m pytest -q
+
+# The inner loop: no mlflow server, no browser, no whole-epoch trainings (markers: tests/conftest.py).
+test-fast: setup-dev
+	$(BIN)/python -m pytest -q -m "not server and not slow and not browser"
 
 benchmark: setup
 	$(BIN)/python benchmarks/methods.py
