@@ -96,3 +96,32 @@ def grad_cam(model, x: torch.Tensor, classes: torch.Tensor | None = None) -> tor
         a, logits = model.forward_features(x)
         c = logits.argmax(1) if classes is None else classes
         return grad_cam_from(a, logits, c).detach()
+
+
+def region_evidence(features: torch.Tensor, weight: torch.Tensor, masks: torch.Tensor,
+                    dilate_cells: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every class's logit contribution from the masked cells and from the rest → (inside, outside), N×C each.
+
+    For a CAM network z_c − b_c = mean_uv CAM_c(u,v), which splits exactly into the part of the
+    cells of m↓ and the part of the others. Adding one amount to every logit changes no
+    prediction, so both parts are centred over classes: what remains is evidence for some
+    classes against others, of either sign.
+    """
+    cam = cam_from_features(features, weight)
+    md = mask_to_grid(masks, features.shape[-2:], dilate_cells).to(cam.dtype)[:, None]
+    cells = features.shape[-2] * features.shape[-1]
+    inside = (md * cam).flatten(2).sum(2) / cells
+    outside = cam.flatten(2).sum(2) / cells - inside
+    return inside - inside.mean(1, keepdim=True), outside - outside.mean(1, keepdim=True)
+
+
+def evidence_share(inside: torch.Tensor, outside: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Per image, the share of Σ_c |contribution| (centred, both signs) that comes from the masked cells."""
+    a, b = inside.abs().sum(1), outside.abs().sum(1)
+    return a / (a + b).clamp_min(eps)
+
+
+def evidence_in_mask(shares: torch.Tensor, masks: torch.Tensor) -> float:
+    """Mean `evidence_share` over images with a non-empty mask (NaN when none has one)."""
+    keep = masks.flatten(1).amax(1) > 0
+    return float(shares[keep].mean()) if keep.any() else float("nan")

@@ -1,0 +1,95 @@
+"""The counterfactual construction and the evidence decomposition, on hand-made tensors."""
+
+import math
+
+import torch
+
+from focusml import counterfactual
+from focusml.cam import evidence_in_mask, evidence_share, region_evidence
+from focusml.data import Split
+
+
+def _split(masks, labels, values):
+    images = torch.tensor(values, dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 2, 2).clone()
+    return Split(images, torch.tensor(masks, dtype=torch.uint8), torch.tensor(labels))
+
+
+def test_donors_come_from_another_class_and_prefer_annotated_images():
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    masks = torch.zeros(5, 2, 2, dtype=torch.uint8)
+    masks[[0, 2, 3], 0, 0] = 1  # row 4 (class 2) and row 1 are not annotated
+    d = counterfactual.donors(labels, masks)
+    assert all(labels[d[i]] != labels[i] for i in range(5))
+    assert d[0] in (2, 3) and d[1] in (2, 3) and d[4] in (0, 2, 3)  # annotated donors only
+    assert torch.equal(d, counterfactual.donors(labels, masks))  # fixed seed
+
+
+def test_single_class_has_no_donor():
+    d = counterfactual.donors(torch.tensor([1, 1]), torch.ones(2, 2, 2, dtype=torch.uint8))
+    assert d.tolist() == [-1, -1]
+
+
+def test_counterfactual_pastes_the_union_of_both_masks_from_the_donor():
+    m = torch.zeros(2, 2, 2, dtype=torch.uint8)
+    m[0, 0, 0] = 1  # image 0: its shortcut at (0,0)
+    m[1, 1, 1] = 1  # image 1: its shortcut at (1,1)
+    split = Split(torch.tensor([[[[10, 11], [12, 13]]], [[[200, 201], [202, 203]]]], dtype=torch.uint8), m,
+                  torch.tensor([0, 1]))
+    cf = counterfactual.build(split)
+    assert cf.donors.tolist() == [1, 0]
+    # u = max(m, m_d) = both corners: both come from the donor, the rest is untouched.
+    assert cf.split.images[0, 0].tolist() == [[200, 11], [12, 203]]
+    assert cf.split.images[1, 0].tolist() == [[10, 201], [202, 13]]
+    assert cf.valid.tolist() == [True, True]
+    assert torch.equal(cf.split.labels, split.labels) and torch.equal(cf.split.masks, split.masks)
+
+
+def test_soft_masks_blend_and_unannotated_pairs_are_left_out():
+    split = _split(masks=[[[0, 0], [0, 0]], [[0, 0], [0, 0]], [[0, 0], [0, 0]]], labels=[0, 1, 1], values=[0, 100, 100])
+    assert counterfactual.build(split).valid.tolist() == [False, False, False]
+    soft = Split(split.images[:2], torch.tensor([[[0, 0], [0, 0]], [[0, 0], [0, 0]]], dtype=torch.uint8), split.labels[:2])
+    soft.masks = torch.tensor([[[0.5, 0], [0, 0]], [[0, 0], [0, 0]]])  # a soft mask of 0.5 at (0,0)
+    cf = counterfactual.build(soft)
+    assert cf.split.images[0, 0, 0, 0] == 50 and cf.split.images[0, 0, 1, 1] == 0
+    assert cf.split.images[1, 0, 0, 0] == 50  # x·0.5 + x_d·0.5 = 100·0.5 + 0·0.5
+
+
+def test_metrics_count_valid_rows_only():
+    out = counterfactual.metrics(labels=[0, 1, 2, 3], preds=[0, 1, 2, 0], preds_cf=[0, 2, 2, 1],
+                                 valid=[True, True, False, True])
+    assert out == {"acc_cf": 1 / 3, "flip": 2 / 3}
+    none = counterfactual.metrics([0], [0], [0], [False])
+    assert math.isnan(none["acc_cf"]) and math.isnan(none["flip"])
+
+
+def test_region_evidence_decomposes_logits_exactly():
+    torch.manual_seed(0)
+    a = torch.rand(3, 4, 2, 2)
+    w = torch.randn(5, 4)
+    masks = torch.zeros(3, 4, 4)
+    masks[:, :2, :2] = 1  # the top-left cell of the 2×2 grid
+    inside, outside = region_evidence(a, w, masks)
+    z = a.mean((2, 3)) @ w.T
+    assert torch.allclose(inside + outside, z - z.mean(1, keepdim=True), atol=1e-6)
+    cam_cell = torch.einsum("ck,nk->nc", w, a[:, :, 0, 0]) / 4
+    assert torch.allclose(inside, cam_cell - cam_cell.mean(1, keepdim=True), atol=1e-6)
+
+
+def test_evidence_share_sees_negative_evidence_and_ignores_a_common_shift():
+    a = torch.zeros(1, 1, 2, 2)
+    a[0, 0, 0, 0] = 4.0  # one feature fires only in the masked cell
+    m = torch.zeros(1, 4, 4)
+    m[0, :2, :2] = 1
+    # The masked cell speaks *against* class 1 only: the positive CAM of class 0 sees nothing there.
+    inside, outside = region_evidence(a, torch.tensor([[0.0], [-1.0]]), m)
+    assert torch.allclose(inside, torch.tensor([[0.5, -0.5]]))
+    assert evidence_share(inside, outside).item() == 1.0
+    # The same feature adding equally to every logit changes no prediction: no evidence.
+    inside, outside = region_evidence(a, torch.tensor([[1.0], [1.0]]), m)
+    assert evidence_share(inside, outside).item() == 0.0
+    # Half inside, half outside.
+    a[0, 0, 1, 1] = 4.0
+    inside, outside = region_evidence(a, torch.tensor([[1.0], [-1.0]]), m)
+    assert evidence_share(inside, outside).item() == 0.5
+    assert evidence_in_mask(evidence_share(inside, outside), m) == 0.5
+    assert math.isnan(evidence_in_mask(torch.tensor([0.3]), torch.zeros(1, 4, 4)))
