@@ -7,6 +7,7 @@ A YAML config file and the CLI use the same flat keys (`lam`, `dilate`, ... at t
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -57,8 +58,11 @@ class RunConfig:
             raise FocusmlError(f"--lr is {self.lr}; it must be a finite number > 0.")
         if self.image_size is not None and self.image_size < 8:
             raise FocusmlError(f"--image-size is {self.image_size}; it must be ≥ 8.")
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise FocusmlError(f"--device is {self.device!r}; use auto, cpu or cuda[:N].")
+        check_device(self.device)
+        if self.pretrained:  # a bad weights file is refused here, before any run exists
+            from focusml.models import check_state_dict_file
+
+            check_state_dict_file(self.pretrained)
         self.augment.validate()
         if self.augment.active and not cls.uses_masks:
             raise FocusmlError(
@@ -100,6 +104,25 @@ class RunConfig:
         except (TypeError, ValueError) as e:
             raise FocusmlError(f"mask augmentation option has a bad value: {e}")
         return cls(**run, augment=augment, method_params=mparams)
+
+
+def check_device(device) -> None:
+    """Refuse a device this machine does not have, naming the ones it has (FocusmlError)."""
+    if device in ("auto", "cpu"):
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    have = ", ".join(["cpu", *(f"cuda:{i}" for i in range(count))])
+    match = re.fullmatch(r"cuda(?::(\d{1,9}))?", device) if isinstance(device, str) else None
+    if match is None:
+        raise FocusmlError(f"--device is {device!r}; use auto, cpu or cuda[:N] (this machine has: {have}).")
+    if count == 0:
+        raise FocusmlError(f"--device is {device!r} but this machine has no usable CUDA device (it has: {have}). "
+                           "Use --device cpu or auto.")
+    if int(match.group(1) or 0) >= count:
+        raise FocusmlError(f"--device is {device!r} but this machine has {count} CUDA device"
+                           f"{'s' if count > 1 else ''} (it has: {have}). Use one of those, or auto.")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -7,6 +7,9 @@ logits only, which keeps the logged MLflow model a plain image → logits functi
 
 from __future__ import annotations
 
+import os
+import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -83,13 +86,70 @@ def build_model(name: str, in_channels: int, num_classes: int, image_size: int,
     return model
 
 
-def load_pretrained(model: nn.Module, path: Path) -> list[str]:
-    """Load matching tensors from a local checkpoint (never downloads); return the loaded keys."""
+STATE_DICT_HINT = ("Pass a local .pt/.pth file written by torch.save(model.state_dict(), path); only tensors "
+                   "are loaded (weights_only=True), never pickled code, and nothing is downloaded.")
+
+
+def _describe(obj) -> str:
+    if isinstance(obj, torch.Tensor):
+        return f"a single tensor of shape {tuple(obj.shape)}"
+    return f"a {type(obj).__name__}"
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The named tensors of a local checkpoint, loaded with `weights_only=True`; FocusmlError otherwise.
+
+    Accepts a state dict or a dict holding one under "state_dict". Anything else (a text, JSON or
+    pickle file, a pickled module or other objects, one tensor, a list) is refused with one line
+    naming the file and what a valid file is; nothing in the file is ever executed.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise FocusmlError(f"pretrained weights must be a file path, got {path!r}. {STATE_DICT_HINT}")
+    path = Path(path)
     if not path.is_file():
-        raise FocusmlError(f"pretrained weights {path} not found. Pass a local .pt/.pth state dict (nothing is downloaded).")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        raise FocusmlError(f"pretrained weights {path} not found. {STATE_DICT_HINT}")
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise for a file that is refused anyway
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise FocusmlError(f"pretrained weights {path} is not a weights-only PyTorch checkpoint (it pickles Python "
+                           f"objects other than tensors, or is another kind of file). {STATE_DICT_HINT}") from None
+    except Exception as e:  # torch.load fails on foreign files with anything from KeyError to RuntimeError
+        raise FocusmlError(f"pretrained weights {path} is not a readable PyTorch checkpoint (empty, truncated or "
+                           f"another format: {type(e).__name__}). {STATE_DICT_HINT}") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise FocusmlError(f"pretrained weights {path} holds {_describe(state)}, not a state dict (layer names → "
+                           f"tensors). {STATE_DICT_HINT}")
+    tensors = {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise FocusmlError(f"pretrained weights {path} holds a dict without tensors, not a state dict (layer names → "
+                           f"tensors). {STATE_DICT_HINT}")
+    return tensors
+
+
+_CHECKED: set[tuple] = set()
+
+
+def check_state_dict_file(path: str | Path) -> None:
+    """`read_state_dict` for validation: a file already found valid (same size and mtime) is not reread."""
+    try:
+        st = os.stat(path)
+        key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    except (OSError, TypeError, ValueError):
+        key = None
+    if key is not None and key in _CHECKED:
+        return
+    read_state_dict(path)
+    if key is not None:
+        _CHECKED.add(key)
+
+
+def load_pretrained(model: nn.Module, path: Path) -> list[str]:
+    """Load matching tensors from a local checkpoint (never downloads); return the loaded keys."""
+    state = read_state_dict(path)
     own = model.state_dict()
     # torchvision VGG checkpoints name the conv stack `features.N`, as CamNet does.
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}

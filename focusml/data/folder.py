@@ -16,7 +16,9 @@ with them (nearest neighbour, so a mask stays binary); without it every image mu
 size of the first one. A mask must always have its own image's size.
 
 Refused, each with the offending path and the fix: a missing split or mask, an empty split, a
-file that is not a readable image (corrupt, truncated, not an image at all), a mask that is not
+class with no images in any split (every class of images/train needs images in train, val, test
+and test_confounded when present), a symbolic link (file or folder) that resolves outside the
+dataset root (links that stay inside it are followed), a file that is not a readable image (corrupt, truncated, not an image at all), a mask that is not
 single-channel or not its image's size, and anything outside the layout (a file where a folder
 belongs, an unknown split or class folder, a folder inside a class folder, a non-image file,
 two images sharing a name stem and so a mask, a mask without an image, a clean image without
@@ -52,9 +54,26 @@ def mask_path(root: Path, split: str, cls: str, image_name: str) -> Path:
     return root / "masks" / split / cls / (Path(image_name).stem + ".png")
 
 
-def _entries(folder: Path) -> list[Path]:
-    """Sorted entries of a folder, hidden ones (.DS_Store, ...) left out."""
-    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+def _is_link(path: Path) -> bool:
+    return path.is_symlink() or bool(getattr(os.path, "isjunction", lambda p: False)(path))
+
+
+def _check_inside(path: Path, root: Path) -> Path:
+    """`path` if it is no link, or a link whose target stays inside the dataset root; else FocusmlError."""
+    if _is_link(path):
+        real_root = Path(os.path.realpath(root))
+        real = Path(os.path.realpath(path))
+        if real != real_root and real_root not in real.parents:
+            raise FocusmlError(
+                f"folder dataset: {path} is a symbolic link to {real}, outside the dataset root {real_root}. "
+                "Copy what it points to into the dataset (e.g. `cp -rL`), or pass a --data-root that contains it."
+            )
+    return path
+
+
+def _entries(folder: Path, root: Path) -> list[Path]:
+    """Sorted entries of a folder, hidden ones (.DS_Store, ...) left out; links leaving `root` refused."""
+    return [_check_inside(p, root) for p in sorted(folder.iterdir()) if not p.name.startswith(".")]
 
 
 def _open(path: Path, what: str) -> Image.Image:
@@ -71,7 +90,7 @@ def _open(path: Path, what: str) -> Image.Image:
 
 def _check_top(root: Path, tree: str) -> None:
     """ROOT/<tree>/ may hold only split folders."""
-    for p in _entries(root / tree):
+    for p in _entries(root / tree, root):
         if not p.is_dir():
             raise FocusmlError(
                 f"folder dataset: {p} is outside the expected layout: {root / tree}/ holds only split folders "
@@ -84,11 +103,11 @@ def _check_top(root: Path, tree: str) -> None:
             )
 
 
-def _list_images(split_dir: Path, classes: list[str], split: str) -> list[tuple[str, Path]]:
+def _list_images(split_dir: Path, classes: list[str], split: str, root: Path) -> list[tuple[str, Path]]:
     """(class, image path) of a split folder, in a fixed order; refuses anything outside the layout."""
     if not split_dir.is_dir():
         raise FocusmlError(f"folder dataset: split folder {split_dir} is missing. Create {split_dir}/<class>/ with images.")
-    entries = _entries(split_dir)
+    entries = _entries(split_dir, root)
     stray = [p for p in entries if not p.is_dir()]
     if stray:
         raise FocusmlError(
@@ -102,10 +121,11 @@ def _list_images(split_dir: Path, classes: list[str], split: str) -> list[tuple[
             f"({', '.join(classes)}). Rename it or add that class to images/train."
         )
     items: list[tuple[str, Path]] = []
+    empty: list[str] = []
     for cls in classes:
         cdir = split_dir / cls
         stems: dict[str, Path] = {}
-        for f in _entries(cdir) if cdir.is_dir() else []:
+        for f in _entries(cdir, root) if cdir.is_dir() else []:
             if f.is_dir():
                 raise FocusmlError(f"folder dataset: {f} is a folder inside a class folder; the layout is one level "
                                    "deep. Move its images up.")
@@ -117,11 +137,19 @@ def _list_images(split_dir: Path, classes: list[str], split: str) -> list[tuple[
                                    f"{f.stem}.png. Rename one of them.")
             stems[f.stem] = f
             items.append((cls, f))
-        if not stems and split == "train":
-            raise FocusmlError(f"folder dataset: class '{cls}' has no training images in {cdir}. Add images or remove "
-                               "the folder.")
+        if not stems:
+            empty.append(cls)
     if not items:
         raise FocusmlError(f"folder dataset: split '{split}' in {split_dir} is empty. Add images to its class folders.")
+    if empty:
+        cls, cdir = empty[0], split_dir / empty[0]
+        if split == "train":
+            raise FocusmlError(f"folder dataset: class '{cls}' has no training images in {cdir}. Add images or remove "
+                               "the folder.")
+        where = f"{cdir} is empty" if cdir.is_dir() else f"{cdir} is missing"
+        raise FocusmlError(f"folder dataset: class '{cls}' has no images in split '{split}' ({where}). Every class "
+                           f"of images/train needs images in every split: add some to {cdir}, or remove the class "
+                           "from every split.")
     return items
 
 
@@ -183,11 +211,11 @@ def _check_orphan_masks(root: Path, split: str, items: list[tuple[str, Path]]) -
         return
     expected = {(cls, p.stem) for cls, p in items}
     classes = {cls for cls, _ in items}
-    for cdir in _entries(mdir):
+    for cdir in _entries(mdir, root):
         if not cdir.is_dir():
             raise FocusmlError(f"folder dataset: {cdir} is outside the expected layout: masks go in "
                                f"{mdir}/<class>/<name>.png. Move or delete it.")
-        for f in _entries(cdir):
+        for f in _entries(cdir, root):
             if (cdir.name, Path(f.name).stem) not in expected or f.suffix.lower() != ".png" or f.is_dir():
                 hint = "" if cdir.name in classes else " (no such class folder in images/)"
                 raise FocusmlError(
@@ -197,7 +225,7 @@ def _check_orphan_masks(root: Path, split: str, items: list[tuple[str, Path]]) -
 
 
 def _load_split(root: Path, split: str, classes: list[str], mode: str, size: tuple[int, int], resize: bool) -> Split:
-    items = _list_images(root / "images" / split, classes, split)
+    items = _list_images(root / "images" / split, classes, split, root)
     _check_orphan_masks(root, split, items)
     images, masks, labels = [], [], []
     for cls, path in items:
@@ -218,7 +246,7 @@ def _load_clean(root: Path, split: str, classes: list[str], reference: list[tupl
                 size: tuple[int, int], resize: bool) -> Split:
     """The clean twin of `split`: one clean image per image of images/<split>, same class and name stem."""
     cdir = root / "clean" / split
-    found = {(cls, p.stem): p for cls, p in _list_images(cdir, classes, split)}
+    found = {(cls, p.stem): p for cls, p in _list_images(cdir, classes, split, root)}
     images = []
     for cls, path in reference:
         twin = found.pop((cls, path.stem), None)
@@ -260,15 +288,16 @@ def _resolve_root(root: Path | None) -> Path:
 def load_folder(options: DataOptions) -> Dataset:
     root = _resolve_root(options.root)
     for tree in ("images", "masks", "clean"):
+        _check_inside(root / tree, root)
         if (root / tree).is_dir():
             _check_top(root, tree)
     train_dir = root / "images" / "train"
     if not train_dir.is_dir():
         raise FocusmlError(f"folder dataset: {train_dir} is missing. Put training images in {train_dir}/<class>/.")
-    classes = [p.name for p in _entries(train_dir) if p.is_dir()]
+    classes = [p.name for p in _entries(train_dir, root) if p.is_dir()]
     if not classes:
         raise FocusmlError(f"folder dataset: {train_dir} has no class folders. Create {train_dir}/<class>/ for each class.")
-    train_items = _list_images(train_dir, classes, "train")
+    train_items = _list_images(train_dir, classes, "train", root)
     sample = [p for c in classes for p in [q for k, q in train_items if k == c][:20]]
     grey = all(_is_grey(_open(p, "image")) for p in sample)
     mode = "L" if grey else "RGB"
@@ -284,7 +313,7 @@ def load_folder(options: DataOptions) -> Dataset:
                 if split not in REQUIRED_SPLITS:
                     raise FocusmlError(f"folder dataset: {root / 'clean' / split} has no use: clean images exist for "
                                        f"{', '.join(REQUIRED_SPLITS)} only. Remove it.")
-                reference = _list_images(root / "images" / split, classes, split)
+                reference = _list_images(root / "images" / split, classes, split, root)
                 splits[f"{split}_clean"] = _load_clean(root, split, classes, reference, mode, size, resize)
     return Dataset(name="folder", classes=classes, splits=splits, description=__doc__ or "",
                    params={"root": os.fspath(root), "image_size": options.image_size})

@@ -7,13 +7,24 @@ resolved with every symbolic link followed (`os.path.realpath`) and must still l
 dataset root, so a link that leaves the root, whether on the file or on any folder above it,
 is refused too. Listings skip such entries instead of failing.
 
-Masks are written atomically: a temporary file in the mask's own folder, fsync, `os.replace`.
+Writes never go through a symbolic link, not even one that stays inside the root (a mask path
+linked to a training image would otherwise overwrite the image): `masks/`, `masks/<split>/`,
+`masks/<split>/<class>/` and the mask file itself must be real folders and a regular file, or
+the write is refused (UnsafePath, HTTP 403). Where the OS allows (POSIX), the folders are opened
+one at a time from the root with O_NOFOLLOW and every later step works relative to the opened
+folder, so a folder swapped for a link mid-write cannot redirect it either.
+
+Masks are written atomically: a temporary file created exclusively (O_CREAT|O_EXCL|O_NOFOLLOW)
+in the mask's own folder, fsync, `os.replace` onto the mask's name (a rename replaces a directory
+entry and never writes into the file an entry points to).
 """
 
 from __future__ import annotations
 
+import errno
 import os
-import tempfile
+import secrets
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -142,50 +153,231 @@ class DatasetTree:
             return (np.asarray(m) > 0).astype(np.uint8)
 
     def write_mask(self, rel: str, mask: np.ndarray) -> Path:
-        """Save `mask` (H×W, non-zero = irrelevant) as a single-channel 0/255 PNG, atomically."""
+        """Save `mask` (H×W, non-zero = irrelevant) as a single-channel 0/255 PNG, atomically.
+
+        Refused (UnsafePath) when the mask file or a folder above it in masks/ is a symbolic link.
+        """
         w, h = self.image_size(rel)
         if mask.shape != (h, w):
             raise ValueError(f"mask is {mask.shape[1]}×{mask.shape[0]}, image {rel} is {w}×{h}")
-        split, cls, _ = split_rel(rel)
-        for depth in range(1, 4):  # create masks/, masks/<split>/, masks/<split>/<class>/ safely
-            folder = self.inside(*("masks", split, cls)[:depth])
-            folder.mkdir(exist_ok=True)
-        path = self.mask_file(rel)
-        self.inside("masks", split, cls)  # re-check: a folder may have become a link meanwhile
-        return atomic_write_png(path, (mask > 0).astype(np.uint8) * 255)
+        split, cls, name = split_rel(rel)
+        self.check_writable(rel)
+        return atomic_write_png(self, (split, cls, Path(name).stem + ".png"), (mask > 0).astype(np.uint8) * 255)
+
+    def check_writable(self, rel: str) -> None:
+        """Raise UnsafePath if saving the mask of `rel` would go through a link or onto a non-file.
+
+        Missing folders are fine (a save creates them); checked before a bulk change touches anything.
+        """
+        split, cls, name = split_rel(rel)
+        target = _Target(self, split, cls, Path(name).stem + ".png")
+        with target.folder(create=False) as folder:
+            if folder is not None:
+                target.entry_kind(folder)
 
     def backup(self, rel: str) -> bytes | None:
         """Current bytes of the mask file of `rel`, or None when it has none (for bulk undo)."""
-        path = self.mask_file(rel)
-        return path.read_bytes() if path.is_file() else None
+        split, cls, name = split_rel(rel)
+        target = _Target(self, split, cls, Path(name).stem + ".png")
+        with target.folder(create=False) as folder:
+            if folder is None or target.entry_kind(folder) is None:
+                return None
+            return target.read(folder)
 
     def restore(self, rel: str, data: bytes | None) -> None:
-        path = self.mask_file(rel)
-        if data is None:
-            if path.is_file():
-                path.unlink()
+        """Put back the mask bytes `backup` returned (None: remove the mask); never through a link."""
+        split, cls, name = split_rel(rel)
+        target = _Target(self, split, cls, Path(name).stem + ".png")
+        if data is not None:
+            atomic_write_bytes(self, (split, cls, target.name), data)
             return
-        atomic_write_bytes(path, data)
+        with target.folder(create=False) as folder:
+            if folder is not None and target.entry_kind(folder) is not None:
+                target.unlink(folder)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".mask-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+_DIR_FD = all(f in os.supports_dir_fd for f in (os.open, os.stat, os.mkdir, os.rename, os.unlink)) \
+    and os.stat in os.supports_follow_symlinks and hasattr(os, "O_NOFOLLOW") and hasattr(os, "O_DIRECTORY")
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_BINARY = getattr(os, "O_BINARY", 0)
 
 
-def atomic_write_png(path: Path, array: np.ndarray) -> Path:
+def _is_link(st: os.stat_result) -> bool:
+    return stat.S_ISLNK(st.st_mode) or bool(getattr(st, "st_reparse_tag", 0))  # Windows junctions too
+
+
+class _Target:
+    """One mask file masks/<split>/<class>/<name> under the root, reached without following links.
+
+    On POSIX, `folder()` yields a file descriptor of the class folder opened component by component
+    with O_NOFOLLOW; elsewhere it yields the folder's path after checking each component with lstat.
+    """
+
+    def __init__(self, tree: DatasetTree, split: str, cls: str, name: str):
+        self.tree, self.parts, self.name = tree, ("masks", check_part(split), check_part(cls)), check_part(name)
+
+    def shown(self, depth: int | None = None) -> str:
+        return "/".join((*self.parts, self.name)[:depth])
+
+    def _link_error(self, depth: int | None = None) -> UnsafePath:
+        what = "folder" if depth is not None else "file"
+        return UnsafePath(
+            f"{self.shown(depth)} is a symbolic link; the mask tool never writes through links (it could overwrite "
+            f"the file it points to). Replace it with a real {what} or remove it."
+        )
+
+    def folder(self, create: bool):
+        return _FolderHandle(self, create)
+
+    def entry_kind(self, folder) -> str | None:
+        """'file' when the mask exists as a regular file, None when absent; UnsafePath otherwise."""
+        try:
+            st = (os.stat(self.name, dir_fd=folder, follow_symlinks=False) if _DIR_FD
+                  else os.lstat(os.path.join(folder, self.name)))
+        except FileNotFoundError:
+            return None
+        if _is_link(st):
+            raise self._link_error()
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafePath(f"{self.shown()} is not a regular file. Remove it; masks are PNG files.")
+        return "file"
+
+    def read(self, folder) -> bytes:
+        fd = (os.open(self.name, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC | _O_BINARY, dir_fd=folder) if _DIR_FD
+              else os.open(os.path.join(folder, self.name), os.O_RDONLY | _O_NOFOLLOW | _O_BINARY))
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
+
+    def unlink(self, folder) -> None:
+        if _DIR_FD:
+            os.unlink(self.name, dir_fd=folder)
+        else:
+            os.unlink(os.path.join(folder, self.name))
+
+    def write(self, folder, data: bytes) -> None:
+        """Exclusive temporary file in the folder, fsync, rename onto the mask's name."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC | _O_BINARY
+        for _ in range(100):
+            tmp = f".mask-{secrets.token_hex(8)}.tmp"
+            try:
+                fd = (os.open(tmp, flags, 0o666, dir_fd=folder) if _DIR_FD
+                      else os.open(os.path.join(folder, tmp), flags, 0o666))
+                break
+            except FileExistsError:
+                continue
+        else:  # pragma: no cover - 100 collisions of 64 random bits
+            raise OSError(errno.EEXIST, "no free temporary file name", self.shown(3))
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            self.entry_kind(folder)  # last check: the name may have become a link meanwhile
+            if _DIR_FD:
+                os.replace(tmp, self.name, src_dir_fd=folder, dst_dir_fd=folder)
+            else:
+                os.replace(os.path.join(folder, tmp), os.path.join(folder, self.name))
+        except BaseException:
+            self.unlink_tmp(folder, tmp)
+            raise
+        if _DIR_FD:
+            try:
+                os.fsync(folder)  # make the rename durable
+            except OSError:
+                pass
+
+    @staticmethod
+    def unlink_tmp(folder, tmp: str) -> None:
+        try:
+            if _DIR_FD:
+                os.unlink(tmp, dir_fd=folder)
+            else:
+                os.unlink(os.path.join(folder, tmp))
+        except OSError:
+            pass  # already gone; the original error is what matters
+
+
+class _FolderHandle:
+    """Context manager: the class folder of a `_Target` (fd or path), None if missing and not created."""
+
+    def __init__(self, target: _Target, create: bool):
+        self.target, self.create, self.fd = target, create, None
+
+    def __enter__(self):
+        t = self.target
+        if not _DIR_FD:
+            return self._enter_paths()
+        fd = os.open(t.tree.root, os.O_RDONLY | os.O_DIRECTORY | _O_CLOEXEC)
+        try:
+            for depth, part in enumerate(t.parts, start=1):
+                try:
+                    st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    if not self.create:
+                        os.close(fd)
+                        return None
+                    try:
+                        os.mkdir(part, 0o777, dir_fd=fd)
+                    except FileExistsError:
+                        pass  # created meanwhile: the O_NOFOLLOW open below checks what it is
+                else:
+                    if _is_link(st):
+                        raise t._link_error(depth)
+                    if not stat.S_ISDIR(st.st_mode):
+                        raise UnsafePath(f"{t.shown(depth)} is not a folder. Move it away; masks go in "
+                                         "masks/<split>/<class>/.")
+                try:
+                    nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _O_CLOEXEC, dir_fd=fd)
+                except OSError as e:
+                    if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+                        raise t._link_error(depth) from None
+                    raise
+                os.close(fd)
+                fd = nfd
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        return fd
+
+    def _enter_paths(self):
+        t = self.target
+        folder = t.tree.root
+        for depth, part in enumerate(t.parts, start=1):
+            folder = folder / part
+            try:
+                st = os.lstat(folder)
+            except FileNotFoundError:
+                if not self.create:
+                    return None
+                folder.mkdir(exist_ok=True)
+                st = os.lstat(folder)
+            if _is_link(st) or getattr(os.path, "isjunction", lambda p: False)(folder):
+                raise t._link_error(depth)
+            if not stat.S_ISDIR(st.st_mode):
+                raise UnsafePath(f"{t.shown(depth)} is not a folder. Move it away; masks go in masks/<split>/<class>/.")
+        return os.fspath(folder)
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        return False
+
+
+def atomic_write_bytes(tree: DatasetTree, parts: tuple[str, str, str], data: bytes) -> Path:
+    """Write masks/<split>/<class>/<name> under the tree's root atomically, never through a link."""
+    split, cls, name = parts
+    target = _Target(tree, split, cls, name)
+    with target.folder(create=True) as folder:
+        target.write(folder, data)
+    return tree.root.joinpath("masks", split, cls, name)
+
+
+def atomic_write_png(tree: DatasetTree, parts: tuple[str, str, str], array: np.ndarray) -> Path:
     import io
 
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(buf, format="PNG")
-    return atomic_write_bytes(path, buf.getvalue())
+    return atomic_write_bytes(tree, parts, buf.getvalue())

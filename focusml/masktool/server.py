@@ -7,6 +7,13 @@ Writes must be `Content-Type: application/json` (a cross-site page cannot send t
 CORS preflight, which this server never grants) and, on a loopback address, the Host header
 must name this server (defeats DNS rebinding).
 
+Bad requests get a JSON `{"error": ...}` answer, never a dropped connection: a missing,
+negative, non-numeric or conflicting `Content-Length` (411/400), a body over 64 MiB (413) or one
+that does not arrive in time (408), a body that is not a JSON object (NaN/Infinity refused), and
+any field of the wrong type or range (400: numbers must be finite whole numbers in range, not
+booleans or strings). A body left unread is drained before the socket closes, so the client
+still reads the answer.
+
 API (paths are '<split>/<class>/<file>' relative to ROOT/images):
   GET  /api/info                          splits, their classes, whether a model gives CAMs
   GET  /api/list?split=S&class=C          the class's images with `annotated` flags
@@ -25,7 +32,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
+import socket
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -42,6 +52,8 @@ STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/index.html": ("index.html", "text/html; charset=utf-8"),
           "/app.js": ("app.js", "text/javascript; charset=utf-8")}
 MAX_BODY = 64 * 1024 * 1024
+MAX_COORD = 2**31 - 1  # largest pixel coordinate or size a request may name
+REQUEST_TIMEOUT = 30.0  # seconds a client may take to send a request line, headers or body
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -65,6 +77,42 @@ class CamModel:
         import torch.nn as nn
 
         return next(m for m in self.model.features.modules() if isinstance(m, nn.Conv2d)).in_channels
+
+
+def _show(value) -> str:
+    """A short JSON-ish rendering of a request value for error messages."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**18:
+        return "a number too large to use"
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def whole_number(value, name: str, minimum: int) -> int:
+    """`value` as an int in [minimum, MAX_COORD]; ApiError 400 for booleans, strings, NaN, ±inf, fractions."""
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value, ok = int(value), True
+    if not ok or not minimum <= value <= MAX_COORD:
+        raise ApiError(HTTPStatus.BAD_REQUEST,
+                       f"{name} must be a whole number from {minimum} to {MAX_COORD}, got {_show(value)}")
+    return value
+
+
+def text_field(body: dict, name: str, *, optional: bool = False) -> str | None:
+    value = body.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"{name} must be a string{' or null' if optional else ''}, "
+                                               f"got {_show(value)}")
+    return value
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _b64(arr: np.ndarray) -> str:
@@ -138,12 +186,14 @@ class MaskToolApp:
 
     # -- writing ----------------------------------------------------------------------------
     def save_mask(self, body: dict) -> dict:
-        rel = body.get("path")
+        rel = text_field(body, "path")
+        width, height = whole_number(body.get("width"), "width", 1), whole_number(body.get("height"), "height", 1)
+        data = text_field(body, "data")
         w, h = self.tree.image_size(rel)
-        if (body.get("width"), body.get("height")) != (w, h):
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"mask is {body.get('width')}×{body.get('height')}, image is {w}×{h}")
+        if (width, height) != (w, h):
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"mask is {width}×{height}, image is {w}×{h}")
         try:
-            raw = base64.b64decode(body.get("data", ""), validate=True)
+            raw = base64.b64decode(data, validate=True)
         except (ValueError, TypeError):
             raise ApiError(HTTPStatus.BAD_REQUEST, "data is not base64") from None
         if len(raw) != w * h:
@@ -154,26 +204,37 @@ class MaskToolApp:
         return {"path": rel, "saved": True, "annotated": bool(mask.any())}
 
     def apply_rect(self, body: dict) -> dict:
-        split, cls = body.get("split"), body.get("class")
-        rect = body.get("rect") or {}
-        try:
-            x, y, w, h = (int(rect[k]) for k in ("x", "y", "w", "h"))
-        except (KeyError, TypeError, ValueError):
-            raise ApiError(HTTPStatus.BAD_REQUEST, "rect must be {x, y, w, h} in image pixels") from None
-        if w <= 0 or h <= 0:
-            raise ApiError(HTTPStatus.BAD_REQUEST, "rect must have a positive width and height")
-        erase = bool(body.get("erase", False))
+        split, cls = text_field(body, "split"), text_field(body, "class", optional=True)
+        rect = body.get("rect")
+        if not isinstance(rect, dict):
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"rect must be an object {{x, y, w, h}} in image pixels, got {_show(rect)}")
+        x, y = (whole_number(rect.get(k), f"rect.{k}", 0) for k in ("x", "y"))
+        w, h = (whole_number(rect.get(k), f"rect.{k}", 1) for k in ("w", "h"))
+        erase = body.get("erase", False)
+        if not isinstance(erase, bool):
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"erase must be true or false, got {_show(erase)}")
         classes = [cls] if cls is not None else self.tree.classes(split)
         if cls is not None and cls not in self.tree.classes(split):
             raise ApiError(HTTPStatus.NOT_FOUND, f"no class {cls!r} in split {split!r}")
         paths = [p for c in classes for p in self.tree.images(split, c)]
         backup: dict[str, bytes | None] = {}
         with self._write_lock:
-            for rel in paths:
-                m = self.tree.read_mask(rel)
-                backup[rel] = self.tree.backup(rel)
-                m[max(0, y):max(0, y + h), max(0, x):max(0, x + w)] = 0 if erase else 1
-                self.tree.write_mask(rel, m)
+            for rel in paths:  # refuse before the first write, not half way through the class
+                self.tree.check_writable(rel)
+            try:
+                for rel in paths:
+                    m = self.tree.read_mask(rel)
+                    old = self.tree.backup(rel)
+                    m[y:y + h, x:x + w] = 0 if erase else 1
+                    self.tree.write_mask(rel, m)
+                    backup[rel] = old
+            except BaseException:
+                for rel, data in backup.items():  # all or nothing: put back what was written
+                    try:
+                        self.tree.restore(rel, data)
+                    except (OSError, FocusmlError):
+                        pass
+                raise
             self._last_apply = backup
         return {"written": len(paths), "erase": erase}
 
@@ -181,18 +242,43 @@ class MaskToolApp:
         with self._write_lock:
             if not self._last_apply:
                 raise ApiError(HTTPStatus.CONFLICT, "nothing to undo: no rectangle was applied to a class or split")
+            for rel in self._last_apply:  # refuse before the first write
+                self.tree.check_writable(rel)
             for rel, data in self._last_apply.items():
                 self.tree.restore(rel, data)
             n, self._last_apply = len(self._last_apply), None
         return {"restored": n}
 
 
-def _handler(app: MaskToolApp, allowed_hosts: set[str] | None):
+def _handler(app: MaskToolApp, allowed_hosts: set[str] | None, request_timeout: float = REQUEST_TIMEOUT):
     class Handler(BaseHTTPRequestHandler):
         server_version = "focusml-masktool"
+        timeout = request_timeout  # socket timeout: a stalled client cannot hold a thread forever
+        _unread_body = False  # a POST answered before its body was read: drain it before closing
 
         def log_message(self, format, *args):  # the library never prints
             pass
+
+        def finish(self):
+            super().finish()
+            if self._unread_body:
+                self._linger()
+
+        def _linger(self, limit: int = MAX_BODY + (1 << 20), seconds: float = 2.0) -> None:
+            """Half-close, then read and drop what the client still sends, so that closing the socket
+            does not reset the connection (which can discard the answer before the client reads it)."""
+            conn = self.connection
+            try:
+                conn.shutdown(socket.SHUT_WR)
+                deadline = time.monotonic() + seconds
+                while limit > 0 and (left := deadline - time.monotonic()) > 0:
+                    conn.settimeout(left)
+                    chunk = conn.recv(min(limit, 1 << 16))
+                    if not chunk:
+                        break
+                    limit -= len(chunk)
+            except OSError:
+                pass
 
         def _send(self, status, body: bytes, ctype: str):
             self.send_response(status)
@@ -207,6 +293,7 @@ def _handler(app: MaskToolApp, allowed_hosts: set[str] | None):
             self._send(status, json.dumps(obj).encode(), "application/json")
 
         def _dispatch(self, fn):
+            self._unread_body = self.command == "POST"
             if allowed_hosts is not None and self.headers.get("Host", "") not in allowed_hosts:
                 return self._json(HTTPStatus.FORBIDDEN, {"error": "unexpected Host header"})
             try:
@@ -217,8 +304,18 @@ def _handler(app: MaskToolApp, allowed_hosts: set[str] | None):
                 self._json(e.status, {"error": str(e)})
             except FileNotFoundError as e:
                 self._json(HTTPStatus.NOT_FOUND, {"error": f"not found: {e}"})
+            except TimeoutError:
+                self._json(HTTPStatus.REQUEST_TIMEOUT,
+                           {"error": f"the request body did not arrive within {request_timeout:g} s"})
             except (FocusmlError, ValueError, TypeError) as e:
                 self._json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client went away: nobody to answer
+            except Exception as e:  # a bug must still answer, not drop the connection
+                try:
+                    self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error ({type(e).__name__}): {e}"})
+                except OSError:
+                    pass
 
         def do_GET(self):
             self._dispatch(self._get)
@@ -244,16 +341,38 @@ def _handler(app: MaskToolApp, allowed_hosts: set[str] | None):
                 return self._json(HTTPStatus.OK, app.mask(rel) if url.path == "/api/mask" else app.cam(rel))
             raise ApiError(HTTPStatus.NOT_FOUND, f"no such page: {url.path}")
 
+        def _content_length(self) -> int:
+            """The body's length from its headers; ApiError 411/400/413 when missing, malformed or too large."""
+            if self.headers.get("Transfer-Encoding") is not None:
+                raise ApiError(HTTPStatus.LENGTH_REQUIRED, "Transfer-Encoding is not supported: send the body "
+                                                           "with a Content-Length header")
+            values = [v.strip() for v in self.headers.get_all("Content-Length") or []]
+            if not values:
+                raise ApiError(HTTPStatus.LENGTH_REQUIRED, "Content-Length header missing: send the JSON body "
+                                                           "with its length in bytes")
+            if len(set(values)) > 1:
+                raise ApiError(HTTPStatus.BAD_REQUEST, f"conflicting Content-Length headers: {', '.join(values)[:60]}")
+            value = values[0]
+            if not (value.isascii() and value.isdigit()):
+                raise ApiError(HTTPStatus.BAD_REQUEST, f"Content-Length {value[:40]!r} is not a whole number of bytes ≥ 0")
+            if len(value) > 12 or int(value) > MAX_BODY:
+                raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                               f"request body of {value[:40]} bytes is over the limit of {MAX_BODY} bytes")
+            return int(value)
+
         def _post(self):
             if self.headers.get_content_type() != "application/json":
                 raise ApiError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send application/json")
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
-                raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "request too large")
+            length = self._content_length()
+            raw = self.rfile.read(length) if length else b""
+            if len(raw) < length:
+                raise ApiError(HTTPStatus.BAD_REQUEST, f"body ended after {len(raw)} of {length} bytes")
+            self._unread_body = False
             try:
-                body = json.loads(self.rfile.read(length) or b"{}")
-            except json.JSONDecodeError:
-                raise ApiError(HTTPStatus.BAD_REQUEST, "body is not JSON") from None
+                body = json.loads(raw or b"{}", parse_constant=_reject_constant)
+            except (ValueError, RecursionError) as e:
+                reason = str(e) if isinstance(e, ValueError) else "nested too deeply"
+                raise ApiError(HTTPStatus.BAD_REQUEST, f"body is not JSON: {reason[:200]}") from None
             if not isinstance(body, dict):
                 raise ApiError(HTTPStatus.BAD_REQUEST, "body must be a JSON object")
             path = urllib.parse.urlsplit(self.path).path
@@ -266,17 +385,21 @@ def _handler(app: MaskToolApp, allowed_hosts: set[str] | None):
     return Handler
 
 
-def make_server(app: MaskToolApp, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
-    """Bind the tool (port 0 = any free port); call `serve_forever()` on the result."""
+def make_server(app: MaskToolApp, host: str = "127.0.0.1", port: int = 0,
+                request_timeout: float = REQUEST_TIMEOUT) -> ThreadingHTTPServer:
+    """Bind the tool (port 0 = any free port); call `serve_forever()` on the result.
+
+    `request_timeout`: seconds a client may stall while sending a request before it is answered 408.
+    """
     try:
-        server = ThreadingHTTPServer((host, port), _handler(app, set()))
+        server = ThreadingHTTPServer((host, port), _handler(app, set(), request_timeout))
     except OSError as e:
         raise FocusmlError(f"cannot listen on {host}:{port} ({e.strerror}). Pick another --port.") from None
     bound = server.server_address[1]
     allowed = None  # bound to a shared interface on purpose: any Host name may reach it
     if host in LOOPBACK:
         allowed = {f"{n}:{bound}" for n in ("127.0.0.1", "localhost", "[::1]")}
-    server.RequestHandlerClass = _handler(app, allowed)
+    server.RequestHandlerClass = _handler(app, allowed, request_timeout)
     server.daemon_threads = True
     return server
 
