@@ -30,6 +30,9 @@ class Callbacks:
     def log_artifact(self, path: Path, artifact_path: str) -> None:
         """A file a method's `prepare` wants kept with the run (e.g. the inpainter's weights)."""
 
+    def log_params(self, params: dict) -> None:
+        """Values a method's `prepare` worked out (e.g. what an `auto` option became), kept with the run."""
+
     def on_prepare(self, desc: str, step: int, steps: int) -> None:
         """Progress of a method's `prepare` (e.g. inpainter training)."""
 

@@ -17,7 +17,10 @@ import yaml
 from focusml import FocusmlError, methods
 from focusml.data import DATASETS
 from focusml.data.masks import MaskAugment
+from focusml.evaluate import SELECTABLE
 from focusml.models import MODELS
+
+LR_SCHEDULES = ("cosine", "constant")
 
 __all__ = ["MaskAugment", "RunConfig", "load_yaml"]  # MaskAugment lives in data.masks, beside what it drives
 
@@ -30,11 +33,14 @@ class RunConfig:
     download: bool = False
     data_seed: int = 0
     image_size: int | None = None
+    train_size: int | None = None
     model: str = "small"
     pretrained: str | None = None
     epochs: int = 20
     batch_size: int = 32
     lr: float = 3e-3
+    lr_schedule: str = "cosine"  # cosine annealing to 0 over the epochs, or constant
+    select: str = "auto"  # the validation metric that picks the evaluated checkpoint, or "last"
     seed: int = 0
     device: str = "auto"
     experiment: str = "focusml"
@@ -56,6 +62,11 @@ class RunConfig:
             raise FocusmlError(f"--batch-size is {self.batch_size}; it must be ≥ 1.")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise FocusmlError(f"--lr is {self.lr}; it must be a finite number > 0.")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise FocusmlError(f"--lr-schedule is {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}.")
+        check_select(self.select)
+        if self.train_size is not None and (not isinstance(self.train_size, int) or self.train_size < 1):
+            raise FocusmlError(f"--train-size is {self.train_size}; it must be a whole number ≥ 1.")
         if self.image_size is not None and self.image_size < 8:
             raise FocusmlError(f"--image-size is {self.image_size}; it must be ≥ 8.")
         check_device(self.device)
@@ -104,6 +115,15 @@ class RunConfig:
         except (TypeError, ValueError) as e:
             raise FocusmlError(f"mask augmentation option has a bad value: {e}")
         return cls(**run, augment=augment, method_params=mparams)
+
+
+def check_select(select) -> None:
+    """Refuse a selection metric that is not a validation metric (a test split must never choose)."""
+    if select in ("auto", "last") or select in SELECTABLE:
+        return
+    allowed = ", ".join(["auto", "last", *SELECTABLE])
+    why = " It reads a test split, which must never choose a model." if "test" in str(select) else ""
+    raise FocusmlError(f"--select is {select!r}.{why} Choose one of: {allowed}.")
 
 
 def check_device(device) -> None:

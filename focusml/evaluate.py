@@ -1,6 +1,17 @@
-"""Metrics on every split (docs/methods.md): accuracy, balanced accuracy, macro-F1, WR, CAM in mask.
+"""Metrics on every split (docs/methods.md).
 
-Attention metrics use the positive CAM of the predicted class, upsampled to the image size.
+- accuracy (plus balanced accuracy and macro-F1 on `test`);
+- the literature's attention metrics, `wr` and `cam_in_mask`, from the positive CAM of the
+  predicted class upsampled to the image;
+- `evidence_in_mask`: the share of all classes' evidence, both signs, that comes from the
+  masked cells (`cam.region_evidence`): it also sees a shortcut used as evidence *against*
+  classes, which the positive CAM never shows;
+- the counterfactual metrics `acc_cf` and `flip` (`focusml.counterfactual`): what the model does
+  when the masked content comes from an image of another class. They need only masks, so they
+  can be computed on `val`, and they are what selection uses by default.
+
+`Evaluator` builds the counterfactual splits once per run, so the per-epoch validation pays only
+for the forward passes.
 """
 
 from __future__ import annotations
@@ -11,8 +22,36 @@ import numpy as np
 import torch
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
 
-from focusml.cam import cam_in_mask, class_cam, upsample, wrong_reason
+from focusml import FocusmlError, counterfactual
+from focusml.cam import cam_from_features, cam_in_mask, evidence_in_mask, evidence_share, region_evidence, upsample, \
+    wrong_reason
 from focusml.data import Dataset, Split
+
+#: Validation metrics a run can select its checkpoint on, with the direction that is better.
+SELECTABLE = {
+    "acc/val_cf": "max", "acc/val": "max", "flip/val": "min", "evidence_in_mask/val": "min",
+    "wr/val": "min", "cam_in_mask/val": "min", "acc/val_clean": "max",
+}
+
+
+_NEEDS_MASKS = {"acc/val_cf", "flip/val", "evidence_in_mask/val", "wr/val", "cam_in_mask/val"}
+
+
+def select_metric(select: str, data: Dataset) -> str:
+    """The metric `--select` names for this dataset ("auto": `acc/val_cf` when `val` has masks, else the last epoch).
+
+    Raises FocusmlError for a metric the dataset cannot compute (no masks in `val`, no `val_clean`).
+    """
+    annotated = bool((data.split("val").masks.flatten(1).amax(1) > 0).any())
+    if select == "auto":
+        return "acc/val_cf" if annotated and data.num_classes > 1 else "last"
+    if select in _NEEDS_MASKS and not annotated:
+        raise FocusmlError(f"--select {select} needs masks on the validation images, and dataset '{data.name}' has "
+                           "none in val. Add masks (focusml masks serve), or use --select acc/val or last.")
+    if select == "acc/val_clean" and "val_clean" not in data.splits:
+        raise FocusmlError(f"--select acc/val_clean needs a clean validation split, and dataset '{data.name}' has "
+                           "none (a folder dataset needs a clean/ tree). Use --select acc/val_cf, acc/val or last.")
+    return select
 
 
 @dataclass
@@ -21,6 +60,7 @@ class Predictions:
     preds: np.ndarray
     pos_cams: torch.Tensor  # N×H×W, ReLU of the predicted class's CAM at image size
     masks: torch.Tensor  # N×H×W
+    evidence: torch.Tensor  # N, share of all-class evidence from the masked cells
 
     @property
     def accuracy(self) -> float:
@@ -28,42 +68,72 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict(model, split: Split, device: torch.device, batch_size: int = 256) -> Predictions:
+def predict(model, split: Split, device: torch.device, batch_size: int = 256, cams: bool = True) -> Predictions:
+    """Predictions of `model` on a split; `cams=False` skips the CAM and evidence maps (labels only)."""
     model.eval()
-    preds, cams = [], []
+    preds, pos, shares = [], [], []
+    weight = model.classifier.weight
     for start in range(0, len(split), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(split)))
-        x, _, _ = split.batch(idx)
-        cam, logits = class_cam(model, x.to(device))
-        preds.append(logits.argmax(1).cpu())
-        cams.append(upsample(cam.clamp_min(0), x.shape[-2:]).cpu())
-    return Predictions(split.labels.numpy(), torch.cat(preds).numpy(), torch.cat(cams), split.masks.float())
+        x, m, _ = split.batch(idx)
+        a, logits = model.forward_features(x.to(device))
+        pred = logits.argmax(1)
+        preds.append(pred.cpu())
+        if cams:
+            cam = cam_from_features(a, weight).gather(1, pred.view(-1, 1, 1, 1).expand(-1, 1, *a.shape[-2:]))[:, 0]
+            pos.append(upsample(cam.clamp_min(0), x.shape[-2:]).cpu())
+            shares.append(evidence_share(*region_evidence(a, weight, m.to(device))).cpu())
+    empty = torch.zeros(0)
+    return Predictions(split.labels.numpy(), torch.cat(preds).numpy(), torch.cat(pos) if pos else empty,
+                       split.masks.float(), torch.cat(shares) if shares else empty)
 
 
 def attention_metrics(p: Predictions) -> dict[str, float]:
-    return {"wr": wrong_reason(p.pos_cams, p.masks), "cam_in_mask": cam_in_mask(p.pos_cams, p.masks)}
+    return {"wr": wrong_reason(p.pos_cams, p.masks), "cam_in_mask": cam_in_mask(p.pos_cams, p.masks),
+            "evidence_in_mask": evidence_in_mask(p.evidence, p.masks)}
+
+
+class Evaluator:
+    """The metrics of one dataset, its counterfactual `val` and `test` built once."""
+
+    def __init__(self, data: Dataset, device: torch.device):
+        self.data, self.device = data, device
+        self.cf = {name: counterfactual.build(data.split(name)) for name in ("val", "test") if name in data.splits}
+
+    def _split_metrics(self, model, name: str) -> tuple[dict[str, float], Predictions]:
+        p = predict(model, self.data.split(name), self.device)
+        out = {f"acc/{name}": p.accuracy, **{f"{k}/{name}": v for k, v in attention_metrics(p).items()}}
+        cf = self.cf.get(name)
+        if cf is not None:
+            pc = predict(model, cf.split, self.device, cams=False)
+            got = counterfactual.metrics(p.labels, p.preds, pc.preds, cf.valid)
+            out.update({f"acc/{name}_cf": got["acc_cf"], f"flip/{name}": got["flip"]})
+        return out, p
+
+    def validation(self, model) -> dict[str, float]:
+        """Per-epoch metrics on `val` (and `val_clean` where the dataset has it): no test split is read."""
+        out, _ = self._split_metrics(model, "val")
+        if "val_clean" in self.data.splits:
+            out["acc/val_clean"] = predict(model, self.data.split("val_clean"), self.device, cams=False).accuracy
+        return out
+
+    def test(self, model) -> tuple[dict[str, float], np.ndarray, Predictions]:
+        """Final metrics on every test split; returns (metrics, confusion matrix on `test`, test predictions)."""
+        metrics, p = self._split_metrics(model, "test")
+        metrics["bacc/test"] = float(balanced_accuracy_score(p.labels, p.preds))
+        metrics["f1/test"] = float(f1_score(p.labels, p.preds, average="macro"))
+        for name in ("test_confounded", "test_clean"):
+            if name in self.data.splits:
+                metrics[f"acc/{name}"] = predict(model, self.data.splits[name], self.device, cams=False).accuracy
+        cm = confusion_matrix(p.labels, p.preds, labels=list(range(self.data.num_classes)))
+        return metrics, cm, p
 
 
 def validation_metrics(model, data: Dataset, device: torch.device) -> dict[str, float]:
-    """Per-epoch metrics on `val` (the only split used for choosing: no test leakage)."""
-    p = predict(model, data.split("val"), device)
-    att = attention_metrics(p)
-    return {"acc/val": p.accuracy, "wr/val": att["wr"], "cam_in_mask/val": att["cam_in_mask"]}
+    """`Evaluator(data, device).validation(model)`, for a one-off call."""
+    return Evaluator(data, device).validation(model)
 
 
 def test_metrics(model, data: Dataset, device: torch.device) -> tuple[dict[str, float], np.ndarray, Predictions]:
-    """Final metrics on every test split; returns (metrics, confusion matrix on `test`, test predictions)."""
-    p = predict(model, data.split("test"), device)
-    att = attention_metrics(p)
-    metrics = {
-        "acc/test": p.accuracy,
-        "bacc/test": float(balanced_accuracy_score(p.labels, p.preds)),
-        "f1/test": float(f1_score(p.labels, p.preds, average="macro")),
-        "wr/test": att["wr"],
-        "cam_in_mask/test": att["cam_in_mask"],
-    }
-    for name in ("test_confounded", "test_clean"):
-        if name in data.splits:
-            metrics[f"acc/{name}"] = predict(model, data.splits[name], device).accuracy
-    cm = confusion_matrix(p.labels, p.preds, labels=list(range(data.num_classes)))
-    return metrics, cm, p
+    """`Evaluator(data, device).test(model)`, for a one-off call."""
+    return Evaluator(data, device).test(model)

@@ -34,17 +34,34 @@ class CamNet(nn.Module):
         return self.forward_features(x)[1]
 
 
-def small_cnn(in_channels: int, num_classes: int, width: int = 32) -> CamNet:
-    """Three 3×3 conv blocks (two 2× poolings): 28×28 → 7×7 grid, ~70k parameters, fast on CPU."""
+def kaiming_init(model: nn.Module) -> nn.Module:
+    """He initialisation as torchvision's VGG and ResNet use it (fan-out, zero bias).
+
+    PyTorch's default conv initialisation shrinks the signal layer by layer; a plain conv stack
+    then sits at chance for several epochs before it starts to learn, and whether it learns the
+    object in the budget depends on the seed. He initialisation keeps the signal's scale.
+    """
+    for mod in model.modules():
+        if isinstance(mod, nn.Conv2d):
+            nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
+            if mod.bias is not None:
+                nn.init.zeros_(mod.bias)
+    return model
+
+
+def small_cnn(in_channels: int, num_classes: int, width: int = 32, batch_norm: bool = False) -> CamNet:
+    """Three 3×3 conv blocks (two 2× poolings): 28×28 → 7×7 grid, ~70k parameters, fast on CPU.
+
+    `batch_norm=True` puts a BatchNorm after every convolution (`small-bn`): it learns the object
+    faster, which also means it ignores the weaker built-in shortcuts (docs/benchmarks.md).
+    """
+    def block(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, padding=1), *([nn.BatchNorm2d(cout)] if batch_norm else []), nn.ReLU()]
+
     w = width
-    features = nn.Sequential(
-        nn.Conv2d(in_channels, w, 3, padding=1), nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.ReLU(),
-    )
-    return CamNet(features, 2 * w, num_classes)
+    features = nn.Sequential(*block(in_channels, w), nn.MaxPool2d(2), *block(w, 2 * w), nn.MaxPool2d(2),
+                             *block(2 * w, 2 * w))
+    return kaiming_init(CamNet(features, 2 * w, num_classes))
 
 
 def vgg_cam(in_channels: int, num_classes: int, image_size: int = 28, arch: str = "vgg11") -> CamNet:
@@ -69,14 +86,14 @@ def vgg_cam(in_channels: int, num_classes: int, image_size: int = 28, arch: str 
     return CamNet(nn.Sequential(*layers), channels, num_classes)
 
 
-MODELS = {"small": small_cnn, "vgg11": vgg_cam}
+MODELS = {"small": small_cnn, "small-bn": small_cnn, "vgg11": vgg_cam}
 
 
 def build_model(name: str, in_channels: int, num_classes: int, image_size: int,
                 pretrained: str | None = None) -> CamNet:
     """Build model `name`; optionally load a local state dict (weights_only, shape-matching keys)."""
-    if name == "small":
-        model = small_cnn(in_channels, num_classes)
+    if name in ("small", "small-bn"):
+        model = small_cnn(in_channels, num_classes, batch_norm=name == "small-bn")
     elif name == "vgg11":
         model = vgg_cam(in_channels, num_classes, image_size)
     else:
@@ -84,6 +101,45 @@ def build_model(name: str, in_channels: int, num_classes: int, image_size: int,
     if pretrained:
         load_pretrained(model, Path(pretrained))
     return model
+
+
+def receptive_field(features: nn.Module) -> tuple[int, int] | None:
+    """(size, stride) in pixels of one cell of a plain conv stack's output grid; None for other nets.
+
+    Walks a `nn.Sequential` of convolutions, poolings and element-wise layers (the standard
+    recursion r += (k − 1)·j, j *= s); a network with branches (ResNet, DenseNet) returns None.
+    """
+    if not isinstance(features, nn.Sequential):
+        return None
+    size, stride = 1, 1
+    for layer in features:
+        if isinstance(layer, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+            k, s, d = (_pair(getattr(layer, a, 1)) for a in ("kernel_size", "stride", "dilation"))
+            size += (d * (k - 1)) * stride
+            stride *= s
+        elif not isinstance(layer, (nn.ReLU, nn.BatchNorm2d, nn.Dropout, nn.Dropout2d, nn.Identity)):
+            return None
+    return size, stride
+
+
+def _pair(v) -> int:
+    return int(v[0] if isinstance(v, tuple) else v)
+
+
+def grid_margin(model: CamNet, grid: int, fallback: int = 1) -> int:
+    """Feature-grid cells beyond a masked cell that still see its pixels through their receptive field.
+
+    A cell's receptive field reaches (size − stride)/2 pixels past its own footprint, i.e.
+    ⌈(size − stride) / (2·stride)⌉ cells. Deep stacks have theoretical fields far wider than the
+    part that matters, so the margin is capped at a third of the grid side `grid` (at least 1):
+    a masked cell never takes the whole grid with it. Where the field cannot be computed
+    (networks with branches), `fallback`.
+    """
+    rf = receptive_field(model.features)
+    if rf is None:
+        return fallback
+    size, stride = rf
+    return min(max(0, -(-(size - stride) // (2 * stride))), max(1, grid // 3))
 
 
 STATE_DICT_HINT = ("Pass a local .pt/.pth file written by torch.save(model.state_dict(), path); only tensors "

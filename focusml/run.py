@@ -19,7 +19,7 @@ from focusml.cache import cache_dir
 from focusml.callbacks import Callbacks
 from focusml.config import RunConfig
 from focusml.data import DataOptions, Dataset, load
-from focusml.evaluate import test_metrics
+from focusml.evaluate import select_metric, test_metrics
 from focusml.methods import Method, PrepareContext
 from focusml.models import build_model
 from focusml.train import FitResult, fit, resolve_device
@@ -38,11 +38,12 @@ class RunContext:
 
 @dataclass
 class RunResult:
-    metrics: dict[str, float]  # test metrics, `time/epoch_s_mean` and `best_epoch`
+    metrics: dict[str, float]  # test metrics, `time/epoch_s_mean`, `selected_epoch`, `selected/...`
     run_id: str | None = None  # set by a tracker (`focusml.tracking.RunLogger`)
     history: list[dict[str, float]] = field(default_factory=list)  # per-epoch metrics
-    model: torch.nn.Module | None = None  # the final (evaluated) model
-    fit: FitResult | None = None  # the loop's outcome: history, best-val state and epoch
+    model: torch.nn.Module | None = None  # the evaluated model: the checkpoint `--select` chose
+    fit: FitResult | None = None  # the loop's outcome: history, the selected epoch and its state
+    last_state: dict | None = None  # the last epoch's weights, when they are not the evaluated ones
     confusion: np.ndarray | None = None  # confusion matrix on `test`
 
 
@@ -53,13 +54,15 @@ def load_data(config: RunConfig) -> Dataset:
         root=Path(config.data_root) if config.data_root else None,
         download=config.download,
         image_size=config.image_size,
+        train_size=config.train_size,
     ))
 
 
 def summary(fitted: FitResult) -> dict[str, float]:
-    """Run-level numbers from the loop: mean time per epoch and the epoch with the best acc/val."""
+    """Run-level numbers from the loop: mean time per epoch, the selected epoch and its validation metrics."""
     times = [h["time/epoch_s"] for h in fitted.history]
-    return {"time/epoch_s_mean": sum(times) / len(times), "best_epoch": float(fitted.best_epoch)}
+    chosen = {f"selected/{k}": v for k, v in fitted.selected_metrics.items() if "/val" in k}
+    return {"time/epoch_s_mean": sum(times) / len(times), "selected_epoch": float(fitted.selected_epoch), **chosen}
 
 
 def run(config: RunConfig, callbacks: Callbacks | None = None) -> RunResult:
@@ -69,6 +72,7 @@ def run(config: RunConfig, callbacks: Callbacks | None = None) -> RunResult:
     method_cls = methods.get(config.method)
     data = load_data(config)
     data.split(method_cls.train_split)  # refuse early (e.g. upper_bound without a clean split)
+    select_metric(config.select, data)  # refuse early a selection metric the data cannot compute
     method = method_cls(config.method_params)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
@@ -77,10 +81,15 @@ def run(config: RunConfig, callbacks: Callbacks | None = None) -> RunResult:
     ctx = RunContext(config, data, model, method, device)
     with callbacks.run_scope(ctx):
         method.prepare(PrepareContext(data=data, config=config, model=model, cache_dir=cache_dir(), device=device,
-                                      log_artifact=callbacks.log_artifact, progress=callbacks.on_prepare))
+                                      log_artifact=callbacks.log_artifact, log_params=callbacks.log_params,
+                                      progress=callbacks.on_prepare))
         fitted = fit(model, data, method, config, device, callbacks)
+        last_state = None
+        if fitted.selected_state is not None:
+            last_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(fitted.selected_state)
         metrics, cm, _ = test_metrics(model, data, device)
         metrics.update(summary(fitted))
-        result = RunResult(metrics, None, fitted.history, model, fitted, cm)
+        result = RunResult(metrics, None, fitted.history, model, fitted, confusion=cm, last_state=last_state)
         callbacks.on_run_end(ctx, result)
     return result

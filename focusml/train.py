@@ -7,6 +7,7 @@ The loop never prints; callers watch progress through `Callbacks`.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from focusml.callbacks import Callbacks
 from focusml.config import RunConfig
 from focusml.data import Dataset
 from focusml.data.masks import augment
-from focusml.evaluate import validation_metrics
+from focusml.evaluate import SELECTABLE, Evaluator, select_metric
 from focusml.methods import Batch, Method
 
 __all__ = ["Callbacks", "FitResult", "fit", "layer_hooks", "resolve_device", "train_step"]
@@ -27,8 +28,40 @@ __all__ = ["Callbacks", "FitResult", "fit", "layer_hooks", "resolve_device", "tr
 @dataclass
 class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
-    best_state: dict | None = None  # state dict of the epoch with the best acc/val
-    best_epoch: int = -1
+    select: str = "last"  # the metric that chose the checkpoint (resolved from `--select`)
+    selected_epoch: int = -1  # the epoch whose weights are evaluated
+    selected_state: dict | None = None  # its state dict, when it is not the last epoch's
+
+    @property
+    def selected_metrics(self) -> dict[str, float]:
+        return self.history[self.selected_epoch] if self.history else {}
+
+
+class Selector:
+    """Keeps the state of the epoch with the best value of a validation metric (ties: the later epoch)."""
+
+    def __init__(self, metric: str):
+        self.metric = metric
+        self.sign = 1.0 if SELECTABLE.get(metric, "max") == "max" else -1.0
+        self.best, self.epoch, self.state = -math.inf, -1, None
+
+    def update(self, epoch: int, metrics: dict[str, float], model) -> None:
+        if self.metric == "last":
+            self.epoch = epoch
+            return
+        value = metrics.get(self.metric, math.nan)
+        if math.isfinite(value) and self.sign * value >= self.best:
+            self.best, self.epoch = self.sign * value, epoch
+            self.state = copy.deepcopy(model.state_dict())
+
+    def finish(self, result: FitResult, last_epoch: int) -> FitResult:
+        """Record the choice; no finite value at all (e.g. NaN metrics) falls back to the last epoch."""
+        result.select = self.metric
+        if self.epoch < 0 or self.epoch == last_epoch:
+            result.selected_epoch, result.selected_state = last_epoch, None
+        else:
+            result.selected_epoch, result.selected_state = self.epoch, self.state
+        return result
 
 
 @contextmanager
@@ -80,8 +113,13 @@ def fit(model, data: Dataset, method: Method, config: RunConfig, device: torch.d
     gen = torch.Generator().manual_seed(config.seed)
     split = data.split(method.train_split)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    # Cosine annealing per epoch: the last epochs take small steps, so the final weights do not
+    # depend on where the last large step happened to land.
+    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+                if config.lr_schedule == "cosine" else None)
+    evaluator = Evaluator(data, device)
+    selector = Selector(select_metric(config.select, data))
     result = FitResult()
-    best_acc = -1.0
     n = len(split)
     steps = (n + config.batch_size - 1) // config.batch_size
     for epoch in range(config.epochs):
@@ -102,11 +140,11 @@ def fit(model, data: Dataset, method: Method, config: RunConfig, device: torch.d
         seconds = time.perf_counter() - start
         loss, ce, pen = (totals / n).tolist()
         metrics = {"loss/train": loss, "loss/ce": ce, "loss/penalty": pen, "time/epoch_s": seconds}
-        metrics.update(validation_metrics(model, data, device))
+        metrics["lr"] = optimizer.param_groups[0]["lr"]
+        metrics.update(evaluator.validation(model))
         result.history.append(metrics)
-        if metrics["acc/val"] > best_acc:
-            best_acc = metrics["acc/val"]
-            result.best_state = copy.deepcopy(model.state_dict())
-            result.best_epoch = epoch
+        selector.update(epoch, metrics, model)
+        if schedule is not None:
+            schedule.step()
         callbacks.on_epoch_end(epoch, metrics, model)
-    return result
+    return selector.finish(result, config.epochs - 1)

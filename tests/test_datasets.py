@@ -235,15 +235,40 @@ def test_torchvision_decoys_refuse_missing_files_with_a_clear_message(tmp_path):
     raw = tmp_path / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
     write_idx(raw / "train-images-idx3-ubyte", np.zeros((12, 28, 28)))
-    with pytest.raises(FocusmlError, match=r"missing: train-labels-idx1-ubyte, t10k-images"):
+    with pytest.raises(FocusmlError, match=r"missing in .*FashionMNIST/raw: train-labels-idx1-ubyte, t10k-images"):
         load("decoy-fashion", DataOptions(root=tmp_path))
 
 
 def test_torchvision_decoys_refuse_a_corrupt_idx_file(tmp_path):
     write_mnist(tmp_path)
     (tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03garbage")
-    with pytest.raises(FocusmlError, match="could not read MNIST"):
+    with pytest.raises(FocusmlError, match="train-images-idx3-ubyte is truncated or corrupt"):
         load("decoy-mnist", DataOptions(root=tmp_path))
+
+
+def test_torchvision_decoys_read_gzipped_idx_files_from_a_flat_folder_and_subsample(tmp_path):
+    import gzip
+
+    write_mnist(tmp_path)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in (tmp_path / "MNIST" / "raw").iterdir():  # the layout Debian's dataset-fashion-mnist installs
+        (flat / (f.name + ".gz")).write_bytes(gzip.compress(f.read_bytes()))
+    plain = load("decoy-mnist", DataOptions(root=tmp_path))
+    zipped = load("decoy-mnist", DataOptions(root=flat))
+    assert zipped.fingerprint == plain.fingerprint
+    small = load("decoy-mnist", DataOptions(root=flat, train_size=5))
+    assert len(small.split("train")) == 5 and len(small.split("val")) == len(plain.split("val"))
+    assert torch.equal(small.split("train_clean").images, plain.split("train_clean").images[:5])
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file(),
+                    reason="Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+def test_decoy_fashion_reads_the_debian_package_without_data_root(monkeypatch, tmp_path):
+    monkeypatch.setenv("FOCUSML_CACHE", str(tmp_path))  # nothing in the cache: the system folder is used
+    data = load("decoy-fashion", DataOptions(train_size=100))
+    assert len(data.split("train")) == 100 and len(data.split("val")) == 5000 and len(data.split("test")) == 10000
+    assert data.classes[0] == "T-shirt-top" and data.image_shape == (1, 28, 28)
 
 
 # -- focusml datasets show --------------------------------------------------------------------------

@@ -101,10 +101,12 @@ def test_pasa_matches_the_definition_and_detaches_p():
     assert pasa_term(feats, weight, logits, torch.zeros_like(m)).item() == 0.0
 
 
-@pytest.mark.parametrize("name", ["pas", "pasa"])
-def test_lambda_one_is_of_the_order_of_ce_at_initialisation(name, digits):
+@pytest.mark.parametrize("name,evidence", [("pas", "positive"), ("pasa", "positive"), ("pasa", "all")])
+def test_lambda_one_is_of_the_order_of_ce_at_initialisation(name, evidence, digits):
+    """The thesis's forms (exact m↓) and pasa's share of all evidence (auto margin); pas's all-evidence form is
+    in logits² and has no CE-sized start (its default λ is chosen on validation data instead)."""
     x, m, y = digits.split("train").batch(torch.arange(256))
-    method = get(name)({"lam": 1.0})
+    method = get(name)({"lam": 1.0, "evidence": evidence, "grid_dilate": 0 if evidence == "positive" else "auto"})
     for seed in range(3):
         torch.manual_seed(seed)
         model = small_cnn(1, 10)

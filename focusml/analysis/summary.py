@@ -34,10 +34,13 @@ from focusml import methods
 COMPARISON_TAG = "focusml.comparison"
 PAIR_ON = ("dataset", "seed", "data_seed", "model")
 AUGMENT_DEFAULTS = {"dilate": 0.0, "jitter": 0.0, "scale": 0.0, "blur": 0.0, "keep_fraction": 1.0}
-COLUMNS = ["dataset", "method", "settings", "runs", "acc/test mean", "acc/test std", "wr/test", "cam_in_mask/test",
-           "gap_closed", "paired", "time/epoch_s", "time_vs_baseline"]
-_METRICS = {"acc": "metrics.acc/test", "wr": "metrics.wr/test", "cim": "metrics.cam_in_mask/test",
-            "time": "metrics.time/epoch_s_mean"}
+COLUMNS = ["dataset", "method", "settings", "runs", "acc/test mean", "acc/test std", "gap_closed", "paired",
+           "acc/test_cf", "flip/test", "evidence_in_mask/test", "wr/test", "cam_in_mask/test", "time/epoch_s",
+           "time_vs_baseline"]
+#: short name in the tidy frame → the MLflow metric it comes from
+METRICS = {"acc": "acc/test", "acc_cf": "acc/test_cf", "flip": "flip/test", "ev": "evidence_in_mask/test",
+           "wr": "wr/test", "cim": "cam_in_mask/test", "time": "time/epoch_s_mean",
+           "val": "selected/acc/val", "val_cf": "selected/acc/val_cf"}
 
 
 # -- the formulas ------------------------------------------------------------------------------
@@ -95,7 +98,7 @@ def _column(df: pd.DataFrame, name: str) -> pd.Series:
 
 def tidy_runs(raw: pd.DataFrame, dataset: str | None = None, include_children: bool = False) -> pd.DataFrame:
     """One row per comparable run: run_id, dataset, method, settings, pairing keys, metrics."""
-    out_cols = ["run_id", "dataset", "method", "settings", *PAIR_ON[1:], "acc", "wr", "cim", "time"]
+    out_cols = ["run_id", "dataset", "method", "settings", *PAIR_ON[1:], *METRICS]
     if raw.empty or "tags.focusml.method" not in raw.columns:
         return pd.DataFrame(columns=out_cols)
     keep = (_column(raw, "status") == "FINISHED") & raw["tags.focusml.method"].notna()
@@ -114,8 +117,8 @@ def tidy_runs(raw: pd.DataFrame, dataset: str | None = None, include_children: b
     })
     for key in PAIR_ON[1:]:
         tidy[key] = _column(raw, f"params.{key}").fillna("").astype(str)
-    for short, col in _METRICS.items():
-        tidy[short] = pd.to_numeric(_column(raw, col), errors="coerce")
+    for short, name in METRICS.items():
+        tidy[short] = pd.to_numeric(_column(raw, f"metrics.{name}"), errors="coerce")
     return tidy.reset_index(drop=True)[out_cols]
 
 
@@ -141,8 +144,9 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     runs["gap"] = gap_closed(runs["acc"].to_numpy(), base, upper)
     table = runs.groupby(["dataset", "method", "settings"], sort=False).agg(**{
         "runs": ("acc", "size"), "acc/test mean": ("acc", "mean"), "acc/test std": ("acc", "std"),
-        "wr/test": ("wr", "mean"), "cam_in_mask/test": ("cim", "mean"), "gap_closed": ("gap", "mean"),
-        "paired": ("gap", "count"), "time/epoch_s": ("time", "mean"),
+        "gap_closed": ("gap", "mean"), "paired": ("gap", "count"), "acc/test_cf": ("acc_cf", "mean"),
+        "flip/test": ("flip", "mean"), "evidence_in_mask/test": ("ev", "mean"), "wr/test": ("wr", "mean"),
+        "cam_in_mask/test": ("cim", "mean"), "time/epoch_s": ("time", "mean"),
     }).reset_index()
     base_time = runs[runs["method"] == "baseline"].groupby("dataset")["time"].mean()
     per_dataset = table["dataset"].map(base_time).astype(float)
@@ -171,8 +175,10 @@ def display_rows(table: pd.DataFrame) -> list[dict]:
         ratio = "" if pd.isna(r["time_vs_baseline"]) else f" ({r['time_vs_baseline']:.2f}×)"
         rows.append({"method": r["method"], "settings": r["settings"], "runs": str(r["runs"]),
                      "acc/test": fmt_mean_std(r["acc/test mean"], r["acc/test std"]),
-                     "wr/test": _fmt(r["wr/test"], 1), "cam_in_mask/test": _fmt(r["cam_in_mask/test"]),
-                     "gap closed (paired)": gap, "s/epoch (×baseline)": _fmt(r["time/epoch_s"], 2) + ratio})
+                     "gap closed (paired)": gap, "acc/test_cf": _fmt(r["acc/test_cf"]), "flip/test": _fmt(r["flip/test"]),
+                     "evidence_in_mask/test": _fmt(r["evidence_in_mask/test"]), "wr/test": _fmt(r["wr/test"], 1),
+                     "cam_in_mask/test": _fmt(r["cam_in_mask/test"]),
+                     "s/epoch (×baseline)": _fmt(r["time/epoch_s"], 2) + ratio})
     return rows
 
 

@@ -27,11 +27,19 @@ def run_options(fn):
         click.option("--download/--no-download", default=None, help="allow downloading torchvision datasets"),
         click.option("--data-seed", type=int, default=None, help="generation seed of built-in datasets (default 0)"),
         click.option("--image-size", type=int, default=None, help="resize folder images (and masks) to N×N"),
-        click.option("--model", default=None, help=f"network: small or vgg11 (default {defaults.model})"),
+        click.option("--train-size", type=int, default=None,
+                     help="decoy-mnist/decoy-fashion: train on the first N of the shuffled training images"),
+        click.option("--model", default=None, help=f"network: small, small-bn or vgg11 (default {defaults.model})"),
         click.option("--pretrained", default=None, help="local state-dict file to initialise the model from"),
         click.option("--epochs", type=int, default=None, help=f"training epochs (default {defaults.epochs})"),
         click.option("--batch-size", type=int, default=None, help=f"batch size (default {defaults.batch_size})"),
         click.option("--lr", type=float, default=None, help=f"Adam learning rate (default {defaults.lr})"),
+        click.option("--lr-schedule", type=click.Choice(["cosine", "constant"]), default=None,
+                     help=f"learning-rate schedule over the epochs (default {defaults.lr_schedule})"),
+        click.option("--select", default=None,
+                     help="validation metric that picks the evaluated checkpoint (acc/val_cf, acc/val, flip/val, "
+                          "evidence_in_mask/val, wr/val, cam_in_mask/val, acc/val_clean), last, or auto = acc/val_cf "
+                          "where val has masks (default auto)"),
         click.option("--seed", type=int, default=None, help="training seed (default 0)"),
         click.option("--device", default=None, help="auto, cpu or cuda[:N] (default auto)"),
         click.option("--experiment", default=None, help=f"MLflow experiment (default {defaults.experiment})"),
@@ -50,8 +58,8 @@ def run_options(fn):
         owners = {n: q for n, c in methods.METHODS.items() for q in c.params if q.name == p.name}
         text = p.help if len(owners) == 1 else p.help.split(" (")[0]
         defaults = ", ".join(f"{n} {q.default}" for n, q in owners.items())
-        opts.append(click.option(f"--{p.name.replace('_', '-')}", type=_TYPES[p.type], default=None,
-                                 help=f"{text} [default: {defaults}]"))
+        opts.append(click.option(f"--{p.name.replace('_', '-')}", type=str if p.auto else _TYPES[p.type],
+                                 default=None, help=f"{text} [default: {defaults}]"))
     opts.append(click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
                              help="YAML file with the same keys; options given here win"))
     for opt in reversed(opts):
@@ -69,8 +77,9 @@ def config_from_options(options: dict) -> RunConfig:
     return RunConfig.from_flat(values)
 
 
-SUMMARY_KEYS = ["acc/test", "acc/test_confounded", "acc/test_clean", "bacc/test", "f1/test", "wr/test",
-                "cam_in_mask/test", "time/epoch_s_mean"]
+SUMMARY_KEYS = ["acc/test", "acc/test_cf", "flip/test", "acc/test_confounded", "acc/test_clean", "bacc/test",
+                "f1/test", "evidence_in_mask/test", "wr/test", "cam_in_mask/test", "selected_epoch",
+                "selected/acc/val_cf", "time/epoch_s_mean"]
 
 
 @click.command()

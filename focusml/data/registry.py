@@ -18,6 +18,7 @@ class DataOptions:
     root: Path | None = None  # folder dataset root, or where torchvision files live
     download: bool = False  # torchvision sets only: allowed to download
     image_size: int | None = None  # resize folder images (and masks) to this square size
+    train_size: int | None = None  # decoy-mnist / decoy-fashion: keep the first N (shuffled) training images
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from focusml import FocusmlError
+from focusml.models import grid_margin
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,11 @@ class Param:
     low: float | None = None  # inclusive bounds, checked by `validate`
     high: float | None = None
     choices: tuple | None = None
+    auto: bool = False  # also accepts "auto": the method works the value out from the model and data
 
     def validate(self, value: Any, method: str) -> Any:
+        if self.auto and str(value) == "auto":
+            return "auto"
         if self.type is float:
             try:
                 value = float(value)
@@ -64,15 +68,55 @@ def lam_param(default: float, scale_note: str) -> Param:
     return Param("lam", float, default, f"penalty weight λ ≥ 0 ({scale_note})", low=0.0)
 
 
-def grid_dilate_param(default: int = 1) -> Param:
-    """Grow m↓ by N feature-grid cells (0 = the exact m↓ of docs/methods.md exactly).
+def grid_dilate_param(default: int | str = "auto") -> Param:
+    """Grow m↓ by N feature-grid cells (0 = the exact m↓ of docs/methods.md; auto = the receptive field's reach).
 
     A cell next to the mask sees the masked pixels through its receptive field, so a shortcut
-    silenced in its own cell moves to the neighbours; one cell closes that door.
+    silenced in its own cell moves to the neighbours. `auto` grows m↓ as far as a cell's
+    receptive field reaches (`models.grid_margin`); the best margin still depends on the data,
+    which is why the studies search it.
     """
     return Param("grid_dilate", int, default,
-                 "grow the mask on the feature grid by N cells (0 = exact m↓); neighbours of the mask see it "
-                 "through their receptive field", low=0, high=8)
+                 "grow the mask on the feature grid by N cells (0 = exact m↓; auto = as far as a cell's receptive "
+                 "field reaches); neighbours of the mask see it through their receptive field", low=0, high=8,
+                 auto=True)
+
+
+def evidence_param(default: str = "all") -> Param:
+    """Which evidence inside the mask a loss method penalises."""
+    return Param("evidence", str, default,
+                 "positive = the thesis's definition (positive CAM only); all = every class's evidence, both signs, "
+                 "so a shortcut cannot survive as evidence against the other classes", choices=("positive", "all"))
+
+
+def grid_dilate_cells(value, model, grid: tuple[int, int]) -> int:
+    """An int `grid_dilate`: "auto" worked out from the model's receptive field on a feature grid of size `grid`."""
+    return grid_margin(model, min(grid)) if value == "auto" else int(value)
+
+
+class GridMaskMethod:
+    """Mixin for loss methods that take the mask to the feature grid, grown by `grid_dilate` cells.
+
+    `prepare` works out an `auto` margin once (one forward pass) and logs it as `grid_dilate_cells`;
+    without `prepare` (e.g. a penalty called directly) it is worked out on the first batch.
+    """
+
+    margin: int | None = None
+
+    def prepare(self, ctx: "PrepareContext") -> None:
+        x, _, _ = ctx.data.split("train").batch(torch.arange(1))
+        was_training = ctx.model.training
+        ctx.model.eval()
+        with torch.no_grad():
+            a, _ = ctx.model.forward_features(x.to(ctx.device))
+        ctx.model.train(was_training)
+        self.margin = grid_dilate_cells(self.options["grid_dilate"], ctx.model, a.shape[-2:])
+        ctx.log_params({"grid_dilate_cells": self.margin})
+
+    def cells(self, model, features: torch.Tensor) -> int:
+        if self.margin is None:
+            self.margin = grid_dilate_cells(self.options["grid_dilate"], model, features.shape[-2:])
+        return self.margin
 
 
 def p_param(default: float = 0.5) -> Param:
@@ -100,6 +144,7 @@ class PrepareContext:
     cache_dir: Path
     device: torch.device
     log_artifact: Callable[[Path, str], None] = lambda path, artifact_path: None
+    log_params: Callable[[dict], None] = lambda params: None  # values `prepare` worked out (e.g. an "auto")
     progress: Callable[[str, int, int], None] = lambda desc, i, n: None
     extra: dict = field(default_factory=dict)
 

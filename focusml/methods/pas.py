@@ -1,35 +1,37 @@
-"""`pas`: selective activation loss (docs/methods.md).
+"""`pas`: selective activation loss (docs/methods.md), in two settings of `evidence`.
+
+`evidence=positive` is the thesis's definition:
 
     L = CE + λ · S · mean_i [ Σ_uv m↓_i · ReLU(CAM_{y_i}) / max(1, Σ_uv m↓_i) ]
 
-`CAM_{y_i}` is the class activation map of the true class on the feature grid, `m↓` the mask
-taken to that grid by adaptive max pooling (a cell is irrelevant when any pixel of its footprint
-is), so the bracket is the mean positive true-class evidence over the masked cells (zero for an
-image without a mask). Its gradient reaches the features only through masked cells.
+the mean positive true-class evidence over the masked cells. It only sees the shortcut as
+evidence *for* the true class: a model can keep reading the shortcut as evidence against the
+other classes, and the penalty (and the positive CAM) never shows it.
 
-λ scale: the bracket is in logit units, and a freshly initialised CAM network has logits of a
-few hundredths, so the raw term is far below CE at initialisation. The fixed constant `S`
-brings λ=1 to the order of CE there (`benchmarks/methods.py --init-scale` prints both; the
-values per dataset are in docs/methods.md). S never changes during training, so the loss is the
-contract's loss with weight λ·S.
+`evidence=all` (the default) penalises what the masked cells contribute to every logit, both
+signs. With `r_ic` the masked cells' contribution to logit c (`cam.region_evidence`: the exact
+split of z_c − b_c = mean_uv CAM_c, centred over classes because a shift common to all logits
+changes no prediction):
 
-Default λ = 0.1: larger λ slows the start of training and lowers test accuracy (the sweep is in
-docs/benchmarks.md).
+    L = CE + λ · S_all · mean_i Σ_c r_ic²
 
-`grid_dilate` (default 1) grows m↓ by one cell of the feature grid before the penalty. With the
-exact m↓ (`--grid-dilate 0`) the masked cell goes silent but the shortcut moves into its
-neighbours, whose receptive fields also cover the masked pixels; one cell of margin closes that
-door (measured in docs/benchmarks.md, "Why grid_dilate 1").
+`m↓` is the mask on the feature grid (adaptive max pooling), grown by `grid_dilate` cells:
+neighbouring cells see the masked pixels through their receptive field, so a shortcut silenced
+in its own cell would move next door. `auto` grows it as far as the receptive field reaches.
+
+λ scale: the constants `S` and `S_all` bring λ=1 to the order of CE at initialisation
+(`benchmarks/methods.py --init-scale` prints both); they never change during training.
 """
 
 from __future__ import annotations
 
 import torch
 
-from focusml.cam import mask_to_grid
-from focusml.methods.base import Batch, Method, grid_dilate_param, lam_param
+from focusml.cam import mask_to_grid, region_evidence
+from focusml.methods.base import Batch, GridMaskMethod, Method, evidence_param, grid_dilate_param, lam_param
 
 SCALE = 200.0
+SCALE_ALL = 10.0
 
 
 def pas_term(features: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, m: torch.Tensor,
@@ -41,11 +43,21 @@ def pas_term(features: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, m: t
     return (inside / md.flatten(1).sum(1).clamp_min(1.0)).mean()
 
 
-class PAS(Method):
+def all_evidence_term(features: torch.Tensor, weight: torch.Tensor, m: torch.Tensor, grid_dilate: int = 0) -> torch.Tensor:
+    """mean_i Σ_c r_ic², r the masked cells' class-centred contribution to every logit."""
+    inside, _ = region_evidence(features, weight, m, grid_dilate)
+    return inside.pow(2).sum(1).mean()
+
+
+class PAS(GridMaskMethod, Method):
     name = "pas"
     family = "loss"
-    summary = "CE + λ·mean positive true-class CAM inside the mask (on the feature grid)"
-    params = (lam_param(0.1, f"pas: raw term ×{SCALE:g}, so λ=1 ≈ CE at init"), grid_dilate_param())
+    summary = "CE + λ·evidence inside the mask (all classes, both signs; --evidence positive: the thesis's true-class form)"
+    params = (lam_param(1.0, f"pas: raw term ×{SCALE_ALL:g} (evidence all) or ×{SCALE:g} (positive), so λ=1 ≈ CE "
+                             "at init"), evidence_param(), grid_dilate_param())
 
     def penalty(self, model, batch: Batch, features, logits):
-        return SCALE * pas_term(features, model.classifier.weight, batch.y, batch.m, self.options["grid_dilate"])
+        weight = model.classifier.weight
+        if self.options["evidence"] == "all":
+            return SCALE_ALL * all_evidence_term(features, weight, batch.m, self.cells(model, features))
+        return SCALE * pas_term(features, weight, batch.y, batch.m, self.cells(model, features))

@@ -1,30 +1,37 @@
-"""`pasa`: adjusted selective activation loss, scale-invariant (docs/methods.md).
+"""`pasa`: adjusted selective activation loss, scale-invariant (docs/methods.md), in two settings of `evidence`.
+
+`evidence=positive` is the thesis's definition:
 
     L = CE + λ · S · mean_i Σ_c p̄_ic · [ Σ_uv m↓_i · ReLU(CAM_c) ] / [ Σ_uv ReLU(CAM_c) + ε ]
 
 `p̄ = softmax(logits)` detached, so the weights only say which classes matter for the image;
 the gradient flows through the share of each class's positive evidence that lies in the masked
 cells. Multiplying every activation by a constant leaves each share unchanged, so (unlike PAS)
-the model cannot lower the penalty by shrinking its activations. ε = 1e-6 only guards against a
-class with no positive evidence at all.
+the model cannot lower the penalty by shrinking its activations. ε only guards against a class
+with no positive evidence at all.
 
-λ scale: each share is in [0, 1] and at initialisation roughly the masked fraction of the
-feature grid (a little more, because a bright shortcut activates more), far below CE. The fixed
-constant `S` brings λ=1 within a factor of ten of CE at initialisation on every built-in dataset
-(datasets whose masks cover more of the grid get more); the values are in docs/methods.md.
+`evidence=all` (the default) penalises the share of *all* evidence, every class and both signs,
+that comes from the masked cells — the `evidence_in_mask` metric itself, per image:
 
-Default λ = 0.1, the best of a 3-seed sweep on decoy-digits (docs/benchmarks.md). `grid_dilate`
-(default 1) grows m↓ by one feature-grid cell, as for PAS (see pas.py).
+    L = CE + λ · S_all · mean_i Σ_c |r_ic| / Σ_c (|r_ic| + |o_ic|)
+
+with `r_ic` / `o_ic` the class-centred contributions of the masked cells / the other cells to
+logit c (`cam.region_evidence`). It stays scale-invariant, and a shortcut kept as evidence
+against the other classes counts in full. `grid_dilate` grows m↓ as for `pas` (see pas.py).
+
+λ scale: each share is in [0, 1], at initialisation roughly the masked fraction of the grid; the
+constants bring λ=1 to the order of CE there (values in docs/methods.md).
 """
 
 from __future__ import annotations
 
 import torch
 
-from focusml.cam import cam_from_features, mask_to_grid
-from focusml.methods.base import Batch, Method, grid_dilate_param, lam_param
+from focusml.cam import cam_from_features, evidence_share, mask_to_grid, region_evidence
+from focusml.methods.base import Batch, GridMaskMethod, Method, evidence_param, grid_dilate_param, lam_param
 
 SCALE = 50.0
+SCALE_ALL = 10.0
 EPS = 1e-6
 
 
@@ -38,12 +45,21 @@ def pasa_term(features: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor
     return (p * share).sum(1).mean()
 
 
-class PASA(Method):
+def all_evidence_share_term(features: torch.Tensor, weight: torch.Tensor, m: torch.Tensor,
+                            grid_dilate: int = 0) -> torch.Tensor:
+    """mean_i of the share of all-class, both-sign evidence from m↓_i (0 for an image without a mask)."""
+    return evidence_share(*region_evidence(features, weight, m, grid_dilate), eps=EPS).mean()
+
+
+class PASA(GridMaskMethod, Method):
     name = "pasa"
     family = "loss"
-    summary = "CE + λ·share of each class's positive CAM inside the mask, weighted by detached p"
-    params = (lam_param(0.1, f"pasa: raw term ×{SCALE:g}, so λ=1 ≈ CE at init"), grid_dilate_param())
+    summary = "CE + λ·share of the evidence that comes from the mask (all classes, both signs; --evidence positive: the thesis's form)"
+    params = (lam_param(1.0, f"pasa: raw term ×{SCALE_ALL:g} (evidence all) or ×{SCALE:g} (positive), so λ=1 ≈ CE "
+                             "at init"), evidence_param(), grid_dilate_param())
 
     def penalty(self, model, batch: Batch, features, logits):
-        return SCALE * pasa_term(features, model.classifier.weight, logits, batch.m,
-                                 grid_dilate=self.options["grid_dilate"])
+        weight = model.classifier.weight
+        if self.options["evidence"] == "all":
+            return SCALE_ALL * all_evidence_share_term(features, weight, batch.m, self.cells(model, features))
+        return SCALE * pasa_term(features, weight, logits, batch.m, grid_dilate=self.cells(model, features))

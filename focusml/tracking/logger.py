@@ -54,6 +54,10 @@ class RunLogger(Callbacks):
         log_artifact(path, artifact_path)
         self.inner.log_artifact(path, artifact_path)
 
+    def log_params(self, params: dict) -> None:
+        log_params(params)
+        self.inner.log_params(params)
+
     def on_prepare(self, desc, step, steps):
         self.inner.on_prepare(desc, step, steps)
 
@@ -91,9 +95,10 @@ def _log_final_artifacts(ctx: RunContext, result: RunResult) -> None:
     log_figure(split_cam_grid(model, data, "test", sample_indices(test.labels, data.num_classes), ctx.device,
                               f"{config.method} on {config.dataset} (test, shortcut broken)"),
                "figures/cam_grid_test.png")
-    log_state_dict(model.state_dict(), "checkpoints", "last.pt")
-    if fitted.best_state is not None:
-        log_state_dict(fitted.best_state, "checkpoints", f"best_val_epoch{fitted.best_epoch}.pt")
+    # last.pt: the last epoch; selected_epochN.pt: the evaluated weights, when `--select` chose another epoch.
+    log_state_dict(result.last_state if result.last_state is not None else model.state_dict(), "checkpoints", "last.pt")
+    if result.last_state is not None:
+        log_state_dict(model.state_dict(), "checkpoints", f"selected_epoch{fitted.selected_epoch}.pt")
     if config.log_model:
         x, _, _ = test.batch(torch.arange(min(2, len(test))))
         log_model(model, x)

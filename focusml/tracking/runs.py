@@ -56,7 +56,8 @@ def _check_cam_model(model, source: str) -> nn.Module:
 def load_run_model(run_id: str, image_size: int | None = None, prefer: str = "checkpoint") -> nn.Module:
     """A run's trained model (a CamNet) on the CPU in eval mode.
 
-    `prefer="checkpoint"` loads `checkpoints/last.pt` with `weights_only=True` (no pickled code
+    `prefer="checkpoint"` loads the evaluated weights (`checkpoints/selected_epochN.pt` when
+    `--select` chose an earlier epoch, else `checkpoints/last.pt`) with `weights_only=True` (no pickled code
     runs) and, if that fails, the logged MLflow model (`runs:/RUN_ID/model`); `prefer="model"`
     tries them the other way round. MLflow 3 logs PyTorch models as `torch.export` programs,
     which keep the weights but not `forward_features`, so either way the network is rebuilt from
@@ -82,13 +83,15 @@ def load_run_model(run_id: str, image_size: int | None = None, prefer: str = "ch
 
     def from_checkpoint():
         names = {a.path for a in client.list_artifacts(run_id, "checkpoints")}
-        if "checkpoints/last.pt" not in names:
+        chosen = sorted(n for n in names if n.startswith("checkpoints/selected_epoch"))  # the evaluated weights
+        path = chosen[0] if chosen else "checkpoints/last.pt"
+        if path not in names:
             errors.append("no checkpoints/last.pt")
             return None
         with tempfile.TemporaryDirectory() as tmp:
-            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/last.pt", dst_path=tmp)
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp)
             state = torch.load(local, map_location="cpu", weights_only=True)
-        return rebuild(state, "checkpoints/last.pt")
+        return rebuild(state, path)
 
     def from_logged_model():
         saved = list(sys.path)  # the pytorch flavour prepends the logged code folder to sys.path
@@ -131,4 +134,5 @@ def load_run_data(params: dict) -> Dataset:
         raise FocusmlError("the run has no `dataset` param: it was not logged by `focusml train`.")
     root = _param(params, "data_root", str)
     return load(name, DataOptions(seed=_param(params, "data_seed", int, 0), root=Path(root) if root else None,
-                                  download=False, image_size=_param(params, "image_size", int)))
+                                  download=False, image_size=_param(params, "image_size", int),
+                                  train_size=_param(params, "train_size", int)))

@@ -15,8 +15,10 @@ value and what is allowed); `run_study` runs it:
 - the parent logs the study name, storage, best params and values, the optimisation history,
   parameter importances and (multi-objective) the Pareto front.
 
-No test leakage: objectives are the final epoch's validation metrics from the run's history
-(`acc/val`, `wr/val`, `cam_in_mask/val`); test metrics are logged for every trial by
+No test leakage: objectives are validation metrics of the epoch the run evaluates (`--select`),
+by default `acc/val_cf` (counterfactual accuracy, which sees the shortcut where the confounded
+`acc/val` cannot); `flip/val`, `evidence_in_mask/val`, `acc/val`, `wr/val`, `cam_in_mask/val`
+are allowed too; test metrics are logged for every trial by
 `tracking.run` but never read here.
 
 Modules: `spec` (what a study is), `study_file` (reading and validating a study file),

@@ -12,7 +12,8 @@ from focusml import FocusmlError
 from focusml.config import RunConfig
 
 #: Objectives: validation metrics only, each with the direction that makes sense for it.
-OBJECTIVES = {"acc/val": "maximize", "wr/val": "minimize", "cam_in_mask/val": "minimize"}
+OBJECTIVES = {"acc/val_cf": "maximize", "flip/val": "minimize", "evidence_in_mask/val": "minimize",
+              "acc/val": "maximize", "wr/val": "minimize", "cam_in_mask/val": "minimize"}
 PARAM_TYPES = ("float", "int", "categorical")
 SAMPLERS = {
     "tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,

@@ -52,7 +52,7 @@ def parse_spec(data: dict[str, Any], source: str = "study", default_name: str = 
     for p in search:
         if p.name in fixed:
             raise _fail(source, f"search.{p.name}", "also in fixed", "a searched option cannot also be fixed")
-    objectives = _parse_objectives(source, data.get("objectives", ["acc/val"]))
+    objectives = _parse_objectives(source, data.get("objectives", ["acc/val_cf"]))
     sampler, sampler_options = _parse_choice(source, "sampler", data.get("sampler", "tpe"), SAMPLERS)
     pruner, pruner_options = _parse_choice(source, "pruner", data.get("pruner", "none"), PRUNERS)
     seed = data.get("seed", 0)

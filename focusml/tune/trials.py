@@ -48,10 +48,10 @@ class TrialCallbacks(Callbacks):
                               f"({self.spec.objectives[0].metric} = {value:.4g})")
 
 
-def objective_values(history: list[dict[str, float]], spec: StudySpec) -> list[float]:
-    """The final epoch's validation metrics, one per objective (never a test metric)."""
-    final = history[-1]
-    return [float(final[o.metric]) for o in spec.objectives]
+def objective_values(history: list[dict[str, float]], spec: StudySpec, epoch: int = -1) -> list[float]:
+    """The validation metrics of the evaluated epoch (the one `--select` chose), one per objective; never a test metric."""
+    chosen = history[epoch]
+    return [float(chosen.get(o.metric, float("nan"))) for o in spec.objectives]
 
 
 @dataclass
@@ -76,7 +76,7 @@ def make_objective(ctx: TrialContext, inner_factory: Callable[[optuna.Trial], Ca
                                 tags={"optuna.study_name": ctx.study_name, "optuna.trial_number": str(trial.number),
                                       "focusml.tune.parent": ctx.parent_run_id})
         trial.set_user_attr("mlflow_run_id", result.run_id)
-        values = objective_values(result.history, ctx.spec)
+        values = objective_values(result.history, ctx.spec, result.fit.selected_epoch)
         return values if ctx.spec.multi else values[0]
 
     return objective
