@@ -10,8 +10,8 @@ class with no positive evidence at all.
 
 λ scale: each share is in [0, 1] and at initialisation roughly the masked fraction of the
 feature grid (a little more, because a bright shortcut activates more), far below CE. The fixed
-constant `S` brings λ=1 within a factor of ten of CE at initialisation on every built-in dataset
-(datasets whose masks cover more of the grid get more); the values are in docs/methods.md.
+constant `S` brings λ=1 to the order of CE at initialisation (more where the masks, grown by
+`grid_dilate`, cover more of the grid); the values are in docs/methods.md.
 
 Default λ = 0.1, the best of a 3-seed sweep on decoy-digits (docs/benchmarks.md). `grid_dilate`
 (default 1) grows m↓ by one feature-grid cell, as for PAS (see pas.py).
