@@ -13,7 +13,8 @@ import yaml
 from focusml import methods
 from focusml.config import MaskAugment, RunConfig
 
-RUN_FIELDS = ["dataset", "data_root", "epochs", "batch_size", "lr", "seed", "model", "device"]
+RUN_FIELDS = ["dataset", "data_root", "train_size", "epochs", "batch_size", "lr", "lr_schedule", "select", "seed", "model",
+              "device"]
 
 
 def _param(value, kind=None) -> dict:

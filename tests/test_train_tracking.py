@@ -45,14 +45,16 @@ def test_cli_train_logs_everything(tracking_env, cli_env, tmp_path):
     assert len(p["dataset_fingerprint"]) == 16
     m = r.data.metrics
     for key in ["acc/test", "acc/test_confounded", "acc/test_clean", "bacc/test", "f1/test", "wr/test",
-                "cam_in_mask/test", "acc/val", "wr/val", "loss/train", "loss/ce", "loss/penalty"]:
+                "cam_in_mask/test", "acc/val", "wr/val", "loss/train", "loss/ce", "loss/penalty",
+                "acc/test_cf", "flip/test", "evidence_in_mask/test", "acc/val_cf", "flip/val", "evidence_in_mask/val",
+                "acc/val_clean", "selected_epoch", "selected/acc/val_cf", "lr"]:
         assert key in m, key
     assert 0 <= m["acc/test"] <= 1 and 0 <= m["wr/test"] <= 100
     assert [h.step for h in client.get_metric_history(r.info.run_id, "acc/val")] == [0]
     files = {f.path for f in client.list_artifacts(r.info.run_id, "figures")}
     assert {"figures/confusion_matrix.png", "figures/cam_grid_test.png"} <= files
     ckpts = [f.path for f in client.list_artifacts(r.info.run_id, "checkpoints")]
-    assert "checkpoints/last.pt" in ckpts and any("best_val" in c for c in ckpts)
+    assert ckpts == ["checkpoints/last.pt"]  # one epoch: the selected checkpoint is the last one
     images = [f.path for f in client.list_artifacts(r.info.run_id, "images")]
     assert any("cam_grid_val" in i for i in images), images
     state = torch.load(client.download_artifacts(r.info.run_id, "checkpoints/last.pt", str(tmp_path)),

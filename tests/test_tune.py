@@ -94,12 +94,12 @@ def test_shipped_studies_are_valid_and_tuned_alike():
     specs = {name: load_spec(f"studies/{name}.yaml") for name in ("pas", "pasa", "replacement", "rrr")}
     assert {s.method for s in specs.values()} == {"pas", "pasa", "random_crop", "rrr"}
     for s in specs.values():
-        assert all(o.metric.endswith("/val") for o in s.objectives)
+        assert [o.metric for o in s.objectives] == ["acc/val_cf"]  # the shortcut-aware validation metric
         assert {"dilate", "jitter", "blur"} <= {p.name for p in s.search}
     # Tuned the same way: same procedure and augmentation space; λ on a log scale around each
     # method's own default (the λ scales differ), and trial 0 is the method's defaults.
     same = lambda s: (s.fixed, s.objectives, s.sampler, s.sampler_options, s.pruner, s.pruner_options, s.n_trials,  # noqa: E731
-                      [(p.name, p.type, p.low, p.high, p.log) for p in s.search if p.name != "lam"])
+                      [(p.name, p.type, p.low, p.high, p.log) for p in s.search if p.name in ("dilate", "jitter", "blur")])
     assert same(specs["pas"]) == same(specs["pasa"]) == same(specs["rrr"])
     from focusml.methods import get
 
@@ -147,7 +147,7 @@ def test_tune_cli_tracks_trials_under_a_parent_and_registers_the_best(tracking_e
     data.update(method="pas", study_name="cli-study",
                 search={"lam": {"type": "float", "low": 0.01, "high": 10.0, "log": True},
                         "dilate": {"type": "int", "low": 0, "high": 1}})
-    data["fixed"]["log_model"] = True
+    data["fixed"].update(log_model=True, epochs=2)  # one epoch of PAS can leave every trial at chance: no importances
     path = tmp_path / "pas.yaml"
     path.write_text(yaml.safe_dump(data))
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"

@@ -6,7 +6,7 @@ from dataclasses import fields
 
 import click
 
-from focusml import methods, tracking
+from focusml import FocusmlError, methods, tracking
 from focusml.cli._common import ProgressBars, echo_table
 from focusml.config import MaskAugment, RunConfig, load_yaml
 
@@ -27,7 +27,7 @@ def run_options(fn):
         click.option("--download/--no-download", default=None, help="allow downloading torchvision datasets"),
         click.option("--data-seed", type=int, default=None, help="generation seed of built-in datasets (default 0)"),
         click.option("--image-size", type=int, default=None, help="resize folder images (and masks) to N×N"),
-        click.option("--train-size", type=int, default=None,
+        click.option("--train-size", default=None,
                      help="decoy-mnist/decoy-fashion: train on the first N of the shuffled training images"),
         click.option("--model", default=None, help=f"network: small, small-bn or vgg11 (default {defaults.model})"),
         click.option("--pretrained", default=None, help="local state-dict file to initialise the model from"),
@@ -74,6 +74,13 @@ def config_from_options(options: dict) -> RunConfig:
     values.update({k: v for k, v in options.items() if v is not None})
     if values.get("data_root") == "":
         values["data_root"] = None
+    if values.get("train_size") in ("", "None"):  # MLproject passes an empty default
+        values["train_size"] = None
+    elif isinstance(values.get("train_size"), str):
+        try:
+            values["train_size"] = int(values["train_size"])
+        except ValueError:
+            raise FocusmlError(f"--train-size is {values['train_size']!r}; give a whole number.") from None
     return RunConfig.from_flat(values)
 
 
