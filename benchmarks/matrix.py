@@ -178,7 +178,7 @@ def main(argv=None) -> int:
     if args.init_scale:
         print("\n\n".join(f"### {d}\n\n{markdown_table(init_scale(d))}" for d in datasets))
         return 0
-    seeds = list(range(int(args.seeds))) if "," not in args.seeds else [int(s) for s in args.seeds.split(",")]
+    seeds = list(range(int(args.seeds))) if "," not in args.seeds else [int(s) for s in args.seeds.split(",") if s]
     chosen = [m for m in args.methods.split(",") if m] or list(METHODS)
     unknown = [m for m in chosen + datasets if m not in METHODS and m not in DATASETS]
     if unknown:
