@@ -39,7 +39,7 @@ test-fast: setup-dev
 	$(BIN)/python -m pytest -q -m "not server and not slow and not browser"
 
 benchmark: setup
-	$(BIN)/python benchmarks/methods.py
+	$(BIN)/python benchmarks/matrix.py --jobs 2
 
 mlproject: setup
 	$(BIN)/python -m focusml.mlproject > MLproject
