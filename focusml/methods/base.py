@@ -119,7 +119,7 @@ class GridMaskMethod:
         return self.margin
 
 
-def p_param(default: float = 0.5) -> Param:
+def p_param(default: float = 1.0) -> Param:
     return Param("p", float, default, "probability per image of applying the replacement, in [0, 1]", low=0.0, high=1.0)
 
 

@@ -40,7 +40,7 @@ class Counterexamples(Method):
     name = "counterexamples"
     family = "peer"
     summary = "CE (Teso & Kersting 2019): add copies of masked images with noise under the mask, label kept"
-    params = (Param("copies", int, 1, "noise-filled copies added per masked training image (1–16)", low=1, high=16),)
+    params = (Param("copies", int, 2, "noise-filled copies added per masked training image (1–16)", low=1, high=16),)
 
     def transform_batch(self, batch: Batch, gen: torch.Generator) -> Batch:
         return counterexample_batch(batch, gen, self.options["copies"])

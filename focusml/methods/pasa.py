@@ -55,8 +55,8 @@ class PASA(GridMaskMethod, Method):
     name = "pasa"
     family = "loss"
     summary = "CE + λ·share of the evidence that comes from the mask (all classes, both signs; --evidence positive: the thesis's form)"
-    params = (lam_param(1.0, f"pasa: raw term ×{SCALE_ALL:g} (evidence all) or ×{SCALE:g} (positive), so λ=1 ≈ CE "
-                             "at init"), evidence_param(), grid_dilate_param())
+    params = (lam_param(0.1, f"pasa: raw term ×{SCALE_ALL:g} (evidence all) or ×{SCALE:g} (positive); "
+                             "default chosen on acc/val_cf"), evidence_param(), grid_dilate_param())
 
     def penalty(self, model, batch: Batch, features, logits):
         weight = model.classifier.weight

@@ -31,7 +31,7 @@ class RandomCrop(Method):
     name = "random_crop"
     family = "replacement"
     summary = "with probability p, masked pixels replaced by the same pixels of another training image"
-    params = (p_param(0.5),)
+    params = (p_param(),)
 
     def __init__(self, options=None):
         super().__init__(options)

@@ -34,7 +34,7 @@ class RightForRightReasonsGradCam(Method):
     name = "rrr_gradcam"
     family = "peer"
     summary = "RRR-G (Schramowski et al. 2020): squared min-max-normalised Grad-CAM inside the mask"
-    params = (lam_param(1.0, "penalty ×10: λ=1 ≈ CE at initialisation"),)
+    params = (lam_param(0.01, "penalty ×10: λ=1 ≈ CE at initialisation"),)
 
     def penalty(self, model, batch: Batch, features, logits) -> torch.Tensor:
         return SCALE * gradcam_penalty(features, logits, batch.m)

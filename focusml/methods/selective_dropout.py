@@ -40,7 +40,7 @@ class SelectiveDropout(Method):
     family = "replacement"
     summary = "with probability p, activations of chosen layers zeroed at the mask's cells (training only)"
     params = (
-        p_param(0.5),
+        p_param(),
         Param("layers", str, "input,last",
               "comma-separated layers whose activations are zeroed under the mask: input, last (last conv "
               "block) or module names such as features.4"),

@@ -38,7 +38,7 @@ class ContextualDecompositionPenalty(Method):
     name = "cdep"
     family = "peer"
     summary = "CDEP (Rieger et al. 2020): penalise the masked region's contextual-decomposition share of the logits"
-    params = (lam_param(10.0, "raw penalty, ≈C/2 at initialisation vs CE ≈ ln C"),)
+    params = (lam_param(1.0, "raw penalty, ≈C/2 at initialisation vs CE ≈ ln C"),)
 
     def penalty(self, model, batch: Batch, features, logits) -> torch.Tensor:
         return cdep_penalty(model, batch.x, batch.m)

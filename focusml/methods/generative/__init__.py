@@ -22,7 +22,7 @@ class Generative(Method):
     family = "replacement"
     summary = "with probability p, masked pixels replaced by an inpainter's output G(x⊙(1−m), m)"
     params = (
-        p_param(0.5),
+        p_param(),
         Param("inpainter", str, "",
               "your own inpainter as module:callable, fn(x_masked, m) -> image or a class built with no "
               "arguments; empty = the built-in one, trained once per dataset and cached"),
