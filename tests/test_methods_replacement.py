@@ -236,4 +236,4 @@ def test_tracked_generative_run_logs_the_inpainter_and_the_mask_grid(tracking_en
     assert len(inp) == 1 and inp[0].endswith(".pt")
     assert "figures/mask_augmentation.png" in figs
     params = client.get_run(result.run_id).data.params
-    assert params["p"] == "0.5" and params["dilate"] == "1"
+    assert params["p"] == "1.0" and params["dilate"] == "1"

@@ -121,7 +121,7 @@ def _ce_batch():
 
 def test_counterexamples_change_only_masked_pixels_and_keep_labels():
     batch = _ce_batch()
-    out = get("counterexamples")().transform_batch(batch, torch.Generator().manual_seed(0))
+    out = get("counterexamples")({"copies": 1}).transform_batch(batch, torch.Generator().manual_seed(0))
     src = torch.tensor([0, 2, 3])  # the images with a mask; image 1 has none and gets no copy
     assert len(out.x) == 4 + 3
     torch.testing.assert_close(out.x[:4], batch.x)
@@ -133,7 +133,7 @@ def test_counterexamples_change_only_masked_pixels_and_keep_labels():
     assert torch.equal(fakes[~inside], orig[~inside])
     assert (fakes[inside] != orig[inside]).all()
     assert fakes.min() >= 0 and fakes.max() <= 1
-    again = get("counterexamples")().transform_batch(batch, torch.Generator().manual_seed(0))
+    again = get("counterexamples")({"copies": 1}).transform_batch(batch, torch.Generator().manual_seed(0))
     assert torch.equal(again.x, out.x)  # the loop's generator makes it reproducible
 
 
