@@ -6,6 +6,7 @@ lost server) in the same MLflow run, with the run's own options (`tracking.resum
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import fields
 
 import click
@@ -111,9 +112,24 @@ def train(resume_id=None, **options):
     if resume_id:
         return _resume(resume_id, options)
     config = config_from_options(options).validate()
-    click.echo(f"Training {config.method} on {config.dataset} (seed {config.seed}) → {tracking.tracking_uri()}", err=True)
-    result = tracking.run(config, callbacks=ProgressBars(config.epochs))
+    line = f"Training {config.method} on {config.dataset} (seed {config.seed}) → {tracking.tracking_uri()}"
+    result = tracking.run(config, callbacks=Announced(config.epochs, line))
     _report(result)
+
+
+class Announced(ProgressBars):
+    """The progress bars, after one line saying what runs where, printed once the run has started
+    (so a refused input prints its error line only)."""
+
+    def __init__(self, epochs: int, line: str):
+        super().__init__(epochs)
+        self.line = line
+
+    @contextmanager
+    def run_scope(self, ctx):
+        click.echo(self.line, err=True)
+        with super().run_scope(ctx):
+            yield
 
 
 def _report(result) -> None:
@@ -131,7 +147,6 @@ def _resume(run_id: str, options: dict) -> None:
     given.update({k: v for k, v in options.items() if v is not None})
     given = {k.replace("-", "_"): v for k, v in given.items()}
     config, _ = tracking.resume_config(run_id, given, device)
-    click.echo(f"Resuming run {run_id}: {config.method} on {config.dataset} (seed {config.seed}) → "
-               f"{tracking.tracking_uri()}", err=True)
-    result = tracking.resume(run_id, callbacks=ProgressBars(config.epochs), given=given, device=device)
+    line = f"Resuming run {run_id}: {config.method} on {config.dataset} (seed {config.seed}) → {tracking.tracking_uri()}"
+    result = tracking.resume(run_id, callbacks=Announced(config.epochs, line), given=given, device=device)
     _report(result)

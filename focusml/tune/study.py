@@ -61,9 +61,9 @@ def run_study(spec: StudySpec, *, n_trials: int | None = None, study_name: str |
         raise FocusmlError(f"study '{name}' in {shown} already exists with directions "
                            f"{[d.name.lower() for d in study.directions]}, but {spec.source} asks for {spec.directions}: "
                            "pick another --study-name.")
+    n_before = len(study.trials)  # before the retries below: they are this call's trials
     fail_dead_local(study)  # trials of dead workers: failed, their runs closed, queued again
     close_stale_parents(study)
-    n_before = len(study.trials)
     if n_trials is None:  # complete the study to the file's n_trials
         states = [t.state for t in study.get_trials(deepcopy=False)]
         on_the_way = sum(s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
