@@ -128,8 +128,14 @@ class Announced(ProgressBars):
     @contextmanager
     def run_scope(self, ctx):
         click.echo(self.line, err=True)
-        with super().run_scope(ctx):
-            yield
+        try:
+            with super().run_scope(ctx):
+                yield
+        finally:  # a run stopped mid-epoch: close its bar now, not at exit after the error line
+            for bar in (self.bar, self.prep):
+                if bar is not None:
+                    bar.close()
+            self.bar = self.prep = None
 
 
 def _report(result) -> None:
