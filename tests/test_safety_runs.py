@@ -262,6 +262,17 @@ def test_resume_refuses_what_it_cannot_continue(tiny_data, store, capsys):
     code, out, err = cli(["train", "--resume", failed.info.run_id], capsys)
     assert_refused(code, out, err, "has no resumable checkpoint")
 
+    from focusml.tracking.keeper import RunLock
+
+    holder = RunLock(tracking.run_dir(rid))  # as a process still working on the run holds it
+    holder.acquire(rid)
+    try:
+        code, out, err = cli(["train", "--resume", rid], capsys)
+        assert_refused(code, out, err, f"run {rid} is still running here (pid {os.getpid()})")
+    finally:
+        holder.release()
+    assert mlflow.get_run(rid).info.status == "KILLED"
+
     # the KILLED run resumes in the same run: the same options given again are accepted
     code, out, err = cli(["train", "--resume", rid, "--epochs", "3", "--device", "cpu"], capsys)
     assert code == 0, err

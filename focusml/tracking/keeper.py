@@ -119,10 +119,10 @@ class RunKeeper(Callbacks):
     """
 
     def __init__(self, logger: RunLogger, resume: dict | None = None, fingerprint: str | None = None,
-                 checkpoints: bool = True):
+                 checkpoints: bool = True, lock: RunLock | None = None):
         self.logger, self.resume, self.fingerprint, self.checkpoints = logger, resume, fingerprint, checkpoints
         self.folder: Path | None = None
-        self.lock: RunLock | None = None
+        self.lock = lock  # already held (`tracking.resume`), else taken when the run opens
         self.epoch = -1 if resume is None else resume["epoch"]
 
     # ---- the run's scope ---------------------------------------------------------------------------
@@ -133,7 +133,7 @@ class RunKeeper(Callbacks):
             self._check_resume(ctx)  # before the run is re-attached: a refusal leaves it as it was
         try:
             with self.logger.run_scope(ctx):
-                if self.lock is None and self.checkpoints:
+                if self.folder is None and self.checkpoints:
                     self._open(self.logger.run_id)
                 if self.resume is not None:
                     self._guard(self._send_missing)
@@ -147,12 +147,16 @@ class RunKeeper(Callbacks):
             raise self._lost_error(why) from e
         else:
             if self.folder is not None:
-                self.lock.release()
+                if self.lock is not None:
+                    self.lock.release()
                 shutil.rmtree(self.folder, ignore_errors=True)  # FINISHED: everything is on the server
                 self.folder = None
         finally:
             if self.lock is not None:
                 self.lock.release()
+            if self.folder is not None and self.folder.is_dir() and \
+                    {f.name for f in self.folder.iterdir()} <= {"lock"}:
+                shutil.rmtree(self.folder, ignore_errors=True)  # no epoch finished: nothing to keep
 
     def _open(self, run_id: str) -> None:
         self.folder = run_dir(run_id)
@@ -171,7 +175,9 @@ class RunKeeper(Callbacks):
             raise FocusmlError(f"the checkpoint of run {run_id} does not fit its model "
                                f"'{ctx.config.model}': {str(e).splitlines()[0]}") from None
         if self.checkpoints:
-            self._open(run_id)
+            self.folder = run_dir(run_id)
+            if self.lock is None:
+                self._open(run_id)
 
     def _lost_error(self, why: str) -> TrackingLost:
         run_id = self.logger.run_id or self.logger.resume_id

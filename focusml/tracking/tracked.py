@@ -8,6 +8,8 @@ after checking that the tracking store answers (so a wrong URI never leaves a ha
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from focusml.callbacks import Callbacks
 from focusml.config import RunConfig
 from focusml.run import RunResult
 from focusml.run import run as run_untracked
-from focusml.tracking.keeper import RESUME_FILE, RunKeeper, load_state, run_dir
+from focusml.tracking.keeper import RESUME_FILE, RunKeeper, RunLock, load_state, run_dir
 from focusml.tracking.logger import RunLogger
 from focusml.tracking.runs import run_info
 from focusml.tracking.store import setup, terminate_run
@@ -74,10 +76,18 @@ def find_checkpoint(run_id: str) -> dict:
     except Exception:
         names = set()
     if f"checkpoints/{RESUME_FILE}" in names:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"checkpoints/{RESUME_FILE}",
-                                                       dst_path=tmp)
-            found.append(load_state(Path(path)))
+        quiet = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"checkpoints/{RESUME_FILE}",
+                                                           dst_path=tmp)
+                found.append(load_state(Path(path)))
+        finally:
+            if quiet is None:
+                os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+            else:
+                os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = quiet
     if not found:
         raise FocusmlError(f"run {run_id} has no resumable checkpoint (no {local}, no checkpoints/{RESUME_FILE} "
                            "artifact): it stopped before its first epoch ended. Start a new run.")
@@ -93,13 +103,24 @@ def resume(run_id: str, *, callbacks: Callbacks | None = None, given: dict | Non
     run with no checkpoint, options that differ from the run's, a run still running here.
     """
     config, params = resume_config(run_id, given, device)
-    state = find_checkpoint(run_id)
-    if state["epoch"] >= config.epochs:
-        raise FocusmlError(f"the checkpoint of run {run_id} is after epoch {state['epoch'] + 1}, but the run has "
-                           f"{config.epochs} epochs.")
-    if (run_dir(run_id) / "finished").is_file():  # everything was logged; only the end state was lost
-        terminate_run(run_id, "FINISHED")
-        info = run_info(run_id)
-        return RunResult(dict(info.data.metrics), run_id)
-    keeper = RunKeeper(RunLogger(callbacks, run_id=run_id), resume=state, fingerprint=params.get("dataset_fingerprint"))
-    return run_untracked(config, keeper, resume=state)
+    lock = RunLock(run_dir(run_id))
+    lock.acquire(run_id)  # refuses a run that a live process here is still working on
+    try:
+        state = find_checkpoint(run_id)
+        if state["epoch"] >= config.epochs:
+            raise FocusmlError(f"the checkpoint of run {run_id} is after epoch {state['epoch'] + 1}, but the run has "
+                               f"{config.epochs} epochs.")
+        if (run_dir(run_id) / "finished").is_file():  # everything was logged; only the end state was lost
+            terminate_run(run_id, "FINISHED")
+            info = run_info(run_id)
+            return RunResult(dict(info.data.metrics), run_id)
+        keeper = RunKeeper(RunLogger(callbacks, run_id=run_id), resume=state,
+                           fingerprint=params.get("dataset_fingerprint"), lock=lock)
+        return run_untracked(config, keeper, resume=state)
+    except FocusmlError:  # refused: leave no trace of this attempt
+        lock.release()
+        if {f.name for f in run_dir(run_id).iterdir()} <= {"lock"}:
+            shutil.rmtree(run_dir(run_id), ignore_errors=True)
+        raise
+    finally:
+        lock.release()
