@@ -181,11 +181,13 @@ class RunKeeper(Callbacks):
 
     def _lost_error(self, why: str) -> TrackingLost:
         run_id = self.logger.run_id or self.logger.resume_id
-        where = f"the checkpoint after epoch {self.epoch + 1} and the metrics so far are in {self.folder}" \
-            if self.folder is not None and self.epoch >= 0 else "no epoch had finished"
-        return TrackingLost(f"the tracking server at {mlflow.get_tracking_uri()} stopped answering ({why}); run "
-                            f"{run_id} is left unfinished there; {where}. When the server is back: "
-                            f"focusml train --resume {run_id}")
+        head = f"the tracking server at {mlflow.get_tracking_uri()} stopped answering ({why}); run {run_id} is left " \
+               "unfinished there"
+        if self.folder is None or self.epoch < 0:
+            return TrackingLost(f"{head}; no epoch had finished, so there is nothing to resume: start the run again "
+                                "once the server is back.")
+        return TrackingLost(f"{head}; the checkpoint after epoch {self.epoch + 1} and the metrics so far are in "
+                            f"{self.folder}. When the server is back: focusml train --resume {run_id}")
 
     def _guard(self, fn, *args):
         """Call an MLflow-logging function; a lost server becomes `TrackingLost`."""

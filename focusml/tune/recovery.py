@@ -35,6 +35,8 @@ WORKER_ATTRS = ("mlflow_run_id", "worker_pid", "worker_host")  # belong to one a
 
 
 def pid_alive(pid: int) -> bool:
+    if pid <= 0:  # never probe process groups (0, -1)
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -142,8 +144,11 @@ def close_stale_parents(study: optuna.Study) -> list[str]:
     for key, value in study._storage.get_study_system_attrs(study._study_id).items():
         if not key.startswith(PARENT) or not isinstance(value, dict) or value.get("done"):
             continue
-        dead_here = value.get("host") == HOST and not pid_alive(int(value.get("pid", -1)))
-        if not dead_here and now - float(value.get("beat", now)) <= grace:
+        if value.get("host") == HOST:  # here the process itself says whether the call lives
+            stale = not pid_alive(int(value.get("pid", -1)))
+        else:
+            stale = now - float(value.get("beat", now)) > grace
+        if not stale:
             continue  # a call that is still working (here or elsewhere)
         run_id = key[len(PARENT):]
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(value.get("beat", now))))
