@@ -36,7 +36,7 @@ import requests
 import torch
 from mlflow.entities import Metric
 
-from focusml import FocusmlError
+from focusml import FocusmlError, RunFailed
 from focusml.cache import cache_dir
 from focusml.callbacks import Callbacks
 from focusml.tracking.log import log_artifact, set_tags
@@ -138,7 +138,7 @@ class RunKeeper(Callbacks):
                 if self.resume is not None:
                     self._guard(self._send_missing)
                 yield
-        except (TrackingLost, KeyboardInterrupt, FocusmlError):
+        except (RunFailed, KeyboardInterrupt, FocusmlError):  # not the server: as they are
             raise
         except Exception as e:
             why = _lost(e)
@@ -193,7 +193,7 @@ class RunKeeper(Callbacks):
         """Call an MLflow-logging function; a lost server becomes `TrackingLost`."""
         try:
             return fn(*args)
-        except (TrackingLost, KeyboardInterrupt, FocusmlError):
+        except (RunFailed, KeyboardInterrupt, FocusmlError):  # not the server: as they are
             raise
         except Exception as e:
             why = _lost(e)
