@@ -9,3 +9,34 @@ __version__ = "0.1.0"
 
 class FocusmlError(Exception):
     """A bad input or environment, with a message that names the problem and the fix."""
+
+
+class RunFailed(Exception):
+    """A run that started and could not finish (it diverged, the tracking server went away).
+
+    Not a bad input: the CLI prints the message as one line and exits with `exit_code`.
+    """
+
+    exit_code = 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same path ends a run KILLED (see `stop_on_sigterm`)."""
+
+    signal_name = "SIGTERM"
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (what `timeout`, Docker, Kubernetes, Slurm and systemd send) raise `Terminated`.
+
+    A `KeyboardInterrupt` subclass, so a run ends KILLED as with Ctrl-C. Only the first SIGTERM
+    raises; later ones are ignored while the run closes (SIGKILL still ends the process at once).
+    Call it from the main thread of a command or worker process.
+    """
+    import signal
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)

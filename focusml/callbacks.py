@@ -38,6 +38,13 @@ class Callbacks:
 
     def on_batch_end(self, epoch: int, step: int, steps: int, loss: float) -> None: ...
 
+    def on_checkpoint(self, epoch: int, state: dict) -> None:
+        """After each epoch, before `on_epoch_end`: the whole training state (`train.training_state`).
+
+        Save it (`torch.save`) to let `run(config, resume=state)` continue after `epoch`; its
+        tensors are live, so save before returning.
+        """
+
     def on_epoch_end(self, epoch: int, metrics: dict[str, float], model) -> None: ...
 
     def on_run_end(self, ctx: RunContext, result: RunResult) -> None:

@@ -91,6 +91,30 @@ class RunConfig:
         return out
 
     @classmethod
+    def from_params(cls, params: dict[str, str]) -> "RunConfig":
+        """The config a run logged (`to_params`), from MLflow's string params (what `--resume` continues).
+
+        Params that are not options (`dataset_fingerprint`, values a method's `prepare` worked out)
+        are ignored; an empty string or "None" is None for optional fields.
+        """
+        own = {f.name: str(f.type) for f in fields(cls) if f.name not in ("augment", "method_params")}
+        method_keys = {p.name for p in methods.get(params.get("method", cls.method)).params}
+        keep = own.keys() | {f.name for f in fields(MaskAugment)} | method_keys
+        values: dict[str, Any] = {}
+        for key, text in params.items():
+            if key not in keep:
+                continue
+            kind = own.get(key, "")
+            if "None" in kind and text in ("", "None"):
+                continue
+            try:
+                values[key] = (text == "True" if kind.startswith("bool") else int(text) if kind.startswith("int")
+                               else float(text) if kind.startswith("float") else text)
+            except ValueError:
+                raise FocusmlError(f"the run's param {key}={text!r} is not a valid {kind.split()[0]}.") from None
+        return cls.from_flat(values)
+
+    @classmethod
     def from_flat(cls, values: dict[str, Any]) -> "RunConfig":
         """Build from flat keys (YAML file or CLI); None values mean 'not given'."""
         own = {f.name for f in fields(cls)} - {"augment", "method_params"}

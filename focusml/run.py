@@ -4,6 +4,10 @@
 the MLproject entry points and the Optuna trials (`focusml.tracking.run`, which plugs MLflow
 logging in as callbacks), the benchmarks and the tests all go through it. It returns the final
 metrics and the trained model; nothing here imports MLflow.
+
+`run(config, callbacks, resume=state)` continues a stopped run from a training state that
+`Callbacks.on_checkpoint` saved (`train.training_state`). A run that ends at chance accuracy or
+with an all-zero CAM carries a warning (`RunResult.warnings`) instead of passing for a result.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class RunResult:
     fit: FitResult | None = None  # the loop's outcome: history, the selected epoch and its state
     last_state: dict | None = None  # the last epoch's weights, when they are not the evaluated ones
     confusion: np.ndarray | None = None  # confusion matrix on `test`
+    warnings: list[str] = field(default_factory=list)  # what makes the result suspect (`health_warnings`)
 
 
 def load_data(config: RunConfig) -> Dataset:
@@ -65,8 +70,30 @@ def summary(fitted: FitResult) -> dict[str, float]:
     return {"time/epoch_s_mean": sum(times) / len(times), "selected_epoch": float(fitted.selected_epoch), **chosen}
 
 
-def run(config: RunConfig, callbacks: Callbacks | None = None) -> RunResult:
-    """Train and evaluate one configuration. Bad input raises `FocusmlError` before `run_scope` opens."""
+CHANCE_MARGIN = 0.02  # acc/val within this of the majority-class share counts as chance
+
+
+def health_warnings(data: Dataset, fitted: FitResult, test_pos_cams: torch.Tensor) -> list[str]:
+    """What makes a finished run's numbers suspect: chance accuracy on `val`, an all-zero CAM on `test`."""
+    out = []
+    acc = fitted.selected_metrics.get("acc/val")
+    labels = data.split("val").labels
+    chance = float(torch.bincount(labels, minlength=data.num_classes).max()) / max(len(labels), 1)
+    if acc is not None and np.isfinite(acc) and acc <= chance + CHANCE_MARGIN:
+        out.append(f"the model ends at chance accuracy (acc/val {acc:.3f}, majority class {chance:.3f}): it learned "
+                   "nothing; check the learning rate, λ and the number of epochs")
+    if test_pos_cams.numel() and not bool((test_pos_cams > 0).any()):
+        out.append("the CAM is zero on every test image (no positive evidence left in the last conv layer): "
+                   "wr and cam_in_mask mean nothing for this run")
+    return out
+
+
+def run(config: RunConfig, callbacks: Callbacks | None = None, resume: dict | None = None) -> RunResult:
+    """Train and evaluate one configuration. Bad input raises `FocusmlError` before `run_scope` opens.
+
+    `resume`: a training state saved by `Callbacks.on_checkpoint` for this same config; training
+    continues after its epoch.
+    """
     callbacks = callbacks or Callbacks()
     config.validate()
     method_cls = methods.get(config.method)
@@ -78,18 +105,20 @@ def run(config: RunConfig, callbacks: Callbacks | None = None) -> RunResult:
     torch.manual_seed(config.seed)
     c, h, w = data.image_shape
     model = build_model(config.model, c, data.num_classes, max(h, w), config.pretrained).to(device)
+    method.check(model, data, device)  # options that must fit the model (layer names, an inpainter)
     ctx = RunContext(config, data, model, method, device)
     with callbacks.run_scope(ctx):
         method.prepare(PrepareContext(data=data, config=config, model=model, cache_dir=cache_dir(), device=device,
                                       log_artifact=callbacks.log_artifact, log_params=callbacks.log_params,
                                       progress=callbacks.on_prepare))
-        fitted = fit(model, data, method, config, device, callbacks)
+        fitted = fit(model, data, method, config, device, callbacks, resume=resume)
         last_state = None
         if fitted.selected_state is not None:
             last_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             model.load_state_dict(fitted.selected_state)
-        metrics, cm, _ = test_metrics(model, data, device)
+        metrics, cm, preds = test_metrics(model, data, device)
         metrics.update(summary(fitted))
-        result = RunResult(metrics, None, fitted.history, model, fitted, confusion=cm, last_state=last_state)
+        result = RunResult(metrics, None, fitted.history, model, fitted, confusion=cm, last_state=last_state,
+                           warnings=health_warnings(data, fitted, preds.pos_cams))
         callbacks.on_run_end(ctx, result)
     return result

@@ -1,7 +1,12 @@
 """The one training loop, method-agnostic: augment masks → transform_batch → forward (with the
 method's layer hooks) → CE + λ·penalty → step; validation metrics after every epoch.
 
-The loop never prints; callers watch progress through `Callbacks`.
+The loop never prints; callers watch progress through `Callbacks`. After every epoch it hands
+`Callbacks.on_checkpoint` the whole training state (`training_state`: weights, optimiser,
+schedule, the selector's best epoch, the batch-order generator, torch's RNG, the history), and
+`fit(..., resume=state)` continues from the epoch after it, reaching the same weights and
+metrics as a run that was never stopped. A non-finite or exploding loss stops the loop with
+`Diverged`, naming the learning rate (and λ) as the likely cause.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from focusml import RunFailed
 from focusml.callbacks import Callbacks
 from focusml.config import RunConfig
 from focusml.data import Dataset
@@ -22,7 +28,15 @@ from focusml.data.masks import augment
 from focusml.evaluate import SELECTABLE, Evaluator, select_metric
 from focusml.methods import Batch, Method
 
-__all__ = ["Callbacks", "FitResult", "fit", "layer_hooks", "resolve_device", "train_step"]
+__all__ = ["Callbacks", "Diverged", "FitResult", "RESUME_FORMAT", "fit", "layer_hooks", "resolve_device", "train_step",
+           "training_state"]
+
+RESUME_FORMAT = "focusml-resume-1"  # the `format` of a training state; bump when its layout changes
+EXPLODE = 1e4  # a batch loss above EXPLODE × max(first batch's loss, 1) has exploded
+
+
+class Diverged(RunFailed):
+    """The loss became non-finite or exploded: the run ends FAILED with this message."""
 
 
 @dataclass
@@ -53,6 +67,14 @@ class Selector:
         if math.isfinite(value) and self.sign * value >= self.best:
             self.best, self.epoch = self.sign * value, epoch
             self.state = copy.deepcopy(model.state_dict())
+
+    def state_dict(self) -> dict:
+        return {"metric": self.metric, "best": self.best, "epoch": self.epoch, "state": self.state}
+
+    def load_state_dict(self, saved: dict) -> None:
+        if saved["metric"] != self.metric:
+            raise ValueError(f"the checkpoint selects on {saved['metric']}, this run on {self.metric}")
+        self.best, self.epoch, self.state = saved["best"], saved["epoch"], saved["state"]
 
     def finish(self, result: FitResult, last_epoch: int) -> FitResult:
         """Record the choice; no finite value at all (e.g. NaN metrics) falls back to the last epoch."""
@@ -106,8 +128,64 @@ def train_step(model, method: Method, batch: Batch, optimizer) -> tuple[float, f
     return float(loss.detach()), float(ce.detach()), float(weighted.detach())
 
 
+class Guard:
+    """Stops a diverging run: a non-finite batch loss, or one above EXPLODE × the first batch's."""
+
+    def __init__(self, config: RunConfig, method: Method, initial: float | None = None):
+        self.config, self.method, self.initial = config, method, initial
+
+    def check(self, loss: float, epoch: int, step: int) -> None:
+        if self.initial is None and math.isfinite(loss):
+            self.initial = loss
+        if not math.isfinite(loss):
+            what = f"the loss became {loss}"
+        elif loss > EXPLODE * max(self.initial, 1.0):
+            what = f"the loss exploded to {loss:.3g} (first batch: {self.initial:.3g})"
+        else:
+            return
+        lam = self.method.lam
+        cause = "the learning rate or λ is" if lam else "the learning rate is"
+        fix = f"try --lr {self.config.lr / 10:g}" + (f" or --lam {lam / 10:g}" if lam else "")
+        given = f"--lr {self.config.lr:g}" + (f", --lam {lam:g}" if lam else "")
+        raise Diverged(f"training diverged: {what} at epoch {epoch + 1}, batch {step + 1} ({given}); "
+                       f"{cause} likely too large: {fix}.")
+
+
+def training_state(epoch: int, model, optimizer, schedule, selector: Selector, gen: torch.Generator,
+                   history: list[dict[str, float]], guard: Guard, device: torch.device) -> dict:
+    """Everything `fit` needs to continue after `epoch` exactly as if it had never stopped.
+
+    Tensors, numbers, strings and lists only, so `torch.load(weights_only=True)` reads it back.
+    The tensors are the live ones: save the state (`torch.save`) before training goes on.
+    """
+    return {
+        "format": RESUME_FORMAT, "epoch": epoch,
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict() if schedule is not None else None,
+        "selector": selector.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+        "history": [dict(h) for h in history], "initial_loss": guard.initial,
+    }
+
+
+def _restore(state: dict, model, optimizer, schedule, selector: Selector, gen: torch.Generator,
+             device: torch.device) -> None:
+    if state.get("format") != RESUME_FORMAT:
+        raise ValueError(f"not a focusml training state of format {RESUME_FORMAT} (got {state.get('format')!r})")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if schedule is not None:
+        schedule.load_state_dict(state["schedule"])
+    selector.load_state_dict(state["selector"])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if device.type == "cuda" and state.get("cuda_rng"):
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
 def fit(model, data: Dataset, method: Method, config: RunConfig, device: torch.device,
-        callbacks: Callbacks | None = None) -> FitResult:
+        callbacks: Callbacks | None = None, resume: dict | None = None) -> FitResult:
+    """Train `model` for `config.epochs` epochs (from the epoch after `resume["epoch"]` when resuming)."""
     callbacks = callbacks or Callbacks()
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
@@ -120,9 +198,16 @@ def fit(model, data: Dataset, method: Method, config: RunConfig, device: torch.d
     evaluator = Evaluator(data, device)
     selector = Selector(select_metric(config.select, data))
     result = FitResult()
+    guard = Guard(config, method)
+    first = 0
+    if resume is not None:
+        _restore(resume, model, optimizer, schedule, selector, gen, device)
+        result.history = [dict(h) for h in resume["history"]]
+        guard.initial = resume.get("initial_loss")
+        first = resume["epoch"] + 1
     n = len(split)
     steps = (n + config.batch_size - 1) // config.batch_size
-    for epoch in range(config.epochs):
+    for epoch in range(first, config.epochs):
         model.train()
         start = time.perf_counter()
         order = torch.randperm(n, generator=gen)
@@ -135,6 +220,7 @@ def fit(model, data: Dataset, method: Method, config: RunConfig, device: torch.d
             batch = method.transform_batch(Batch(x, m, y, idx), gen)
             batch = Batch(batch.x.to(device), batch.m.to(device), batch.y.to(device), batch.index)
             parts = train_step(model, method, batch, optimizer)
+            guard.check(parts[0], epoch, step)
             totals += torch.tensor(parts) * len(idx)
             callbacks.on_batch_end(epoch, step, steps, parts[0])
         seconds = time.perf_counter() - start
@@ -146,5 +232,9 @@ def fit(model, data: Dataset, method: Method, config: RunConfig, device: torch.d
         selector.update(epoch, metrics, model)
         if schedule is not None:
             schedule.step()
+        # the state first, then the metrics: a run stopped in between resumes after this epoch
+        # and its tracker sends this epoch's metrics from the state's history (never twice)
+        callbacks.on_checkpoint(epoch, training_state(epoch, model, optimizer, schedule, selector, gen,
+                                                      result.history, guard, device))
         callbacks.on_epoch_end(epoch, metrics, model)
     return selector.finish(result, config.epochs - 1)

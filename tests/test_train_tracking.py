@@ -54,7 +54,8 @@ def test_cli_train_logs_everything(tracking_env, cli_env, tmp_path):
     files = {f.path for f in client.list_artifacts(r.info.run_id, "figures")}
     assert {"figures/confusion_matrix.png", "figures/cam_grid_test.png"} <= files
     ckpts = [f.path for f in client.list_artifacts(r.info.run_id, "checkpoints")]
-    assert ckpts == ["checkpoints/last.pt"]  # one epoch: the selected checkpoint is the last one
+    # one epoch: the selected checkpoint is the last one; resume.pt: the training state `--resume` continues from
+    assert ckpts == ["checkpoints/last.pt", "checkpoints/resume.pt"]
     images = [f.path for f in client.list_artifacts(r.info.run_id, "images")]
     assert any("cam_grid_val" in i for i in images), images
     state = torch.load(client.download_artifacts(r.info.run_id, "checkpoints/last.pt", str(tmp_path)),

@@ -4,7 +4,9 @@
 `focusml --help` lists every command without importing any of them (they pull in torch,
 MLflow, Optuna) and `focusml train` imports only `focusml.cli.train`. Commands parse options,
 call the library and own all output (progress bars, tables). A `FocusmlError` becomes one clear
-message and exit status 2.
+message and exit status 2; a run that started and could not finish (`RunFailed`: it diverged,
+the tracking server was lost) one message and its `exit_code` (1, 3); Ctrl-C exit status 130,
+SIGTERM 143 (`main` makes SIGTERM raise like Ctrl-C, so runs end KILLED either way).
 
 Adding a command: a module here with a click command named like the module, and one line in
 `COMMANDS` (a test checks the line's help against the command's docstring).
@@ -17,7 +19,7 @@ import sys
 
 import click
 
-from focusml import FocusmlError, __version__
+from focusml import FocusmlError, RunFailed, Terminated, __version__, stop_on_sigterm
 
 #: command name → (module in this package, attribute, one-line help shown by `focusml --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -78,12 +80,19 @@ def cli():
 
 
 def main(argv=None) -> None:
+    stop_on_sigterm()
     try:
         cli.main(args=argv, prog_name="focusml", standalone_mode=False)
     except FocusmlError as e:
         click.secho(f"Error: {e}", fg="red", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except RunFailed as e:
+        click.secho(f"Error: {e}", fg="red", err=True)
+        sys.exit(e.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt) as e:
+        if isinstance(e, Terminated) or isinstance(e.__context__, Terminated):
+            click.echo("Stopped by SIGTERM.", err=True)
+            sys.exit(143)
         click.echo("Aborted.", err=True)
         sys.exit(130)
     except click.ClickException as e:

@@ -1,7 +1,12 @@
-"""`focusml train`: one tracked run, its options built from RunConfig, MaskAugment and every method's params."""
+"""`focusml train`: one tracked run, its options built from RunConfig, MaskAugment and every method's params.
+
+`--resume RUN_ID` continues a stopped run (KILLED, FAILED, or left RUNNING by a dead process or a
+lost server) in the same MLflow run, with the run's own options (`tracking.resume`).
+"""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import fields
 
 import click
@@ -91,7 +96,10 @@ SUMMARY_KEYS = ["acc/test", "acc/test_cf", "flip/test", "acc/test_confounded", "
 
 @click.command()
 @run_options
-def train(**options):
+@click.option("--resume", "resume_id", default=None, metavar="RUN_ID",
+              help="continue this stopped run from its last finished epoch, in the same MLflow run, with its own "
+                   "options (only --device may be given besides)")
+def train(resume_id=None, **options):
     """Train one method on one dataset and log the run to MLflow.
 
     \b
@@ -99,10 +107,52 @@ def train(**options):
       focusml train --method baseline --dataset decoy-digits --epochs 8
       focusml train --method pas --lam 1 --dilate 1
       focusml train --config run.yaml --seed 2
+      focusml train --resume 3f2a9c0d…          # continue a stopped run
     """
+    if resume_id:
+        return _resume(resume_id, options)
     config = config_from_options(options).validate()
-    click.echo(f"Training {config.method} on {config.dataset} (seed {config.seed}) → {tracking.tracking_uri()}", err=True)
-    result = tracking.run(config, callbacks=ProgressBars(config.epochs))
+    line = f"Training {config.method} on {config.dataset} (seed {config.seed}) → {tracking.tracking_uri()}"
+    result = tracking.run(config, callbacks=Announced(config.epochs, line))
+    _report(result)
+
+
+class Announced(ProgressBars):
+    """The progress bars, after one line saying what runs where, printed once the run has started
+    (so a refused input prints its error line only)."""
+
+    def __init__(self, epochs: int, line: str):
+        super().__init__(epochs)
+        self.line = line
+
+    @contextmanager
+    def run_scope(self, ctx):
+        click.echo(self.line, err=True)
+        try:
+            with super().run_scope(ctx):
+                yield
+        finally:  # a run stopped mid-epoch: close its bar now, not at exit after the error line
+            for bar in (self.bar, self.prep):
+                if bar is not None:
+                    bar.close()
+            self.bar = self.prep = None
+
+
+def _report(result) -> None:
     echo_table([{"metric": k, "value": result.metrics.get(k)} for k in SUMMARY_KEYS if k in result.metrics])
+    for warning in result.warnings:
+        click.secho(f"Warning: {warning}", fg="yellow", err=True)
     click.echo(f"run_id: {result.run_id}")
     click.echo("See it in the UI: `focusml server`, then open http://127.0.0.1:5000", err=True)
+
+
+def _resume(run_id: str, options: dict) -> None:
+    device = options.pop("device", None)
+    config_file = options.pop("config_file", None)
+    given = {k: v for k, v in (load_yaml(config_file) if config_file else {}).items()}
+    given.update({k: v for k, v in options.items() if v is not None})
+    given = {k.replace("-", "_"): v for k, v in given.items()}
+    config, _ = tracking.resume_config(run_id, given, device)
+    line = f"Resuming run {run_id}: {config.method} on {config.dataset} (seed {config.seed}) → {tracking.tracking_uri()}"
+    result = tracking.resume(run_id, callbacks=Announced(config.epochs, line), given=given, device=device)
+    _report(result)

@@ -1,4 +1,8 @@
-"""`focusml tune`: an Optuna study, every trial an MLflow child run under one parent run."""
+"""`focusml tune`: an Optuna study, every trial an MLflow child run under one parent run.
+
+Without `--n-trials`, a call completes the study to the file's `n_trials` (a killed call is
+resumed by running the same command again); with it, it adds that many trials.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ from focusml.tune import load_spec, run_study
 
 @click.command()
 @click.argument("study_file", metavar="STUDY.yaml", type=click.Path(dir_okay=False))
-@click.option("--n-trials", type=int, default=None, help="trials to add in this call (default: the file's n_trials)")
+@click.option("--n-trials", type=int, default=None,
+              help="trials to add in this call (default: complete the study to the file's n_trials)")
 @click.option("--study-name", default=None, help="Optuna study name (default: the file's study_name, else its stem); "
                                                  "an existing name is resumed")
 @click.option("--storage", default=None, help="Optuna storage: a database URL (sqlite:///optuna.db, postgresql://…) or a "
@@ -34,7 +39,7 @@ def tune(study_file, n_trials, study_name, storage, workers, register):
       focusml tune studies/rrr.yaml --storage postgresql://user:pw@db/optuna --register rrr-digits
     """
     spec = load_spec(study_file)
-    n = spec.n_trials if n_trials is None else n_trials
+    n = spec.n_trials if n_trials is None else n_trials  # the bar's total until run_study says how many are missing
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the bar below replaces Optuna's per-trial lines
     click.echo(f"Study {study_name or spec.study_name}: {spec.method} on {spec.dataset}, {n} trials, "
                f"{spec.sampler} sampler, pruner {spec.pruner}, objectives "
@@ -48,11 +53,19 @@ def tune(study_file, n_trials, study_name, storage, workers, register):
             shown = f"{t.state.lower()} {shown}".strip()
         bar.set_postfix_str(f"#{t.number} {shown}")
 
+    def on_plan(count):
+        bar.total = count
+        bar.refresh()
+
     try:
-        result = run_study(spec, n_trials=n, study_name=study_name, storage=storage, workers=workers,
-                           register=register or None, on_trial=on_trial)
+        result = run_study(spec, n_trials=n_trials, study_name=study_name, storage=storage, workers=workers,
+                           register=register or None, on_trial=on_trial, on_plan=on_plan)
     finally:
         bar.close()
+    if not result.parent_run_id:
+        click.echo(f"{result.study_name} already has its {spec.n_trials} trials (the file's n_trials) in "
+                   f"{result.storage}; nothing to do. Pass --n-trials N to add more.", err=True)
+        return
     click.echo(f"{result.study_name}: {len(result.trials)} trials in the study ({result.new_trials} new, "
                f"{result.count('COMPLETE')} complete, {result.count('PRUNED')} pruned, {result.count('FAIL')} failed) "
                f"in {result.wall_s:.0f}s; storage {result.storage}", err=True)

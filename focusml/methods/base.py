@@ -3,7 +3,9 @@
 A method is a `Method` subclass in its own module under `focusml/methods/`; the registry finds
 it by its `name`, so the loop, the CLI, the MLproject and the tuner pick it up without edits.
 
-Hooks (all optional, called by `focusml.train.fit`):
+Hooks (all optional, called by `focusml.run.run` and `focusml.train.fit`):
+- `check(model, data, device)`: before the run starts, refuse options that do not fit the model
+  or data (`FocusmlError`), so a bad option never leaves a FAILED run behind;
 - `prepare(ctx)`: once before training (e.g. train an inpainter);
 - `transform_batch(batch, gen)`: replace pixels / add examples before the forward pass;
 - `layer_hooks(batch)`: {module name: fn(output) -> output} applied in the training forward only;
@@ -176,6 +178,10 @@ class Method:
     @property
     def lam(self) -> float:
         return float(self.options.get("lam", 0.0))
+
+    def check(self, model: torch.nn.Module, data: Any, device: torch.device) -> None:
+        """Refuse options that do not fit this model or data (FocusmlError), before the run starts."""
+        return None
 
     def prepare(self, ctx: PrepareContext) -> None:
         return None

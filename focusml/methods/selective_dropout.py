@@ -52,18 +52,26 @@ class SelectiveDropout(Method):
         if not self.layers:
             raise FocusmlError("--layers for method 'selective_dropout' is empty; give e.g. input,last.")
 
+    def check(self, model, data, device) -> None:
+        """Every name in `--layers` must be input, last or a module of the model (refused before the run)."""
+        self.resolve(model)
+
     def prepare(self, ctx: PrepareContext) -> None:
-        modules = {n for n, _ in ctx.model.named_modules() if n}
+        self.layers = self.resolve(ctx.model)
+
+    def resolve(self, model: torch.nn.Module) -> list[str]:
+        """`--layers` as module names of `model` (`input` kept as is), duplicates dropped."""
+        modules = {n for n, _ in model.named_modules() if n}
         resolved = []
         for name in self.layers:
-            name = last_block(ctx.model) if name == "last" else name
+            name = last_block(model) if name == "last" else name
             if name != "input" and name not in modules:
                 raise FocusmlError(
                     f"--layers for method 'selective_dropout' names '{name}', which the model does not have. "
                     f"Use input, last or one of: {', '.join(sorted(modules))}."
                 )
             resolved.append(name)
-        self.layers = list(dict.fromkeys(resolved))
+        return list(dict.fromkeys(resolved))
 
     def transform_batch(self, batch: Batch, gen: torch.Generator) -> Batch:
         """Draw which images are dropped this step; the others get an all-zero mask for the hooks."""

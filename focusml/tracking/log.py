@@ -39,9 +39,9 @@ def log_params(params: dict[str, Any]) -> None:
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-    """Log the finite values (a NaN, e.g. WR without masks, is left out rather than logged)."""
-    finite = {k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}
-    mlflow.log_metrics(finite, step=step)
+    """Log every value, none dropped: NaN (e.g. WR without masks) is stored as NaN, ±inf as MLflow's SQL
+    stores keep it (±1.7976931348623157e308); only None (no value at all) is left out."""
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None}, step=step)
 
 
 def set_tags(tags: dict[str, str]) -> None:

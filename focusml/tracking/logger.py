@@ -24,11 +24,17 @@ from focusml.tracking.log import (log_artifact, log_dataset, log_figure, log_ima
 from focusml.tracking.store import start_run
 
 
+def epoch_step(epoch: int) -> int:
+    """The MLflow step of an epoch's metrics (also what `tracking.keeper` checks when a resumed run re-sends them)."""
+    return epoch
+
+
 class RunLogger(Callbacks):
     def __init__(self, inner: Callbacks | None = None, parent_run_id: str | None = None,
-                 tags: dict[str, str] | None = None):
+                 tags: dict[str, str] | None = None, run_id: str | None = None):
         self.inner = inner or Callbacks()
         self.parent_run_id, self.tags = parent_run_id, tags or {}
+        self.resume_id = run_id  # continue this run (`focusml train --resume`): its inputs are already logged
         self.run_id: str | None = None
         self.ctx: RunContext | None = None
         self.sample: torch.Tensor | None = None
@@ -39,13 +45,15 @@ class RunLogger(Callbacks):
         tags = {"focusml.method": config.method, "focusml.family": method.family, "focusml.dataset": config.dataset,
                 **self.tags}
         name = config.run_name or f"{config.method}-{config.dataset}-s{config.seed}"
-        with start_run(config.experiment, name, parent_run_id=self.parent_run_id, tags=tags) as active:
+        with start_run(config.experiment, name, parent_run_id=self.parent_run_id, tags=tags,
+                       run_id=self.resume_id) as active:
             self.run_id, self.ctx = active.info.run_id, ctx
             fingerprint = data.fingerprint
             log_params({**config.to_params(), "dataset_fingerprint": fingerprint})
-            log_dataset(data, fingerprint)
-            if method.uses_masks:
-                _log_mask_examples(ctx)
+            if self.resume_id is None:
+                log_dataset(data, fingerprint)
+                if method.uses_masks:
+                    _log_mask_examples(ctx)
             self.sample = sample_indices(data.split("val").labels, data.num_classes)
             with self.inner.run_scope(ctx):
                 yield
@@ -66,7 +74,7 @@ class RunLogger(Callbacks):
 
     def on_epoch_end(self, epoch, metrics, model):
         ctx = self.ctx
-        log_metrics(metrics, step=epoch)
+        log_metrics(metrics, step=epoch_step(epoch))
         log_image_step(to_pil(split_cam_grid(model, ctx.data, "val", self.sample, ctx.device, f"epoch {epoch}")),
                        "cam_grid_val", epoch)
         self.inner.on_epoch_end(epoch, metrics, model)

@@ -1,13 +1,14 @@
 """Runs read back from MLflow: an experiment's runs as a table, a run's info, its model and its data.
 
 `search_runs` gives an experiment's runs as pandas rows (what `focusml compare` summarises);
-`load_run_model` loads the run's `checkpoints/last.pt` state dict with `torch.load(weights_only=True)`,
-else the logged MLflow model; `load_run_data` rebuilds the run's dataset from its params.
+`load_run_model` loads the run's weights (`checkpoints/…pt`) with `torch.load(weights_only=True)`
+and never unpickles anything (a logged MLflow model is a pickle: loading it can run code, and a
+shared server's runs are not to be trusted); `load_run_data` rebuilds the run's dataset from its params.
 """
 
 from __future__ import annotations
 
-import sys
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -53,68 +54,45 @@ def _check_cam_model(model, source: str) -> nn.Module:
     return model.cpu().eval()
 
 
-def load_run_model(run_id: str, image_size: int | None = None, prefer: str = "checkpoint") -> nn.Module:
-    """A run's trained model (a CamNet) on the CPU in eval mode.
+def load_run_model(run_id: str, image_size: int | None = None) -> nn.Module:
+    """A run's trained model (a CamNet) on the CPU in eval mode, from its weights only.
 
-    `prefer="checkpoint"` loads the evaluated weights (`checkpoints/selected_epochN.pt` when
-    `--select` chose an earlier epoch, else `checkpoints/last.pt`) with `weights_only=True` (no pickled code
-    runs) and, if that fails, the logged MLflow model (`runs:/RUN_ID/model`); `prefer="model"`
-    tries them the other way round. MLflow 3 logs PyTorch models as `torch.export` programs,
-    which keep the weights but not `forward_features`, so either way the network is rebuilt from
-    the run's `model` param and loaded with those weights (`image_size` matters only for vgg11,
-    whose poolings depend on it).
+    The evaluated weights (`checkpoints/selected_epochN.pt` when `--select` chose an earlier
+    epoch, else `checkpoints/last.pt`) are read with `torch.load(weights_only=True)`, and the
+    network is rebuilt from the run's `model` param (`image_size` matters only for vgg11, whose
+    poolings depend on it). The logged MLflow model is never loaded: it is a pickle, and
+    unpickling runs code. A run without such a checkpoint, or whose checkpoint holds anything
+    but tensors, is refused with FocusmlError.
     """
     run = run_info(run_id)
     params = run.data.params
     client = mlflow.MlflowClient()
-    errors: list[str] = []
-
-    def rebuild(state: dict, source: str):
+    names = {a.path for a in client.list_artifacts(run_id, "checkpoints")}
+    chosen = sorted(n for n in names if n.startswith("checkpoints/selected_epoch"))  # the evaluated weights
+    path = chosen[0] if chosen else "checkpoints/last.pt"
+    if path not in names:
+        raise FocusmlError(
+            f"run {run_id} has no checkpoints/last.pt, and focusml loads a run's model from its weights only (never "
+            "by unpickling the logged MLflow model, which can run code). Use a run logged by `focusml train`.")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp)
         try:
-            in_ch = state["features.0.weight"].shape[1]
-            n_cls = state["classifier.weight"].shape[0]
-            size = image_size or _param(params, "image_size", int) or 28
-            model = build_model(params.get("model") or "small", in_ch, n_cls, size)
-            model.load_state_dict(state)
-            return model
-        except (KeyError, RuntimeError, FocusmlError) as e:
-            errors.append(f"{source} does not fit model '{params.get('model')}': {str(e).splitlines()[0]}")
-            return None
-
-    def from_checkpoint():
-        names = {a.path for a in client.list_artifacts(run_id, "checkpoints")}
-        chosen = sorted(n for n in names if n.startswith("checkpoints/selected_epoch"))  # the evaluated weights
-        path = chosen[0] if chosen else "checkpoints/last.pt"
-        if path not in names:
-            errors.append("no checkpoints/last.pt")
-            return None
-        with tempfile.TemporaryDirectory() as tmp:
-            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp)
             state = torch.load(local, map_location="cpu", weights_only=True)
-        return rebuild(state, path)
-
-    def from_logged_model():
-        saved = list(sys.path)  # the pytorch flavour prepends the logged code folder to sys.path
-        try:
-            logged = mlflow.pytorch.load_model(f"runs:/{run_id}/model", map_location="cpu")
-        except (mlflow.exceptions.MlflowException, OSError) as e:
-            errors.append(f"no logged model ({str(e).splitlines()[0]})")
-            return None
-        finally:
-            sys.path[:] = saved
-        if hasattr(logged, "forward_features"):
-            return logged
-        return rebuild({k: v.detach().cpu() for k, v in logged.state_dict().items()}, "the logged model")
-
-    order = (from_checkpoint, from_logged_model) if prefer == "checkpoint" else (from_logged_model, from_checkpoint)
-    for loader in order:
-        model = loader()
-        if model is not None:
-            return _check_cam_model(model, f"run {run_id}")
-    raise FocusmlError(
-        f"run {run_id} has no usable model ({'; '.join(errors)}). Use a run logged by `focusml train` "
-        "(it logs checkpoints/last.pt, and the MLflow model unless --no-log-model)."
-    )
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+            raise FocusmlError(f"run {run_id}: {path} is not a plain state dict of tensors "
+                               f"({str(e).splitlines()[0][:200]}); it is not loaded.") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise FocusmlError(f"run {run_id}: {path} is not a state dict of tensors; it is not loaded.")
+    try:
+        in_ch = state["features.0.weight"].shape[1]
+        n_cls = state["classifier.weight"].shape[0]
+        size = image_size or _param(params, "image_size", int) or 28
+        model = build_model(params.get("model") or "small", in_ch, n_cls, size)
+        model.load_state_dict(state)
+    except (KeyError, RuntimeError) as e:
+        raise FocusmlError(f"run {run_id}: {path} does not fit model '{params.get('model')}': "
+                           f"{str(e).splitlines()[0]}") from None
+    return _check_cam_model(model, f"run {run_id}")
 
 
 def _param(params: dict, key: str, cast, default=None):

@@ -1,8 +1,18 @@
-"""The tracking store and runs: where runs go, and a run that ends FAILED when its block raises.
+"""The tracking store and how a run lives and ends.
 
 The tracking URI is `MLFLOW_TRACKING_URI` when set, else a SQLite file `mlflow.db` in the
 current directory (MLflow 3 has no file store). A remote server is checked for reachability
 before any run starts, so a wrong URI never leaves a half-written run behind.
+
+- **Bounded HTTP**: `setup` gives MLflow's HTTP client a timeout and a retry budget
+  (`HTTP_DEFAULTS`, each overridable by its environment variable), so a server that goes away
+  costs seconds, not minutes; `TrackingLost` is what a run raises then (exit status 3).
+- **Truthful end states** (`start_run`): FINISHED; FAILED with the reason as tag
+  `focusml.failure` (exception type and message, one line); KILLED for Ctrl-C and SIGTERM
+  (`focusml.Terminated`) with tag `focusml.killed`; a run that cannot reach the server to say
+  so stays RUNNING there, and `focusml train --resume` re-attaches to it.
+- **SQLite**: the first process to use a store creates its schema under an exclusive lock on
+  `<store>.lock`, so any number of processes can start together on a new file.
 """
 
 from __future__ import annotations
@@ -16,7 +26,12 @@ from typing import Iterator
 
 import mlflow
 
-from focusml import FocusmlError
+from focusml import FocusmlError, RunFailed
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; parallel first runs on a new SQLite file are not guarded there
+    fcntl = None
 
 DEFAULT_STORE = "mlflow.db"
 
@@ -29,28 +44,165 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
 
 
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Raise FocusmlError unless an http(s) tracking server answers /health."""
-    if not uri.startswith(("http://", "https://")):
-        return
+#: MLflow's HTTP client limits unless the environment sets them: 15 s per request, 3 retries with
+#: backoff 0, 2, 4 s. A server whose port is closed is given up after about 7 s, one that
+#: accepts but never answers after about 4 × 15 + 7 = 67 s (MLflow's defaults: 120 s and 7
+#: retries, about 15 minutes).
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+}
+
+
+class TrackingLost(RunFailed):
+    """The tracking server stopped answering during a run (after MLflow's bounded retries)."""
+
+    exit_code = 3
+
+
+def bound_http() -> None:
+    """Set `HTTP_DEFAULTS` where the environment leaves them unset (read by MLflow at every request)."""
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def is_remote(uri: str | None = None) -> bool:
+    return (uri or mlflow.get_tracking_uri()).startswith(("http://", "https://"))
+
+
+def reachable(uri: str, timeout: float = 5.0) -> str | None:
+    """None when the http(s) server at `uri` answers /health (or `uri` is not a server), else why not."""
+    if not is_remote(uri):
+        return None
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
             if r.status != 200:
-                raise OSError(f"HTTP {r.status}")
+                return f"HTTP {r.status}"
     except (OSError, urllib.error.URLError) as e:
+        return str(getattr(e, "reason", e))
+    return None
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Raise FocusmlError unless an http(s) tracking server answers /health."""
+    why = reachable(uri, timeout)
+    if why is not None:
         raise FocusmlError(
-            f"cannot reach the MLflow tracking server at {uri} ({getattr(e, 'reason', e)}). Start it with "
+            f"cannot reach the MLflow tracking server at {uri} ({why}). Start it with "
             "`focusml server` (or `mlflow server --host 127.0.0.1 --port PORT`), or unset MLFLOW_TRACKING_URI "
             "to use the local SQLite store."
         ) from None
 
 
 def setup(uri: str | None = None) -> str:
-    """Point MLflow at `uri` (default: `tracking_uri()`), after checking it answers."""
+    """Point MLflow at `uri` (default: `tracking_uri()`), after checking it answers; bound its HTTP client."""
     uri = uri or tracking_uri()
+    bound_http()
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a `sqlite:///…` URI (None for other stores and in-memory SQLite)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?")[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+@contextmanager
+def store_lock(uri: str | None = None):
+    """An exclusive lock on `<store>.lock` beside a SQLite store (nothing for other stores)."""
+    path = sqlite_path(uri or mlflow.get_tracking_uri())
+    if path is None or fcntl is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+_ready: set[str] = set()
+
+
+def ensure_store(uri: str | None = None) -> None:
+    """Create a SQLite store's schema once, under `store_lock` (MLflow migrates a new file when first
+    opened; two processes doing it at once crash in alembic). Other stores need nothing."""
+    uri = uri or mlflow.get_tracking_uri()
+    if uri in _ready or sqlite_path(uri) is None:
+        return
+    with store_lock(uri):
+        mlflow.MlflowClient(uri).search_experiments(max_results=1)  # opening the store migrates it
+    _ready.add(uri)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return (f"{type(e).__name__}: {text}" if text else type(e).__name__)[:1000]
+
+
+@contextmanager
+def _quick_http():
+    """MLflow calls that give up at once (no retries, 3 s): for closing a run after the server was lost."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="3")
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def end_active(status: str, tags: dict[str, str] | None = None, quick: bool = False) -> bool:
+    """End the active run with `status` (and `tags`); False when the store could not be told.
+
+    The run leaves MLflow's active-run stack either way (MLflow pops it before the request).
+    """
+    ctx = _quick_http() if quick else _nothing()
+    with ctx:
+        ok = True
+        if tags:
+            try:
+                mlflow.set_tags(tags)
+            except Exception:
+                ok = False
+        try:
+            mlflow.end_run(status=status)
+        except Exception:
+            return False
+        return ok
+
+
+@contextmanager
+def _nothing():
+    yield
+
+
+def search_runs_where(filter_string: str) -> list[str]:
+    """The ids of the runs, in any experiment, that match an MLflow filter string."""
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string=filter_string, output_format="list")
+    return [r.info.run_id for r in runs]
+
+
+def terminate_run(run_id: str, status: str, tags: dict[str, str] | None = None) -> bool:
+    """End run `run_id` (not the active one) with `status` and `tags` if it is still RUNNING; True if it was."""
+    client = mlflow.MlflowClient()
+    if client.get_run(run_id).info.status != "RUNNING":
+        return False
+    for key, value in (tags or {}).items():
+        client.set_tag(run_id, key, value)
+    client.set_terminated(run_id, status)
+    return True
 
 
 class StopRun(Exception):
@@ -63,14 +215,23 @@ class StopRun(Exception):
 
 @contextmanager
 def start_run(experiment: str, run_name: str | None = None, parent_run_id: str | None = None,
-              tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
-    """Start (or, under `mlflow run`, resume) a run; end it FAILED if the block raises.
+              tags: dict[str, str] | None = None, run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """Start a run (or continue `run_id`, or under `mlflow run` its run) and end it truthfully.
+
+    FINISHED when the block returns; KILLED on Ctrl-C or SIGTERM (tag `focusml.killed`: the
+    signal); the `StopRun`'s status and tags; FAILED on any other exception (tag
+    `focusml.failure`: its type and message on one line). After `TrackingLost` the run is
+    ended without retries, so a server that stays away does not hold the process.
 
     A child run names its parent explicitly (`parent_run_id`), so trials in other threads or
     processes nest correctly without relying on the active-run stack.
     """
+    ensure_store()
     env_run = os.environ.get("MLFLOW_RUN_ID")
-    if env_run and parent_run_id is None and mlflow.active_run() is None:
+    if run_id is not None:
+        mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id)
+        run = mlflow.start_run(run_id=run_id, tags=tags)  # back to RUNNING, same run
+    elif env_run and parent_run_id is None and mlflow.active_run() is None:
         run = mlflow.start_run(run_id=env_run, tags=tags)
     else:
         exp = mlflow.set_experiment(experiment)
@@ -84,16 +245,20 @@ def start_run(experiment: str, run_name: str | None = None, parent_run_id: str |
         )
     try:
         yield run
-    except KeyboardInterrupt:
-        mlflow.end_run(status="KILLED")
+    except KeyboardInterrupt as e:
+        end_active("KILLED", {"focusml.killed": getattr(e, "signal_name", "SIGINT")})
         raise
     except StopRun as e:
-        if e.tags:
-            mlflow.set_tags(e.tags)
-        mlflow.end_run(status=e.status)
+        end_active(e.status, e.tags)
         raise
-    except BaseException:
-        mlflow.end_run(status="FAILED")
+    except TrackingLost as e:
+        end_active("FAILED", {"focusml.failure": _one_line(e)}, quick=True)
+        raise
+    except BaseException as e:
+        end_active("FAILED", {"focusml.failure": _one_line(e)})
         raise
     else:
-        mlflow.end_run(status="FINISHED")
+        if not end_active("FINISHED"):
+            raise TrackingLost(f"the run finished, but the tracking server at {mlflow.get_tracking_uri()} could not "
+                               f"be told: run {run.info.run_id} stays RUNNING there. When the server is back: "
+                               f"focusml train --resume {run.info.run_id}")

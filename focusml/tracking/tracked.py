@@ -1,22 +1,126 @@
 """The tracked run: what `focusml train`, the MLproject entry points and the Optuna trials call.
 
-`run` is the core `focusml.run.run` with `RunLogger` plugged in as its callbacks, after checking
-that the tracking store answers (so a wrong URI never leaves a half-written run).
+`run` is the core `focusml.run.run` with `RunLogger` plugged in as its callbacks (wrapped by
+`keeper.RunKeeper`: the run's local folder, a resumable checkpoint every epoch, a lost server),
+after checking that the tracking store answers (so a wrong URI never leaves a half-written run).
+`resume` continues a stopped run in the same MLflow run, from its last finished epoch.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import mlflow
+
+from focusml import FocusmlError
 from focusml.callbacks import Callbacks
 from focusml.config import RunConfig
 from focusml.run import RunResult
 from focusml.run import run as run_untracked
+from focusml.tracking.keeper import RESUME_FILE, RunKeeper, RunLock, load_state, run_dir
 from focusml.tracking.logger import RunLogger
-from focusml.tracking.store import setup
+from focusml.tracking.runs import run_info
+from focusml.tracking.store import setup, terminate_run
 
 
 def run(config: RunConfig, *, callbacks: Callbacks | None = None, parent_run_id: str | None = None,
-        tags: dict[str, str] | None = None) -> RunResult:
-    """Train and evaluate one configuration and log everything to MLflow; returns the metrics and run id."""
+        tags: dict[str, str] | None = None, checkpoints: bool = True) -> RunResult:
+    """Train and evaluate one configuration and log everything to MLflow; returns the metrics and run id.
+
+    `checkpoints=False`: no resumable state is kept (Optuna trials, which are retried instead).
+    """
     config.validate()
     setup()
-    return run_untracked(config, RunLogger(callbacks, parent_run_id, tags))
+    return run_untracked(config, RunKeeper(RunLogger(callbacks, parent_run_id, tags), checkpoints=checkpoints))
+
+
+def resume_config(run_id: str, given: dict | None = None, device: str | None = None) -> tuple[RunConfig, dict]:
+    """The config of run `run_id` from its params, and the run's params. Refuses (FocusmlError) a run
+    that cannot be resumed, and options in `given` (flat, as `RunConfig.from_flat` takes) that
+    differ from the run's; `device` may differ (the run continues on it)."""
+    setup()
+    info = run_info(run_id)
+    status, params, tags = info.info.status, info.data.params, info.data.tags
+    if status == "FINISHED":
+        raise FocusmlError(f"run {run_id} is FINISHED: there is nothing to resume. Start a new run instead.")
+    if "optuna.trial_number" in tags or "focusml.kind" in tags:
+        raise FocusmlError(f"run {run_id} belongs to an Optuna study: re-run `focusml tune` with the same study name "
+                           "to resume the study (its stopped trials are retried).")
+    if "method" not in params or "dataset" not in params:
+        raise FocusmlError(f"run {run_id} was not logged by `focusml train` (it has no method/dataset params).")
+    config = RunConfig.from_params(params)
+    if given:
+        wanted = RunConfig.from_params({**params, **{k: str(v) for k, v in given.items()}})
+        theirs, ours = config.to_params(), wanted.to_params()
+        diff = [k for k in ours if str(ours[k]) != str(theirs.get(k))]
+        if diff:
+            shown = ", ".join(f"--{k.replace('_', '-')} {ours[k]} (the run has {theirs.get(k)})" for k in diff)
+            raise FocusmlError(f"--resume {run_id} continues the run with its own options; these differ: {shown}. "
+                               "Drop them, or start a new run.")
+    if device:
+        config.device = device
+    return config.validate(), params
+
+
+def find_checkpoint(run_id: str) -> dict:
+    """The run's latest training state: its local `resume.pt` or its `checkpoints/resume.pt`, whichever is later."""
+    found = []
+    local = run_dir(run_id) / RESUME_FILE
+    if local.is_file():
+        found.append(load_state(local))
+    try:
+        names = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "checkpoints")}
+    except Exception:
+        names = set()
+    if f"checkpoints/{RESUME_FILE}" in names:
+        quiet = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"checkpoints/{RESUME_FILE}",
+                                                           dst_path=tmp)
+                found.append(load_state(Path(path)))
+        finally:
+            if quiet is None:
+                os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+            else:
+                os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = quiet
+    if not found:
+        raise FocusmlError(f"run {run_id} has no resumable checkpoint (no {local}, no checkpoints/{RESUME_FILE} "
+                           "artifact): it stopped before its first epoch ended. Start a new run.")
+    return max(found, key=lambda s: s["epoch"])
+
+
+def resume(run_id: str, *, callbacks: Callbacks | None = None, given: dict | None = None,
+           device: str | None = None) -> RunResult:
+    """Continue run `run_id` (KILLED, FAILED, or RUNNING with its process gone) in the same MLflow run.
+
+    Training goes on after the last finished epoch from the saved state; per-epoch metrics the
+    server lacks are sent first. Refused (FocusmlError, the run untouched): a FINISHED run, a
+    run with no checkpoint, options that differ from the run's, a run still running here.
+    """
+    config, params = resume_config(run_id, given, device)
+    lock = RunLock(run_dir(run_id))
+    lock.acquire(run_id)  # refuses a run that a live process here is still working on
+    try:
+        state = find_checkpoint(run_id)
+        if state["epoch"] >= config.epochs:
+            raise FocusmlError(f"the checkpoint of run {run_id} is after epoch {state['epoch'] + 1}, but the run has "
+                               f"{config.epochs} epochs.")
+        if (run_dir(run_id) / "finished").is_file():  # everything was logged; only the end state was lost
+            terminate_run(run_id, "FINISHED")
+            info = run_info(run_id)
+            return RunResult(dict(info.data.metrics), run_id)
+        keeper = RunKeeper(RunLogger(callbacks, run_id=run_id), resume=state,
+                           fingerprint=params.get("dataset_fingerprint"), lock=lock)
+        return run_untracked(config, keeper, resume=state)
+    except FocusmlError:  # refused: leave no trace of this attempt
+        lock.release()
+        if {f.name for f in run_dir(run_id).iterdir()} <= {"lock"}:
+            shutil.rmtree(run_dir(run_id), ignore_errors=True)
+        raise
+    finally:
+        lock.release()

@@ -1,13 +1,29 @@
-"""Where a study lives: `--storage` as an Optuna storage (SQLite, journal file or database URL)."""
+"""Where a study lives: `--storage` as an Optuna storage (SQLite, journal file or database URL),
+with heartbeats, so that a trial whose process died is noticed and retried.
+
+`with_heartbeat` gives Optuna's heartbeat to either kind of storage: an RDB URL becomes an
+`RDBStorage(heartbeat_interval, grace_period, heartbeat_stale_trial_callback)`, and a journal
+file a `HeartbeatJournalStorage` (Optuna's `JournalStorage` has no heartbeat of its own: this one
+records it as the trial system attribute `focusml:heartbeat`, a Unix time). Every running trial
+then writes a heartbeat every `heartbeat()[0]` seconds, and each `study.optimize` fails the
+trials whose last heartbeat is older than the grace period and calls `on_stale` on them
+(`tune.recovery`: close their MLflow runs, queue a retry).
+"""
 
 from __future__ import annotations
 
+import os
+import time
 import urllib.parse
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from optuna.storages import JournalStorage
+import optuna
+from optuna.storages import JournalStorage, RDBStorage
+from optuna.storages._heartbeat import BaseHeartbeat  # the protocol `fail_stale_trials` checks (no public name)
 from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
 
 from focusml import FocusmlError
 
@@ -37,7 +53,59 @@ def open_storage(storage: str | None, workers: int = 1) -> tuple[Any, str]:
         raise FocusmlError(f"--storage {storage} looks like an SQLite file: write it as a URL, sqlite:///{path.resolve()} "
                            f"(or give a journal file such as {DEFAULT_JOURNAL}).")
     path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(path))), f"journal:{path.resolve()}"
+    return HeartbeatJournalStorage(JournalFileBackend(str(path))), f"journal:{path.resolve()}"
+
+
+HEARTBEAT_ATTR = "focusml:heartbeat"
+
+
+def heartbeat() -> tuple[int, int]:
+    """(interval, grace period) in seconds: `FOCUSML_TUNE_HEARTBEAT_S` (default 20) and three times it."""
+    try:
+        interval = max(1, int(os.environ.get("FOCUSML_TUNE_HEARTBEAT_S", "20")))
+    except ValueError:
+        raise FocusmlError(f"FOCUSML_TUNE_HEARTBEAT_S is {os.environ['FOCUSML_TUNE_HEARTBEAT_S']!r}; give whole "
+                           "seconds ≥ 1.") from None
+    return interval, 3 * interval
+
+
+class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+    """A journal-file storage with Optuna's heartbeat protocol (see the module docstring)."""
+
+    def __init__(self, backend, interval: int | None = None, grace: int | None = None,
+                 on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None):
+        super().__init__(backend)
+        self.heartbeat_interval, self.grace_period, self.on_stale = interval, grace, on_stale
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+        except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
+            pass  # the trial just ended
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now, grace = time.time(), self.grace_period or 2 * (self.heartbeat_interval or 0)
+        return [t._trial_id for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+                if HEARTBEAT_ATTR in t.system_attrs and now - t.system_attrs[HEARTBEAT_ATTR] > grace]
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self.heartbeat_interval
+
+    def get_heartbeat_stale_trial_callback(self):
+        return self.on_stale
+
+
+def with_heartbeat(store: Any, on_stale: Callable[[optuna.Study, FrozenTrial], None]) -> Any:
+    """`store` (from `open_storage`) with heartbeats on: interval and grace from `heartbeat()`."""
+    interval, grace = heartbeat()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if isinstance(store, str):
+            return RDBStorage(store, heartbeat_interval=interval, grace_period=grace,
+                              heartbeat_stale_trial_callback=on_stale)
+    if isinstance(store, HeartbeatJournalStorage):
+        store.heartbeat_interval, store.grace_period, store.on_stale = interval, grace, on_stale
+    return store
 
 
 def _redact(url: str) -> str:

@@ -1,4 +1,10 @@
-"""Running (or resuming) a study under one MLflow parent run."""
+"""Running (or resuming) a study under one MLflow parent run.
+
+How many trials a call runs: `--n-trials N` adds N. Without it the study file's `n_trials` is the
+study's size: a call runs what is missing (finished = COMPLETE or PRUNED; trials running
+elsewhere count as on their way), so re-running a call that was killed completes the study to
+exactly `n_trials`, the stopped trials retried with their params (`tune.recovery`).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +21,8 @@ from focusml.callbacks import Callbacks
 from focusml.tune.report import log_setup, summarise
 from focusml.tune.results import StudyResult, TrialRecord
 from focusml.tune.spec import StudySpec
-from focusml.tune.storage import DEFAULT_JOURNAL, open_storage
+from focusml.tune.recovery import ParentBeat, close_stale_parents, fail_dead_local, on_stale
+from focusml.tune.storage import DEFAULT_JOURNAL, open_storage, with_heartbeat
 from focusml.tune.trials import TrialContext, make_objective
 from focusml.tune.workers import run_workers
 
@@ -23,10 +30,14 @@ from focusml.tune.workers import run_workers
 def run_study(spec: StudySpec, *, n_trials: int | None = None, study_name: str | None = None,
               storage: str | None = None, workers: int = 1, register: str | None = None,
               on_trial: Callable[[TrialRecord], None] | None = None,
+              on_plan: Callable[[int], None] | None = None,
               trial_callbacks: Callable[[optuna.Trial], Callbacks | None] | None = None) -> StudyResult:
     """Run (or resume) a study under one MLflow parent run and return its summary.
 
-    `on_trial` is called with every trial that finishes during this call (for progress output);
+    `n_trials`: trials to add; None = complete the study to the file's `n_trials` (see the module
+    docstring). When nothing is missing, no parent run is made and `result.parent_run_id` is "".
+    `on_plan(n)` is told how many trials this call runs, `on_trial` every trial that finishes
+    during this call (for progress output);
     `trial_callbacks(trial)` may give per-trial training callbacks (single process only).
     """
     n = spec.n_trials if n_trials is None else n_trials
@@ -41,6 +52,7 @@ def run_study(spec: StudySpec, *, n_trials: int | None = None, study_name: str |
     uri = tracking.setup()
     store, shown = open_storage(storage, workers)
     try:
+        store = with_heartbeat(store, on_stale)
         study = optuna.create_study(study_name=name, storage=store, directions=spec.directions, load_if_exists=True,
                                     sampler=spec.make_sampler(), pruner=spec.make_pruner())
     except (optuna.exceptions.StorageInternalError, ValueError, OSError) as e:
@@ -49,7 +61,20 @@ def run_study(spec: StudySpec, *, n_trials: int | None = None, study_name: str |
         raise FocusmlError(f"study '{name}' in {shown} already exists with directions "
                            f"{[d.name.lower() for d in study.directions]}, but {spec.source} asks for {spec.directions}: "
                            "pick another --study-name.")
-    n_before = len(study.trials)
+    n_before = len(study.trials)  # before the retries below: they are this call's trials
+    fail_dead_local(study)  # trials of dead workers: failed, their runs closed, queued again
+    close_stale_parents(study)
+    if n_trials is None:  # complete the study to the file's n_trials
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        on_the_way = sum(s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+                               optuna.trial.TrialState.RUNNING) for s in states)
+        n = spec.n_trials - on_the_way
+        if n <= 0:
+            trials = study.get_trials(deepcopy=False)
+            return StudyResult(name, shown, "", [o.metric for o in spec.objectives],
+                               [TrialRecord.of(t) for t in trials], 0, None, [])
+    if on_plan:
+        on_plan(n)
     for params in spec.enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
     if n_before:  # resuming: a fresh sampler seed so random draws do not repeat the earlier ones
@@ -64,12 +89,13 @@ def run_study(spec: StudySpec, *, n_trials: int | None = None, study_name: str |
         experiment_name = tracking.experiment_name(parent.info.experiment_id)  # children next to the parent
         log_setup(spec, name, shown, n, workers, n_before)
         ctx = TrialContext(spec, name, parent_id, experiment_name)
-        if workers == 1:
-            report = (lambda s, t: on_trial(TrialRecord.of(t))) if on_trial else None
-            study.optimize(make_objective(ctx, trial_callbacks), n_trials=n, callbacks=[report] if report else None)
-        else:
-            storage_arg = storage or str(Path.cwd() / DEFAULT_JOURNAL)
-            run_workers(ctx, storage_arg, study, n, workers, n_before, uri, on_trial)
+        with ParentBeat(study, parent_id):
+            if workers == 1:
+                report = (lambda s, t: on_trial(TrialRecord.of(t))) if on_trial else None
+                study.optimize(make_objective(ctx, trial_callbacks), n_trials=n, callbacks=[report] if report else None)
+            else:
+                storage_arg = storage or str(Path.cwd() / DEFAULT_JOURNAL)
+                run_workers(ctx, storage_arg, study, n, workers, n_before, uri, on_trial)
         result = summarise(study, spec, name, shown, parent_id, n_before)
         result.wall_s = time.perf_counter() - start
         tracking.log_metrics({"time/study_s": result.wall_s})

@@ -11,6 +11,7 @@ import optuna
 
 from focusml import tracking
 from focusml.callbacks import Callbacks
+from focusml.tune.recovery import HOST, retry_trial
 from focusml.tune.spec import StudySpec
 
 
@@ -66,15 +67,21 @@ class TrialContext:
 
 def make_objective(ctx: TrialContext, inner_factory: Callable[[optuna.Trial], Callbacks | None] | None = None):
     def objective(trial: optuna.Trial):
+        trial.set_user_attr("worker_pid", os.getpid())  # first: a dead worker's trial is then recognised at once
+        trial.set_user_attr("worker_host", HOST)
         params = {p.name: p.suggest(trial) for p in ctx.spec.search}
         config = ctx.spec.config(params, experiment=ctx.experiment,
                                  run_name=f"{ctx.study_name}-trial-{trial.number}")
-        trial.set_user_attr("worker_pid", os.getpid())
         inner = inner_factory(trial) if inner_factory else None
-        result = tracking.run(config, callbacks=TrialCallbacks(trial, ctx.spec, inner),
-                                parent_run_id=ctx.parent_run_id,
-                                tags={"optuna.study_name": ctx.study_name, "optuna.trial_number": str(trial.number),
-                                      "focusml.tune.parent": ctx.parent_run_id})
+        try:
+            result = tracking.run(config, callbacks=TrialCallbacks(trial, ctx.spec, inner),
+                                  parent_run_id=ctx.parent_run_id, checkpoints=False,
+                                  tags={"optuna.study_name": ctx.study_name, "optuna.trial_number": str(trial.number),
+                                        "focusml.tune.parent": ctx.parent_run_id})
+        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the run ended KILLED; the next call retries the trial
+            retry_trial(trial.study, trial.study._storage.get_trial(trial._trial_id),
+                        f"stopped by {getattr(e, 'signal_name', 'SIGINT')}")
+            raise
         trial.set_user_attr("mlflow_run_id", result.run_id)
         values = objective_values(result.history, ctx.spec, result.fit.selected_epoch)
         return values if ctx.spec.multi else values[0]

@@ -2,30 +2,68 @@
 
 `run_worker` is the target of each spawned process, so it must stay importable as
 `focusml.tune.workers.run_worker` (spawn pickles functions by their module path).
+
+Faults: a worker killed by a signal (SIGKILL, the OOM killer) has its running trial failed and
+queued again at once (`recovery.fail_dead_local`) and is replaced by a new worker that runs the
+rest of its share, so the call still ends with exactly its trials. Ctrl-C or SIGTERM to the
+parent stops every worker (SIGTERM), each ending its trial's run KILLED; a worker whose parent
+died stops too.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
+import threading
 import time
 from typing import Callable
 
 import optuna
 
-from focusml import FocusmlError
+from focusml import FocusmlError, Terminated
+from focusml.tune.recovery import fail_dead_local, on_stale
 from focusml.tune.results import TrialRecord
-from focusml.tune.storage import open_storage
+from focusml.tune.storage import open_storage, with_heartbeat
 from focusml.tune.trials import TrialContext, make_objective
 
+MAX_REPLACEMENTS = 3  # per call and worker slot: a trial that kills every worker is not run for ever
 
-def run_worker(ctx: TrialContext, storage: str, n_trials: int, seed_offset: int, uri: str, verbosity: int, errors) -> None:
+
+def _stop_on_signals() -> None:
+    """SIGINT raises KeyboardInterrupt, SIGTERM `Terminated`; once one has, both are ignored while the trial ends."""
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _watch_parent(parent: int) -> None:
+    """Stop this worker (SIGTERM to itself) when the parent process is gone."""
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="focusml-watch-parent", daemon=True).start()
+
+
+def run_worker(ctx: TrialContext, storage: str, n_trials: int, seed_offset: int, uri: str, verbosity: int, errors,
+               parent: int | None = None) -> None:
     """One worker process: load the shared study and run its share of the trials."""
+    _stop_on_signals()
+    if parent is not None:
+        _watch_parent(parent)
     os.environ.pop("MLFLOW_RUN_ID", None)  # trials are children of the parent, never the env run
     os.environ["MLFLOW_TRACKING_URI"] = uri
     optuna.logging.set_verbosity(verbosity)
     try:
-        store, _ = open_storage(storage)  # explicit, already checked by the parent process
+        store = with_heartbeat(open_storage(storage)[0], on_stale)  # explicit, already checked by the parent
         study = optuna.load_study(study_name=ctx.study_name, storage=store,
                                   sampler=ctx.spec.make_sampler(seed_offset), pruner=ctx.spec.make_pruner())
         study.optimize(make_objective(ctx), n_trials=n_trials)
@@ -34,42 +72,67 @@ def run_worker(ctx: TrialContext, storage: str, n_trials: int, seed_offset: int,
         raise
 
 
+def _finished_by(study: optuna.Study, pid: int) -> int:
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return sum(t.user_attrs.get("worker_pid") == pid for t in study.get_trials(deepcopy=False, states=done))
+
 
 def run_workers(ctx: TrialContext, storage: str, study: optuna.Study, n: int, workers: int, n_before: int, uri: str,
-                 on_trial: Callable[[TrialRecord], None] | None) -> None:
+                on_trial: Callable[[TrialRecord], None] | None) -> None:
     """K spawned processes, each running its share of n trials; report finished trials as they land."""
     mpc = mp.get_context("spawn")
     errors = mpc.Queue()
     shares = [n // workers + (i < n % workers) for i in range(workers)]
-    procs = [mpc.Process(target=run_worker, name=f"focusml-tune-{i}",
-                         args=(ctx, storage, share, n_before + i, uri, optuna.logging.get_verbosity(), errors))
-             for i, share in enumerate(shares) if share]
-    for p in procs:
+    verbosity = optuna.logging.get_verbosity()
+
+    def spawn(i: int, share: int, offset: int):
+        p = mpc.Process(target=run_worker, name=f"focusml-tune-{i}",
+                        args=(ctx, storage, share, offset, uri, verbosity, errors, os.getpid()))
         p.start()
+        return p
+
+    slots = {i: (spawn(i, share, n_before + i), share, 0) for i, share in enumerate(shares) if share}
+    done: list[mp.Process] = []
     seen: set[int] = set()
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
     try:
-        while True:
-            alive = any(p.is_alive() for p in procs)
+        while slots:
+            for i, (p, share, replaced) in list(slots.items()):
+                if p.is_alive():
+                    continue
+                del slots[i]
+                if p.exitcode is not None and p.exitcode < 0 and replaced < MAX_REPLACEMENTS:
+                    # killed by a signal: fail and requeue its trial now, run the rest of its share anew
+                    fail_dead_local(study)
+                    left = share - _finished_by(study, p.pid)
+                    if left > 0:
+                        offset = n_before + workers * (replaced + 1) + i
+                        slots[i] = (spawn(i, left, offset), left, replaced + 1)
+                        continue
+                done.append(p)
             for t in study.get_trials(deepcopy=False, states=finished):
                 if t.number not in seen:
                     seen.add(t.number)
-                    if on_trial and t.number >= n_before:
+                    if on_trial and t.number >= n_before and t.state != optuna.trial.TrialState.FAIL:
                         on_trial(TrialRecord.of(t))
-            if not alive:
-                break
-            time.sleep(1.0)
-    except BaseException:  # Ctrl-C reaches the workers too (same process group): let them end their runs
-        for p in procs:
+            if slots:
+                time.sleep(1.0)
+    except BaseException:  # Ctrl-C or SIGTERM here: stop the workers too, each ends its trial's run KILLED
+        alive = [p for p, _, _ in slots.values() if p.is_alive()]
+        for p in alive:
+            try:
+                os.kill(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in alive:
             p.join(timeout=30)
             if p.is_alive():
-                p.terminate()
+                p.kill()
         raise
-    for p in procs:
-        p.join()
-    failed = [p for p in procs if p.exitcode != 0]
+    failed = [p for p in done if p.exitcode != 0]
     if failed:
         msgs = []
         while not errors.empty():
             msgs.append(errors.get())
-        raise FocusmlError(f"{len(failed)} of {len(procs)} tune workers failed: {'; '.join(msgs) or 'no message'}")
+        codes = ", ".join(f"{p.name} exit {p.exitcode}" for p in failed)
+        raise FocusmlError(f"{len(failed)} tune worker(s) failed ({codes}): {'; '.join(msgs) or 'no message'}")

@@ -34,12 +34,23 @@ class Generative(Method):
         super().__init__(options)
         self.inpaint = None
         self.device = torch.device("cpu")
+        self.spec = (self.options["inpainter"] or "").strip()
+        if self.spec:
+            inpainter.check_spec(self.spec)  # the form only: nothing is imported yet
+
+    def check(self, model, data, device) -> None:
+        """A user's inpainter is loaded and called once on two training images before the run starts."""
+        if self.spec:
+            self.inpaint = inpainter.load_user(self.spec, device)
+            split = data.split(self.train_split)
+            x, m, _ = split.batch(torch.arange(min(2, len(split))))
+            inpainter.check_user(self.inpaint, self.spec, x.to(device), m.to(device))
 
     def prepare(self, ctx: PrepareContext) -> None:
         self.device = ctx.device
-        spec = (self.options["inpainter"] or "").strip()
-        if spec:
-            self.inpaint = inpainter.load_user(spec, ctx.device)
+        if self.spec:
+            if self.inpaint is None:
+                self.inpaint = inpainter.load_user(self.spec, ctx.device)
             return
         model, path, _ = inpainter.load_or_train(ctx.data, self.train_split, ctx.cache_dir, ctx.device,
                                                  self.settings, ctx.progress)

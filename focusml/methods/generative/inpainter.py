@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import json
 import os
+import re
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -147,16 +150,46 @@ def load_or_train(data, split_name: str, cache_dir: Path, device: torch.device,
     return model, path, True
 
 
+SPEC = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+EXPECTED = ("give module:callable naming a Python function fn(x_masked, m) -> image, or a class built with no "
+            "arguments whose instances are called so (e.g. mypkg.inpaint:Model)")
+
+
+def check_spec(spec: str) -> None:
+    """Refuse a malformed `--inpainter`, or one in Python's standard library, without importing anything."""
+    if not SPEC.fullmatch(spec):
+        raise FocusmlError(f"--inpainter is {spec!r}; {EXPECTED}.")
+    top = spec.split(":")[0].split(".")[0]
+    if top in sys.stdlib_module_names:
+        raise FocusmlError(f"--inpainter {spec} names Python's standard library (module '{top}'), which holds no "
+                           f"inpainter; {EXPECTED}.")
+
+
+def _python_callable(obj) -> Callable | None:
+    """The Python function that calling `obj` runs (a function, a method, an instance's `__call__`), else None."""
+    if inspect.isfunction(obj) or inspect.ismethod(obj):
+        return obj
+    call = getattr(type(obj), "__call__", None)
+    if not isinstance(obj, type) and inspect.isfunction(call):
+        return getattr(obj, "forward", None) if isinstance(obj, nn.Module) else obj.__call__
+    return None
+
+
 def load_user(spec: str, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Resolve `module:callable` to an inpainting function (see the module docstring)."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise FocusmlError(f"--inpainter is {spec!r}; give it as module:callable, e.g. mypkg.inpaint:Model.")
+    """Resolve `module:callable` to an inpainting function (see the module docstring).
+
+    Refused with FocusmlError: a malformed spec, the standard library, a module that does not
+    import, a missing attribute, and anything that is not a Python function or class taking
+    (x_masked, m): a built-in such as `os:system` is never called.
+    """
+    spec = spec.strip()
+    check_spec(spec)
+    module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise FocusmlError(f"--inpainter {spec}: cannot import module '{module_name}' ({e}). "
-                           "Is it installed or on PYTHONPATH?") from None
+    except Exception as e:  # ImportError, or whatever the module raised while importing
+        raise FocusmlError(f"--inpainter {spec}: cannot import module '{module_name}' ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''}). Is it installed or on PYTHONPATH?") from None
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -165,13 +198,36 @@ def load_user(spec: str, device: torch.device) -> Callable[[torch.Tensor, torch.
     if isinstance(obj, type):
         try:
             obj = obj()
-        except TypeError as e:
-            raise FocusmlError(f"--inpainter {spec}: a class must be constructible with no arguments ({e}).") from None
+        except Exception as e:
+            raise FocusmlError(f"--inpainter {spec}: a class must be constructible with no arguments "
+                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}).") from None
+    fn = _python_callable(obj)
+    if fn is None:
+        kind = ("is a built-in function" if inspect.isbuiltin(obj) else
+                f"is callable but not Python code (type {type(obj).__name__})" if callable(obj) else
+                f"names a value of type {type(obj).__name__}, not a callable")
+        raise FocusmlError(f"--inpainter {spec} {kind}, not an inpainter; {EXPECTED}.")
+    try:
+        inspect.signature(fn).bind(None, None)
+    except TypeError:
+        raise FocusmlError(f"--inpainter {spec} takes {inspect.signature(fn)}, but an inpainter is called as "
+                           f"fn(x_masked, m); {EXPECTED}.") from None
+    except ValueError:
+        pass  # no signature to read: the trial call (`check_user`) decides
     if isinstance(obj, nn.Module):
         obj = obj.to(device).eval()
-    if not callable(obj):
-        raise FocusmlError(f"--inpainter {spec} is not callable; name a function fn(x_masked, m) or a class.")
     return obj
+
+
+def check_user(inpaint: Callable, spec: str, x: torch.Tensor, m: torch.Tensor) -> None:
+    """Call the user's inpainter once on a few training images; refuse it (FocusmlError) if that fails."""
+    try:
+        fill(inpaint, x, m)
+    except FocusmlError as e:
+        raise FocusmlError(f"--inpainter {spec}: {e}") from None
+    except Exception as e:
+        raise FocusmlError(f"--inpainter {spec} failed on {len(x)} training images: {type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''}.") from None
 
 
 def fill(inpaint: Callable, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,163 @@
+"""A study that loses nothing when a process dies: stale trials retried, their MLflow runs closed,
+the parent runs of dead `tune` calls closed.
+
+- A trial whose worker died (SIGKILL, a crash of the machine) stops sending heartbeats
+  (`storage.with_heartbeat`); the next `study.optimize` anywhere fails it and calls `on_stale`.
+  A trial whose worker is known dead at once (on this machine, its recorded pid is gone) is
+  failed without waiting for the grace period (`fail_dead_local`).
+- `retry_trial` closes the trial's MLflow child run (KILLED, tag `focusml.killed` saying why) and
+  queues a copy of the trial with the same params (WAITING, `retry_history` as Optuna's
+  `RetryFailedTrialCallback` writes it), which the next `ask` runs first; at most `MAX_RETRY` times.
+  A trial stopped by Ctrl-C or SIGTERM is retried the same way.
+- Every `tune` call records itself as study system attribute `focusml:parent:<run_id>` with a
+  heartbeat (`ParentBeat`); a later call closes the parent runs of calls that stopped beating
+  (KILLED, tag `focusml.killed`) — `close_stale_parents`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import warnings
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from focusml import tracking
+from focusml.tune.storage import heartbeat
+
+MAX_RETRY = 3  # a trial that keeps killing its worker (e.g. out of memory) is not retried for ever
+HOST = socket.gethostname()
+PARENT = "focusml:parent:"
+WORKER_ATTRS = ("mlflow_run_id", "worker_pid", "worker_host")  # belong to one attempt, not to its retry
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:  # never probe process groups (0, -1)
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def close_trial_runs(study_name: str, number: int, why: str) -> list[str]:
+    """End the RUNNING MLflow runs of trial `number` of `study_name` as KILLED, tagged `focusml.killed`."""
+    closed = []
+    try:
+        runs = tracking.search_runs_where(f"tags.`optuna.study_name` = '{study_name}' and "
+                                          f"tags.`optuna.trial_number` = '{number}'")
+    except Exception as e:  # the tracking store is away: the trial is still retried
+        warnings.warn(f"could not close the MLflow runs of trial {number}: {e}")
+        return closed
+    for run_id in runs:
+        if tracking.terminate_run(run_id, "KILLED", {"focusml.killed": why}):
+            closed.append(run_id)
+    return closed
+
+
+def retry_trial(study: optuna.Study, trial: FrozenTrial, why: str) -> None:
+    """Close `trial`'s MLflow runs and queue a copy of it (same params) unless it was retried `MAX_RETRY` times."""
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    again = len(history) <= MAX_RETRY
+    note = f"{why}; retried as a new trial with the same params" if again else f"{why}; retried {MAX_RETRY} times, given up"
+    close_trial_runs(study.study_name, trial.number, note)
+    if not again:
+        return
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        user_attrs={k: v for k, v in trial.user_attrs.items() if k not in WORKER_ATTRS},
+        system_attrs={**{k: v for k, v in trial.system_attrs.items() if not k.startswith("focusml:")},
+                      "failed_trial": history[0], "retry_history": history},
+    ))
+
+
+def on_stale(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Optuna's heartbeat-stale callback: the trial was just failed for want of heartbeats."""
+    retry_trial(study, trial, f"its worker stopped (no Optuna heartbeat for {heartbeat()[1]} s)")
+
+
+def fail_dead_local(study: optuna.Study) -> list[int]:
+    """Fail and retry RUNNING trials whose worker ran on this machine and is gone; then the stale ones."""
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid, host = t.user_attrs.get("worker_pid"), t.user_attrs.get("worker_host")
+        if host != HOST or not isinstance(pid, int) or pid_alive(pid):
+            continue
+        try:
+            if not study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another process got there first
+        retry_trial(study, study._storage.get_trial(t._trial_id), f"its worker process (pid {pid}) died")
+        failed.append(t.number)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    return failed
+
+
+class ParentBeat:
+    """The heartbeat of one `tune` call (its MLflow parent run) in the study's system attributes."""
+
+    def __init__(self, study: optuna.Study, run_id: str):
+        self.study, self.key = study, PARENT + run_id
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name="focusml-parent-heartbeat", daemon=True)
+
+    def _write(self, done: bool = False) -> None:
+        self.study._storage.set_study_system_attr(self.study._study_id, self.key,
+                                                  {"host": HOST, "pid": os.getpid(), "beat": time.time(), "done": done})
+
+    def _beat(self) -> None:
+        interval = heartbeat()[0]
+        while not self.stop_event.wait(interval):
+            try:
+                self._write()
+            except Exception:
+                pass  # a missed beat is caught up by the next
+
+    def __enter__(self):
+        self._write()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_event.set()
+        self.thread.join()
+        try:
+            self._write(done=True)
+        except Exception:
+            pass
+        return False
+
+
+def close_stale_parents(study: optuna.Study) -> list[str]:
+    """End the MLflow parent runs of earlier `tune` calls on this study whose process is gone (KILLED)."""
+    now, grace = time.time(), heartbeat()[1]
+    closed = []
+    for key, value in study._storage.get_study_system_attrs(study._study_id).items():
+        if not key.startswith(PARENT) or not isinstance(value, dict) or value.get("done"):
+            continue
+        if value.get("host") == HOST:  # here the process itself says whether the call lives
+            stale = not pid_alive(int(value.get("pid", -1)))
+        else:
+            stale = now - float(value.get("beat", now)) > grace
+        if not stale:
+            continue  # a call that is still working (here or elsewhere)
+        run_id = key[len(PARENT):]
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(value.get("beat", now))))
+        try:
+            if tracking.terminate_run(run_id, "KILLED", {"focusml.killed": f"the tune process stopped (last heartbeat "
+                                                                           f"{when}); the study was resumed later"}):
+                closed.append(run_id)
+        except Exception as e:
+            warnings.warn(f"could not close the MLflow parent run {run_id}: {e}")
+            continue
+        study._storage.set_study_system_attr(study._study_id, key, {**value, "done": True})
+    return closed
