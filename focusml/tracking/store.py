@@ -17,6 +17,7 @@ from typing import Iterator
 import mlflow
 
 from focusml import FocusmlError
+from focusml.tracking.experiment import mark_kind, use_experiment
 
 DEFAULT_STORE = "mlflow.db"
 
@@ -62,18 +63,22 @@ class StopRun(Exception):
 
 
 @contextmanager
-def start_run(experiment: str, run_name: str | None = None, parent_run_id: str | None = None,
-              tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
-    """Start (or, under `mlflow run`, resume) a run; end it FAILED if the block raises.
+def start_run(experiment: str | None, run_name: str | None = None, parent_run_id: str | None = None,
+              tags: dict[str, str] | None = None, system_metrics: bool = False) -> Iterator[mlflow.ActiveRun]:
+    """Start (or, under `mlflow run`, adopt) a run; end it FAILED if the block raises.
 
-    A child run names its parent explicitly (`parent_run_id`), so trials in other threads or
-    processes nest correctly without relying on the active-run stack.
+    `experiment` None means the environment's (`experiment.use_experiment`). Under `mlflow run`
+    the entry point's run (`MLFLOW_RUN_ID`) is adopted: it gets `run_name` and `tags` and stays
+    in the experiment `mlflow run` chose. A child run names its parent explicitly
+    (`parent_run_id`), so trials in other threads or processes nest correctly without relying on
+    the active-run stack. `system_metrics` turns on MLflow's CPU/memory/GPU sampling for the run.
     """
     env_run = os.environ.get("MLFLOW_RUN_ID")
     if env_run and parent_run_id is None and mlflow.active_run() is None:
-        run = mlflow.start_run(run_id=env_run, tags=tags)
+        run = mlflow.start_run(run_id=env_run, run_name=run_name, tags=tags, log_system_metrics=system_metrics or None)
+        mark_kind(run.info.experiment_id)
     else:
-        exp = mlflow.set_experiment(experiment)
+        exp = use_experiment(experiment)
         active = mlflow.active_run()
         run = mlflow.start_run(
             experiment_id=exp.experiment_id,
@@ -81,6 +86,7 @@ def start_run(experiment: str, run_name: str | None = None, parent_run_id: str |
             parent_run_id=parent_run_id,
             nested=parent_run_id is not None and active is not None,
             tags=tags,
+            log_system_metrics=system_metrics or None,
         )
     try:
         yield run
