@@ -58,10 +58,10 @@ def load_run_model(run_id: str, image_size: int | None = None, prefer: str = "ch
 
     `prefer="checkpoint"` loads the evaluated weights (`checkpoints/selected_epochN.pt` when
     `--select` chose an earlier epoch, else `checkpoints/last.pt`) with `weights_only=True` (no pickled code
-    runs) and, if that fails, the logged MLflow model (`runs:/RUN_ID/model`); `prefer="model"`
-    tries them the other way round. MLflow 3 logs PyTorch models as `torch.export` programs,
-    which keep the weights but not `forward_features`, so either way the network is rebuilt from
-    the run's `model` param and loaded with those weights (`image_size` matters only for vgg11,
+    runs) and, if that fails, the logged MLflow model (`runs:/RUN_ID/model`: focusml's pyfunc,
+    whose network is rebuilt from a state dict; older runs' pytorch flavour); `prefer="model"`
+    tries them the other way round. A network without `forward_features` is rebuilt from
+    the run's `model` param and loaded with its weights (`image_size` matters only for vgg11,
     whose poolings depend on it).
     """
     run = run_info(run_id)
@@ -94,9 +94,12 @@ def load_run_model(run_id: str, image_size: int | None = None, prefer: str = "ch
         return rebuild(state, path)
 
     def from_logged_model():
-        saved = list(sys.path)  # the pytorch flavour prepends the logged code folder to sys.path
+        saved = list(sys.path)  # loading prepends the logged code folder to sys.path
         try:
-            logged = mlflow.pytorch.load_model(f"runs:/{run_id}/model", map_location="cpu")
+            try:  # focusml's pyfunc (pyfunc.CamClassifier) holds the network
+                logged = getattr(mlflow.pyfunc.load_model(f"runs:/{run_id}/model").unwrap_python_model(), "network")
+            except (mlflow.exceptions.MlflowException, AttributeError):  # runs logged with the pytorch flavour
+                logged = mlflow.pytorch.load_model(f"runs:/{run_id}/model", map_location="cpu")
         except (mlflow.exceptions.MlflowException, OSError) as e:
             errors.append(f"no logged model ({str(e).splitlines()[0]})")
             return None
