@@ -86,3 +86,5 @@ def tune(study_file, n_trials, study_name, storage, workers, register, overrides
         click.echo(f"best_run_id: {result.best.run_id}")
     if result.registered:
         click.echo(f"registered: {result.registered}, alias champion")
+    click.echo(f"See the study in optuna-dashboard (pip install optuna-dashboard): optuna-dashboard {result.storage}",
+               err=True)
