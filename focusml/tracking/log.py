@@ -145,7 +145,12 @@ def requirements() -> list[str]:
     """focusml's runtime dependencies pinned to the installed versions (all on PyPI); focusml's
     own code travels with the model (`code_paths`), so a bare `focusml` is never required."""
     pins = {}
-    for req in metadata_requires("focusml") or []:
+    try:
+        declared = metadata_requires("focusml") or []
+    except PackageNotFoundError:  # run from a source tree that was never installed: pyproject.toml's list
+        declared = ["torch", "torchvision", "mlflow", "optuna", "pandas", "scikit-learn", "click", "pyyaml",
+                    "matplotlib", "pillow", "tqdm", "tabulate", "jinja2", "psutil"]
+    for req in declared:
         if "extra ==" in req:
             continue
         name = re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0].strip()
