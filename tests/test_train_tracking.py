@@ -60,7 +60,7 @@ def test_cli_train_logs_everything(tracking_env, cli_env, tmp_path):
     state = torch.load(client.download_artifacts(r.info.run_id, "checkpoints/last.pt", str(tmp_path)),
                        weights_only=True)
     assert "classifier.weight" in state
-    assert r.inputs.dataset_inputs and r.inputs.dataset_inputs[0].dataset.name == "decoy-digits"
+    assert {i.dataset.name for i in r.inputs.dataset_inputs} == {"decoy-digits-train", "decoy-digits-val", "decoy-digits-test"}
     pyfunc = mlflow.pyfunc.load_model(f"runs:/{r.info.run_id}/model")
     assert pyfunc.metadata.signature is not None
     assert pyfunc.predict(np.random.rand(1, 1, 28, 28).astype(np.float32)).shape == (1, 11)  # 10 classes + prediction
