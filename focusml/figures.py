@@ -71,7 +71,7 @@ def cam_grid(images: torch.Tensor, masks: torch.Tensor, cams: torch.Tensor, labe
             ax.contour(masks[i].numpy(), levels=[0.5], colors="white", linewidths=1.5)
         y, p = classes[int(labels[i])], classes[int(preds[i])]
         ok = y == p
-        ax.set_title(f"{y} ✓" if ok else f"{y} → {p} ✗", fontsize=13, color=RIGHT if ok else WRONG,
+        ax.set_title(f"{y} ✓" if ok else f"{y} → {p} ✗", fontsize=13 if n > 12 else 17, color=RIGHT if ok else WRONG,
                      fontweight="bold" if not ok else "normal")
     head = title or ""
     if dead:

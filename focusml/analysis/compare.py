@@ -102,10 +102,18 @@ def chart(table: pd.DataFrame, runs: pd.DataFrame | None = None):
     and, for accuracy, as dashed lines. A panel no run logged says so instead of staying empty."""
     datasets = list(dict.fromkeys(table["dataset"]))
     n_bars = max(len(table[table["dataset"] == d]) for d in datasets)
-    width = max(2.9, 0.42 * n_bars + 1.2)
-    fig, axes = plt.subplots(len(datasets), len(PANELS), figsize=(width * len(PANELS), 3.9 * len(datasets) + 0.3),
+    width = max(3.6, 0.5 * n_bars + 1.6)
+    cols = 3  # 3 + 2 panels per dataset: square-ish, readable where the MLflow UI shrinks it to fit
+    per = -(-len(PANELS) // cols)
+    fig, grid = plt.subplots(per * len(datasets), cols, figsize=(width * cols, 3.7 * per * len(datasets) + 0.5),
                              squeeze=False)
-    for row, dataset in zip(axes, datasets):
+    rows = []
+    for d in range(len(datasets)):
+        cells = list(grid[d * per:(d + 1) * per].flat)
+        for extra in cells[len(PANELS):]:
+            fig.delaxes(extra)
+        rows.append(cells[:len(PANELS)])
+    for row, dataset in zip(rows, datasets):
         g = table[table["dataset"] == dataset]
         r = runs[runs["dataset"] == dataset] if runs is not None else None
         labels = [f"{m}\n{s}" if s else m for m, s in zip(g["method"], g["settings"])]
@@ -121,7 +129,7 @@ def chart(table: pd.DataFrame, runs: pd.DataFrame | None = None):
                 mean = list(g["acc/test mean"] if col == "acc" else g[metric])
                 std = list(g["acc/test std"]) if col == "acc" else [math.nan] * len(g)
                 count = list(g["runs"])
-            ax.set_title(f"{dataset}: {title}", fontsize=10)
+            ax.set_title(f"{dataset}: {title}", fontsize=11)
             if all(math.isnan(m) for m in mean):
                 ax.text(0.5, 0.5, f"no run logged {metric}", ha="center", va="center", transform=ax.transAxes,
                         fontsize=10, color="#555555")
@@ -134,7 +142,7 @@ def chart(table: pd.DataFrame, runs: pd.DataFrame | None = None):
             for i, (m, n) in enumerate(zip(mean, count)):
                 if not math.isnan(m):
                     ax.annotate(f"n={n}", (i, 0), xytext=(0, 2), textcoords="offset points", ha="center",
-                                va="bottom", fontsize=7, color="white")
+                                va="bottom", fontsize=9, color="white")
             if col == "acc":
                 for method in ("baseline", "upper_bound"):
                     ref = g[g["method"] == method]["acc/test mean"].mean()
@@ -142,12 +150,13 @@ def chart(table: pd.DataFrame, runs: pd.DataFrame | None = None):
                         ax.axhline(ref, color=COLOURS[method], linestyle="--", linewidth=1,
                                    label=f"{method} {ref:.3f}")
                 if ax.get_legend_handles_labels()[0]:
-                    ax.legend(fontsize=7, loc="upper left")
+                    ax.legend(fontsize=8, loc="upper left")
             if col in ("acc", "acc_cf", "flip", "ev"):
                 ax.set_ylim(0, 1.05)
-            ax.set_ylabel(f"{metric} ({better})", fontsize=8)
-            ax.set_xticks(list(x), labels, rotation=35, ha="right", fontsize=7)
-    fig.suptitle("mean over runs (seeds), error bars: one sample std; n = runs", fontsize=10)
+            ax.set_ylabel(f"{metric} ({better})", fontsize=9)
+            ax.set_xticks(list(x), labels, rotation=30 if len(labels) > 3 else 0, ha="right" if len(labels) > 3 else "center",
+                          fontsize=9)
+    fig.suptitle("focusml compare: mean over runs (seeds), error bars one sample std, n = runs", fontsize=12)
     fig.tight_layout()
     return fig
 

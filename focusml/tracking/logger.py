@@ -2,8 +2,9 @@
 
 `RunLogger.run_scope` opens the MLflow run once the inputs are accepted (so a refused input
 leaves no run behind) and logs the params, the train/val/test datasets and (when mask
-augmentation is on) its examples; each epoch logs its metrics and a CAM grid of fixed validation
-images as an image step series, at step = epoch counted from 1 (as the progress bar counts);
+augmentation is on) its examples and the untrained network's CAM grid (step 0); each epoch logs
+its metrics and a CAM grid of fixed validation images as an image step series, at step = epoch
+counted from 1 (as the progress bar counts);
 the end logs the model (an MLflow 3 LoggedModel, at the evaluated epoch's step, so it carries
 that epoch's validation metrics), the final metrics linked to it and to their split's dataset, the figures, the per-image test predictions as a table and the checkpoints.
 Progress hooks are passed on to `inner` (the CLI's progress lines, an Optuna trial), after the
@@ -56,7 +57,14 @@ class RunLogger(Callbacks):
             self.datasets = log_datasets(data, fingerprint, method.train_split)
             if method.uses_masks and config.augment.active:  # without augmentation every row would be the mask
                 _log_mask_examples(ctx)
-            self.sample = sample_indices(data.split("val").labels, data.num_classes)
+            # one validation image per class (two when there are few classes): the MLflow UI shows an
+            # image series as a thumbnail of at most 256 px, where fewer, larger panels stay legible
+            self.sample = sample_indices(data.split("val").labels, data.num_classes, 1 if data.num_classes > 5 else 2)
+            # step 0 of the CAM series: the network before training (steps count epochs from 1, and
+            # the MLflow UI opens an image series at step 0)
+            log_image_step(to_pil(split_cam_grid(ctx.model, data, "val", self.sample, ctx.device,
+                                                 f"{config.method} on {config.dataset}: before training, epoch "
+                                                 f"0/{config.epochs} (val)")), "cam_grid_val", 0)
             with self.inner.run_scope(ctx):
                 yield
 
