@@ -3,9 +3,8 @@ runs logged through `focusml`, then headless Chromium (Playwright, Debian's /usr
 
     python benchmarks/ui_screenshots.py --epochs 4 --out docs/images
 
-Writes mlflow-run-page.png (a training run's overview), mlflow-cam-series.png (the per-epoch CAM
-grid in the run's model-metrics tab), mlflow-logged-model.png (the LoggedModel page: metrics and
-datasets) and mlflow-comparison.png (the comparison run's chart), each a palette PNG under 300 KB.
+Writes mlflow-run-page.png (a training run's overview), mlflow-logged-model.png (the LoggedModel
+page: metrics and datasets) and mlflow-comparison.png (the comparison run's chart), each a palette PNG under 300 KB.
 """
 
 from __future__ import annotations
@@ -109,7 +108,6 @@ def main() -> None:
         model_id = run.outputs.model_outputs[0].model_id
         shots = {
             "mlflow-run-page.png": (f"{url}/#/experiments/{exp}/runs/{run.info.run_id}", 1400, 1300),
-            "mlflow-cam-series.png": (f"{url}/#/experiments/{exp}/runs/{run.info.run_id}/model-metrics", 1400, 1000),
             "mlflow-logged-model.png": (f"{url}/#/experiments/{exp}/models/{model_id}", 1400, 1100),
             "mlflow-comparison.png": (f"{url}/#/experiments/{exp}/runs/{compare_id}/artifacts/comparison/comparison.png",
                                       1400, 1150),
@@ -129,31 +127,6 @@ def main() -> None:
                     pass
                 time.sleep(6)  # charts and images render after the data arrives
                 close_assistant(page)
-                if name == "mlflow-cam-series.png":  # the image series, enlarged, at its last step
-                    page.get_by_placeholder("Search metric charts").first.fill("cam_grid")
-                    time.sleep(4)
-                    menu = page.locator("[data-testid=experiment-view-compare-runs-card-menu]")
-                    if menu.count():  # the unlabelled "full screen" button sits just left of the card's menu
-                        box = menu.first.bounding_box()
-                        page.mouse.click(box["x"] - 16, box["y"] + 16)
-                    time.sleep(4)
-                    handle = page.get_by_role("slider")
-                    if handle.count():  # drag the step slider to its right end: the last epoch
-                        box = handle.last.bounding_box()
-                        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-                        page.mouse.down()
-                        page.mouse.move(box["x"] + 1400, box["y"] + box["height"] / 2, steps=10)
-                        page.mouse.up()
-                    time.sleep(10)
-                    picture = page.get_by_role("dialog").locator("img")
-                    if picture.count():  # the series as the UI shows it (a ≤ 256 px thumbnail), with its slider
-                        b = picture.first.bounding_box()
-                        clip = {"x": max(0, b["x"] - 420), "y": max(0, b["y"] - 140), "width": b["width"] + 840,
-                                "height": b["height"] + 260}
-                        page.screenshot(path=str(out / name), clip=clip)
-                        shrink(out / name)
-                        print(f"{out / name}: {(out / name).stat().st_size // 1024} KB")
-                        continue
                 if name == "mlflow-logged-model.png":  # the final test metrics, with their dataset
                     page.get_by_placeholder("Search metrics").first.fill("/test")
                     time.sleep(3)
