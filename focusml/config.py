@@ -43,9 +43,10 @@ class RunConfig:
     select: str = "auto"  # the validation metric that picks the evaluated checkpoint, or "last"
     seed: int = 0
     device: str = "auto"
-    experiment: str = "focusml"
+    experiment: str | None = None  # None: MLFLOW_EXPERIMENT_NAME, else MLFLOW_EXPERIMENT_ID, else "focusml"
     run_name: str | None = None
     log_model: bool = True
+    system_metrics: bool = False  # MLflow's CPU/memory/GPU sampling during the run
     augment: MaskAugment = field(default_factory=MaskAugment)
     method_params: dict[str, Any] = field(default_factory=dict)
 

@@ -88,9 +88,17 @@ def predict(model, split: Split, device: torch.device, batch_size: int = 256, ca
                        split.masks.float(), torch.cat(shares) if shares else empty)
 
 
+def dead_share(pos_cams: torch.Tensor) -> float:
+    """Share of images whose positive CAM is zero everywhere (a dead network has 1.0: no evidence
+    anywhere, which WR and CAM-in-mask would otherwise read as "attends to nothing wrong")."""
+    if len(pos_cams) == 0:
+        return float("nan")
+    return float((pos_cams.flatten(1).amax(1) <= 0).float().mean())
+
+
 def attention_metrics(p: Predictions) -> dict[str, float]:
     return {"wr": wrong_reason(p.pos_cams, p.masks), "cam_in_mask": cam_in_mask(p.pos_cams, p.masks),
-            "evidence_in_mask": evidence_in_mask(p.evidence, p.masks)}
+            "evidence_in_mask": evidence_in_mask(p.evidence, p.masks), "cam_dead": dead_share(p.pos_cams)}
 
 
 class Evaluator:

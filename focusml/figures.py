@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -29,27 +31,55 @@ def _display(img: torch.Tensor) -> np.ndarray:
     return arr / 255.0 if arr.max() > 1 else arr
 
 
+#: Okabe–Ito colours, told apart with every common colour-vision deficiency (red/green is not)
+RIGHT, WRONG = "#0072B2", "#D55E00"  # blue, vermillion
+
+
+def grid_shape(n: int) -> tuple[int, int]:
+    """(rows, cols) of a square-ish grid for n panels, never wider than 2:1 (the MLflow UI shows
+    image series as small square-ish thumbnails, so a long strip becomes unreadable)."""
+    cols = max(1, math.ceil(math.sqrt(n * 1.25)))
+    return (n + cols - 1) // cols, cols
+
+
 def cam_grid(images: torch.Tensor, masks: torch.Tensor, cams: torch.Tensor, labels, preds,
-             classes: list[str], cols: int = 10, title: str | None = None):
-    """Image with its CAM overlaid (jet, alpha 0.5), the mask outlined in white, true/pred label."""
+             classes: list[str], cols: int | None = None, title: str | None = None):
+    """Each image with its positive CAM overlaid (inferno, scaled to the image's own maximum), the
+    mask outlined in white and the label above it: `true ✓` in blue when right, `true → predicted ✗`
+    in vermillion when wrong (shape and colour both tell). An all-zero CAM is written `dead CAM`
+    instead of being drawn: it is a network that puts no positive evidence anywhere, not a clean one.
+    """
     n = len(images)
-    cols = min(cols, n)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 2.0 * rows), squeeze=False)
+    rows, cols = grid_shape(n) if cols is None else ((n + min(cols, n) - 1) // min(cols, n), min(cols, n))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.5 * rows + 0.7), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
+    dead = 0
     for i in range(n):
         ax = axes.flat[i]
         img = _display(images[i])
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1 if img.max() <= 1 else 255)
-        ax.imshow(cams[i].numpy(), cmap="jet", alpha=0.5)
+        cam = cams[i].float().numpy()
+        peak = float(cam.max()) if cam.size else 0.0
+        if peak > 0:
+            ax.imshow(cam / peak, cmap="inferno", alpha=0.55, vmin=0, vmax=1)
+        else:
+            dead += 1
+            ax.text(0.5, 0.08, "dead CAM", transform=ax.transAxes, ha="center", va="bottom", fontsize=11,
+                    color="black", bbox={"facecolor": "#F0E442", "edgecolor": "none", "pad": 2})
         if masks[i].sum() > 0:
-            ax.contour(masks[i].numpy(), levels=[0.5], colors="white", linewidths=1.0)
-        ok = int(labels[i]) == int(preds[i])
-        ax.set_title(f"y={classes[int(labels[i])]} ŷ={classes[int(preds[i])]}", fontsize=7,
-                     color="green" if ok else "red")
-    if title:
-        fig.suptitle(title, fontsize=9)
+            ax.contour(masks[i].numpy(), levels=[0.5], colors="white", linewidths=1.5)
+        y, p = classes[int(labels[i])], classes[int(preds[i])]
+        ok = y == p
+        ax.set_title(f"{y} ✓" if ok else f"{y} → {p} ✗", fontsize=13 if n > 12 else 17, color=RIGHT if ok else WRONG,
+                     fontweight="bold" if not ok else "normal")
+    head = title or ""
+    if dead:
+        head += f"\n{dead} of {n} CAMs all zero: dead, no positive evidence" if cols < 5 else \
+            f"\n{dead} of {n} CAMs are all zero (dead: no positive evidence anywhere)"
+    legend = "true ✓ · true → predicted ✗ · white: mask" if cols < 5 else \
+        "label: true ✓ (right) or true → predicted ✗ (wrong) · white: mask · CAM: dark → bright"
+    fig.suptitle(head + ("\n" if head else "") + legend, fontsize=12 if cols >= 4 else 10)
     fig.tight_layout()
     return fig
 
@@ -82,7 +112,8 @@ def sample_grid(data: Dataset, split_name: str = "train", per_class: int = 4, ti
     return fig
 
 
-def split_cam_grid(model, data: Dataset, split_name: str, index: torch.Tensor, device, title: str, cols: int = 10):
+def split_cam_grid(model, data: Dataset, split_name: str, index: torch.Tensor, device, title: str,
+                   cols: int | None = None):
     """`cam_grid` of rows `index` of a split, with the model's predictions and positive CAMs."""
     split = data.split(split_name)
     sub = Split(split.images[index], split.masks[index], split.labels[index])

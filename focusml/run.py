@@ -67,7 +67,8 @@ def summary(fitted: FitResult) -> dict[str, float]:
     """Run-level numbers from the loop: mean time per epoch, the selected epoch and its validation metrics."""
     times = [h["time/epoch_s"] for h in fitted.history]
     chosen = {f"selected/{k}": v for k, v in fitted.selected_metrics.items() if "/val" in k}
-    return {"time/epoch_s_mean": sum(times) / len(times), "selected_epoch": float(fitted.selected_epoch), **chosen}
+    # selected_epoch counts from 1, like the progress bar and the MLflow metric steps
+    return {"time/epoch_s_mean": sum(times) / len(times), "selected_epoch": float(fitted.selected_epoch + 1), **chosen}
 
 
 CHANCE_MARGIN = 0.02  # acc/val within this of the majority-class share counts as chance

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from focusml.cam import upsample
 from focusml.data import Split
 from focusml.analysis.filters import Report, analyse, match_filters, receptive_field, write_report
+from focusml.analysis.filters.report import filter_figure, shares_figure
 from focusml.models import small_cnn
 
 N, S = 96, 28
@@ -194,3 +195,31 @@ def test_filters_cli_end_to_end(tracking_env, tmp_path, capsys, monkeypatch, tin
 
     code, _, stderr = _cli(["filters", "0" * 32], capsys)
     assert code == 2 and "not found" in stderr
+
+
+@pytest.mark.browser
+def test_filters_report_fits_1400_px_and_its_charts_have_axis_labels(planted, tmp_path):
+    import os
+    import shutil
+
+    playwright = pytest.importorskip("playwright.sync_api", reason="browser tests need the `playwright` package")
+    exe = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+    if exe is None:
+        pytest.skip("browser tests need Debian's `chromium` package (apt-get install chromium)")
+    split, model = planted
+    a = analyse(model, split)
+    partner, corr = match_filters(model, model, split, torch.arange(N), "activation")
+    report = Report("r1", "baseline", "train", ["h", "v"], a, compare=a, compare_run_id="r2", compare_title="refined",
+                    partner=partner, correlation=corr, match="activation")
+    fig = filter_figure([("", a.filters[0])], split, ["h", "v"], top=4)
+    assert fig.axes[0].get_ylabel() == "classifier weight" and fig.axes[0].get_xlabel() == "class"
+    assert all(ax.get_xlabel() and ax.get_ylabel() for ax in shares_figure(report).axes)
+    out = write_report(report, split, tmp_path / "rep", figures=3, top=6)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto((out / "index.html").as_uri())
+        page.wait_for_load_state("load")
+        width = page.evaluate("document.documentElement.scrollWidth")
+        browser.close()
+    assert width <= 1400, f"the report is {width} px wide"

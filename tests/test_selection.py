@@ -85,7 +85,7 @@ def test_run_evaluates_the_selected_epoch_and_the_schedule_anneals(tmp_path, mon
     result = run(config)
     accs = [h["acc/val"] for h in result.history]
     expected = max(range(4), key=lambda e: (accs[e], e))
-    assert result.fit.selected_epoch == expected and result.metrics["selected_epoch"] == expected
+    assert result.fit.selected_epoch == expected and result.metrics["selected_epoch"] == expected + 1  # one-based
     assert result.metrics["selected/acc/val"] == accs[expected]
     lrs = [h["lr"] for h in result.history]
     assert lrs[0] == config.lr and all(a > b for a, b in zip(lrs, lrs[1:]))

@@ -50,7 +50,7 @@ def test_cli_train_logs_everything(tracking_env, cli_env, tmp_path):
                 "acc/val_clean", "selected_epoch", "selected/acc/val_cf", "lr"]:
         assert key in m, key
     assert 0 <= m["acc/test"] <= 1 and 0 <= m["wr/test"] <= 100
-    assert [h.step for h in client.get_metric_history(r.info.run_id, "acc/val")] == [0]
+    assert [h.step for h in client.get_metric_history(r.info.run_id, "acc/val")] == [1]  # epochs count from 1
     files = {f.path for f in client.list_artifacts(r.info.run_id, "figures")}
     assert {"figures/confusion_matrix.png", "figures/cam_grid_test.png"} <= files
     ckpts = [f.path for f in client.list_artifacts(r.info.run_id, "checkpoints")]
@@ -61,13 +61,12 @@ def test_cli_train_logs_everything(tracking_env, cli_env, tmp_path):
     state = torch.load(client.download_artifacts(r.info.run_id, "checkpoints/last.pt", str(tmp_path)),
                        weights_only=True)
     assert "classifier.weight" in state
-    assert r.inputs.dataset_inputs and r.inputs.dataset_inputs[0].dataset.name == "decoy-digits"
-    model = mlflow.pytorch.load_model(f"runs:/{r.info.run_id}/model")
-    out = model(torch.rand(2, 1, 28, 28))
-    assert out.shape == (2, 10)
+    assert {i.dataset.name for i in r.inputs.dataset_inputs} == {"decoy-digits-train", "decoy-digits-val", "decoy-digits-test"}
     pyfunc = mlflow.pyfunc.load_model(f"runs:/{r.info.run_id}/model")
     assert pyfunc.metadata.signature is not None
-    assert np.asarray(pyfunc.predict(np.random.rand(1, 1, 28, 28).astype(np.float32))).shape == (1, 10)
+    assert pyfunc.predict(np.random.rand(1, 1, 28, 28).astype(np.float32)).shape == (1, 11)  # 10 classes + prediction
+    network = pyfunc.unwrap_python_model().network  # the torch module, CAM-capable
+    assert network(torch.rand(2, 1, 28, 28)).shape == (2, 10) and hasattr(network, "forward_features")
 
 
 def test_unreachable_server_is_refused_before_any_run(cli_env, tmp_path, free_port):
@@ -146,13 +145,19 @@ def test_mlproject_is_current():
     assert (REPO / "MLproject").read_text() == render(), "run `make mlproject` to regenerate MLproject"
 
 
-@pytest.mark.parametrize("entry", ["baseline", "upper_bound"])
-def test_mlflow_run_entry_points(tracking_env, cli_env, entry):
+@pytest.mark.parametrize("entry, how", [("baseline", "env"), ("upper_bound", "option")])
+def test_mlflow_run_entry_points(tracking_env, cli_env, entry, how):
+    """`mlflow run` puts the run where MLFLOW_EXPERIMENT_NAME or --experiment-name says; focusml adopts
+    it and gives it its own run name and tags."""
     mlflow_bin = str(Path(sys.executable).parent / "mlflow")
+    name = f"mlproject-{entry}"
+    env, where = (dict(cli_env, MLFLOW_EXPERIMENT_NAME=name), []) if how == "env" else (cli_env, ["--experiment-name", name])
     res = subprocess.run([mlflow_bin, "run", str(REPO), "-e", entry, "-P", "epochs=1", "-P", "batch_size=128",
-                          "--env-manager", "local", "--experiment-name", f"mlproject-{entry}"],
-                         env=cli_env, cwd=REPO, capture_output=True, text=True, timeout=400)
+                          "--env-manager", "local", *where],
+                         env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stderr[-3000:]
-    (r,) = runs_of(f"mlproject-{entry}")
-    assert r.info.status == "FINISHED"
-    assert r.data.tags["focusml.method"] == entry and "acc/test" in r.data.metrics
+    (r,) = runs_of(name)
+    assert r.info.status == "FINISHED" and r.info.run_name == f"{entry}-decoy-digits-s0"
+    assert r.data.tags["focusml.method"] == entry and r.data.tags["focusml.kind"] == "training"
+    assert r.data.tags["mlflow.project.entryPoint"] == entry and "acc/test" in r.data.metrics
+    assert mlflow.get_experiment_by_name(name).tags["mlflow.experimentKind"] == "custom_model_development"

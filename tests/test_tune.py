@@ -147,11 +147,13 @@ def test_tune_cli_tracks_trials_under_a_parent_and_registers_the_best(tracking_e
     data.update(method="pas", study_name="cli-study",
                 search={"lam": {"type": "float", "low": 0.01, "high": 10.0, "log": True},
                         "dilate": {"type": "int", "low": 0, "high": 1}})
-    data["fixed"].update(log_model=True, epochs=2)  # one epoch of PAS can leave every trial at chance: no importances
+    data["fixed"].update(log_model=False, epochs=1)  # overridden below: --set is what users type instead of editing
     path = tmp_path / "pas.yaml"
     path.write_text(yaml.safe_dump(data))
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    main(["tune", str(path), "--n-trials", "3", "--storage", storage, "--register", "tuned-pas"])
+    # two epochs: one epoch of PAS can leave every trial at chance, and then there are no importances
+    main(["tune", str(path), "--n-trials", "3", "--storage", storage, "--register", "tuned-pas",
+          "--set", "epochs=2", "--set", "log_model=true"])
     out = capsys.readouterr().out
     parent_id = out.split("parent_run_id: ")[1].split()[0]
 
@@ -159,8 +161,10 @@ def test_tune_cli_tracks_trials_under_a_parent_and_registers_the_best(tracking_e
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
     children = {int(r.data.tags["optuna.trial_number"]): r for r in runs_of(parent_id)}
     assert sorted(children) == [0, 1, 2]
+    assert study.metric_names == ["acc/val"]  # optuna-dashboard names the objective
     parent = mlflow.get_run(parent_id)
-    assert parent.info.status == "FINISHED"
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "tune-cli-study"
+    assert parent.data.tags["focusml.kind"] == "tune" and parent.data.params["overrides"] == "epochs=2 log_model=true"
     assert parent.data.params["study_name"] == "cli-study" and parent.data.params["storage"] == storage
     for t in study.trials:
         run = children[t.number]

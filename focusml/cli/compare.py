@@ -10,7 +10,8 @@ from focusml.cli._common import echo_table
 
 
 @click.command()
-@click.option("--experiment", default="focusml", show_default=True, help="MLflow experiment whose runs are compared")
+@click.option("--experiment", default=None,
+              help="MLflow experiment whose runs are compared (default: $MLFLOW_EXPERIMENT_NAME, else focusml)")
 @click.option("--dataset", default="", help="compare one dataset only (default: every dataset, one table each)")
 @click.option("--out", "out_dir", default="comparison", show_default=True, type=click.Path(file_okay=False),
               help="folder for comparison.md, comparison.csv and comparison.png")
@@ -24,18 +25,23 @@ def compare(experiment, dataset, out_dir, log, children):
     \b
     gap closed = (acc − acc_baseline) / (acc_upper − acc_baseline), averaged over the runs
     that have both references (their count in brackets); empty where a run has none.
+    Warns when the baseline → upper bound gap is under 10 points or when the compared runs
+    differ in epochs, lr, model or other settings.
     \b
     Examples:
       focusml compare --experiment focusml
       focusml compare --experiment focusml --dataset decoy-digits --out reports/digits
       mlflow run . -e compare -P experiment=focusml --env-manager local
     """
-    click.echo(f"Comparing the runs of experiment '{experiment}' in {tracking.tracking_uri()}", err=True)
+    click.echo(f"Comparing the runs of experiment '{experiment or tracking.resolve_experiment()}' in "
+               f"{tracking.tracking_uri()}", err=True)
     table, paths, run_id = report(experiment, dataset or None, out_dir, log=log, include_children=children)
     for name, group in table.groupby("dataset", sort=False):
         click.echo(f"\n{name}")
         echo_table(display_rows(group))
     click.echo("")
+    for warning in table.attrs.get("warnings", []):
+        click.secho(f"Warning: {warning}", fg="yellow", err=True)
     for kind, path in paths.items():
         click.echo(f"{kind}: {path}")
     if run_id:

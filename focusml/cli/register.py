@@ -1,10 +1,11 @@
-"""`focusml register`: a run's logged model into the MLflow Model Registry, with an alias."""
+"""`focusml register`: a run's logged model into the MLflow Model Registry, described, tagged, with an alias."""
 
 from __future__ import annotations
 
 import click
 
 from focusml import tracking
+from focusml.cli._common import echo_table
 
 
 @click.command()
@@ -14,10 +15,24 @@ from focusml import tracking
 def register(run_id, name, alias):
     """Register a run's logged model in the MLflow Model Registry and set an alias on it.
 
+    The new version gets a description and tags (method, dataset, acc/test, gap closed when the
+    experiment has the baseline and upper bound of the same dataset and seed, the source run);
+    the metrics are printed, with a warning when the model looks degenerate (chance-level
+    acc/test, all-zero CAMs) or the reference gap is too small to mean anything.
+
     \b
     Example:
       focusml register 3f2a… --name pas-digits --alias champion
     """
     tracking.setup()
-    version = tracking.register(run_id, name, alias or None)
-    click.echo(f"registered {name} version {version}" + (f", alias {alias}" if alias else ""))
+    reg = tracking.register_version(run_id, name, alias or None)
+    rows = [{"metric": k, "value": v} for k, v in reg.metrics.items()]
+    if reg.references:
+        rows += [{"metric": f"{m} acc/test (same dataset, seed)", "value": v} for m, v in reg.references.items()]
+    if reg.gap_closed is not None:
+        rows.append({"metric": "gap closed", "value": f"{100 * reg.gap_closed:.0f}%"})
+    echo_table(rows)
+    for warning in reg.warnings:
+        click.secho(f"Warning: {warning}", fg="yellow", err=True)
+    click.echo(f"registered {name} version {reg.version}" + (f", alias {alias}" if alias else "")
+               + f" (source {reg.source})")

@@ -47,9 +47,12 @@ def run_options(fn):
                           "where val has masks (default auto)"),
         click.option("--seed", type=int, default=None, help="training seed (default 0)"),
         click.option("--device", default=None, help="auto, cpu or cuda[:N] (default auto)"),
-        click.option("--experiment", default=None, help=f"MLflow experiment (default {defaults.experiment})"),
+        click.option("--experiment", default=None,
+                     help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else $MLFLOW_EXPERIMENT_ID, else focusml)"),
         click.option("--run-name", default=None, help="MLflow run name (default METHOD-DATASET-sSEED)"),
         click.option("--log-model/--no-log-model", default=None, help="log the MLflow model (default on)"),
+        click.option("--system-metrics/--no-system-metrics", default=None,
+                     help="log CPU, memory, disk, network (and GPU) usage as system/* metrics (default off)"),
     ]
     aug_help = {
         "dilate": "grow masks by N pixels", "jitter": "random mask shift of up to N pixels",
@@ -108,6 +111,7 @@ def train(resume_id=None, **options):
       focusml train --method pas --lam 1 --dilate 1
       focusml train --config run.yaml --seed 2
       focusml train --resume 3f2a9c0d…          # continue a stopped run
+      focusml train --dataset folder --data-root my-data --method pas --system-metrics
     """
     if resume_id:
         return _resume(resume_id, options)

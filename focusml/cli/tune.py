@@ -11,7 +11,7 @@ import optuna
 from tqdm.auto import tqdm
 
 from focusml import tracking
-from focusml.cli._common import echo_table
+from focusml.cli._common import echo_table, interactive
 from focusml.tune import load_spec, run_study
 
 
@@ -25,7 +25,11 @@ from focusml.tune import load_spec, run_study
                                               "journal file path; default optuna.db here (optuna.journal with --workers > 1)")
 @click.option("--workers", type=int, default=1, show_default=True, help="worker processes on this machine")
 @click.option("--register", default=None, help="register the best trial's model under this name, alias `champion`")
-def tune(study_file, n_trials, study_name, storage, workers, register):
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="override the study file: a run option (epochs=3, batch_size=64, lam=0.1 fixes a searched "
+                   "option), method, dataset, n_trials, seed, sampler, pruner, or a dotted key "
+                   "(sampler.n_startup_trials=4, search.lam.high=10); repeatable")
+def tune(study_file, n_trials, study_name, storage, workers, register, overrides):
     """Search a method's λ and mask augmentation with Optuna; every trial is an MLflow child run.
 
     Objectives are validation metrics only (acc/val, wr/val); test metrics are logged for every
@@ -36,32 +40,44 @@ def tune(study_file, n_trials, study_name, storage, workers, register):
       focusml tune studies/pas.yaml
       focusml tune studies/pas.yaml --n-trials 5 --study-name pas-a     # resumes pas-a if it exists
       focusml tune studies/pas.yaml --workers 2                        # 2 processes, optuna.journal
+      focusml tune studies/pas.yaml --set epochs=3 --set dataset=symbols --n-trials 4
       focusml tune studies/rrr.yaml --storage postgresql://user:pw@db/optuna --register rrr-digits
     """
-    spec = load_spec(study_file)
+    spec = load_spec(study_file, overrides)
     n = spec.n_trials if n_trials is None else n_trials  # the bar's total until run_study says how many are missing
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the bar below replaces Optuna's per-trial lines
     click.echo(f"Study {study_name or spec.study_name}: {spec.method} on {spec.dataset}, {n} trials, "
                f"{spec.sampler} sampler, pruner {spec.pruner}, objectives "
                f"{', '.join(f'{o.metric} ({o.direction})' for o in spec.objectives)} → {tracking.tracking_uri()}", err=True)
-    bar = tqdm(total=n, desc="trials", unit="trial", dynamic_ncols=True)
+    if overrides:
+        click.echo(f"Overrides: {' '.join(overrides)}", err=True)
+    bar = tqdm(total=n, desc="trials", unit="trial", dynamic_ncols=True) if interactive() else None
+    done = [0]
 
     def on_trial(t):
-        bar.update(1)
         shown = "/".join(f"{v:.4g}" for v in t.values) if t.values else ""
         if t.state != "COMPLETE":
             shown = f"{t.state.lower()} {shown}".strip()
+        done[0] += 1
+        if bar is None:  # not a terminal: one plain line per trial
+            click.echo(f"trial {done[0]}/{n}: #{t.number} {shown} {t.params}", err=True)
+            return
+        bar.update(1)
         bar.set_postfix_str(f"#{t.number} {shown}")
 
     def on_plan(count):
-        bar.total = count
-        bar.refresh()
+        nonlocal n
+        n = count
+        if bar is not None:
+            bar.total = count
+            bar.refresh()
 
     try:
         result = run_study(spec, n_trials=n_trials, study_name=study_name, storage=storage, workers=workers,
                            register=register or None, on_trial=on_trial, on_plan=on_plan)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     if not result.parent_run_id:
         click.echo(f"{result.study_name} already has its {spec.n_trials} trials (the file's n_trials) in "
                    f"{result.storage}; nothing to do. Pass --n-trials N to add more.", err=True)
@@ -86,3 +102,5 @@ def tune(study_file, n_trials, study_name, storage, workers, register):
         click.echo(f"best_run_id: {result.best.run_id}")
     if result.registered:
         click.echo(f"registered: {result.registered}, alias champion")
+    click.echo(f"See the study in optuna-dashboard (pip install optuna-dashboard): optuna-dashboard {result.storage}",
+               err=True)

@@ -1,4 +1,4 @@
-"""What a run logs to MLflow: params, metrics, figures, images, files, the dataset and the model.
+"""What a run logs to MLflow: params, metrics, figures, images, tables, files, the datasets and the model.
 
 Every function acts on the active run (`store.start_run`), except `log_artifacts_to`, which
 adds a folder to a finished run named by its id.
@@ -6,18 +6,23 @@ adds a folder to a finished run named by its id.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import tempfile
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import requires as metadata_requires
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 import torch
 from mlflow.models import infer_signature
 
 import focusml
 from focusml.figures import close
+from focusml.tracking.pyfunc import frame
 
 
 def active_run_id() -> str | None:
@@ -38,9 +43,13 @@ def log_params(params: dict[str, Any]) -> None:
         mlflow.log_params(fresh)
 
 
-def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+def log_metrics(metrics: dict[str, float], step: int | None = None, datasets: dict[str, Any] | None = None) -> None:
     """Log every value, none dropped: NaN (e.g. WR without masks) is stored as NaN, ±inf as MLflow's SQL
-    stores keep it (±1.7976931348623157e308); only None (no value at all) is left out."""
+    stores keep it; only None (no value at all) is left out. With `datasets` ({"val": ..., "test":
+    ...}), each metric is linked to the dataset of its split."""
+    if datasets:
+        log_final_metrics(metrics, None, datasets, step=step or 0)
+        return
     mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None}, step=step)
 
 
@@ -78,34 +87,116 @@ def log_artifacts_to(run_id: str, folder: str | Path, artifact_path: str) -> Non
     mlflow.MlflowClient().log_artifacts(run_id, str(folder), artifact_path=artifact_path)
 
 
-def log_dataset(data, fingerprint: str) -> None:
-    """Record the training data as a run input (metadata and digest; arrays stay local)."""
-    split = data.split("train")
-    ds = mlflow.data.from_numpy(
-        features=split.images[:1].numpy(),  # a schema sample; the digest identifies the content
-        targets=split.labels.numpy(),
-        name=data.name,
-        digest=fingerprint,
-    )
-    mlflow.log_input(ds, context="training", tags={"classes": ",".join(data.classes)[:250]})
+#: the input context each split is logged with (MLflow's conventional names)
+SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
 
 
-def log_model(model: torch.nn.Module, example: torch.Tensor) -> str:
-    """Log the model (MLflow 3: `name=`) with a signature and an input example; return its URI.
+def split_dataset(data, split_name: str, fingerprint: str):
+    """An MLflow dataset for one split: features N×C×H×W (uint8), targets N; digest from the content."""
+    split = data.split(split_name)
+    digest = hashlib.sha256(f"{fingerprint}:{split_name}".encode()).hexdigest()[:12]
+    return mlflow.data.from_numpy(features=split.images.numpy(), targets=split.labels.numpy(),
+                                  name=f"{data.name}-{split_name}", digest=digest)
 
-    The focusml package travels with it (`code_paths`), so the pickled CamNet loads anywhere.
+
+def log_datasets(data, fingerprint: str, train_split: str = "train", log: bool = True) -> dict[str, Any]:
+    """Log the train (the split the method trains on), val and test splits as run inputs
+    (`log` False: a resumed run, whose inputs are logged already).
+
+    Only metadata travels (name, digest, schema, profile with the shapes); the arrays stay local.
+    Returns {"train"|"val"|"test": mlflow dataset} so metrics can name the split they come from.
+    """
+    tags = {"classes": ",".join(data.classes)[:250]}
+    out = {}
+    for role, name in (("train", train_split), ("val", "val"), ("test", "test")):
+        if name not in data.splits:
+            continue
+        ds = split_dataset(data, name, fingerprint)
+        if log:
+            mlflow.log_input(ds, context=SPLIT_CONTEXTS[role], tags=tags)
+        out[role] = ds
+    return out
+
+
+def metric_split(key: str) -> str | None:
+    """Which logged split a metric is computed on: `acc/test`, `flip/test`, `acc/test_cf` → test;
+    `selected/acc/val_cf` → val; other splits (`acc/test_clean`, ...) and run-level numbers → None."""
+    tail = key.rsplit("/", 1)[-1]
+    return {"test": "test", "test_cf": "test", "val": "val", "val_cf": "val"}.get(tail)
+
+
+def log_final_metrics(metrics: dict[str, float], model_id: str | None, datasets: dict[str, Any],
+                      step: int = 0) -> None:
+    """The run's final metrics at `step` (the evaluated epoch), linked to the logged model (MLflow 3
+    LoggedModel metrics) and to the dataset of the split each is computed on."""
+    groups: dict[str | None, dict[str, float]] = {}
+    for key, value in metrics.items():
+        groups.setdefault(metric_split(key), {})[key] = value
+    for split, group in groups.items():
+        values = {k: float(v) for k, v in group.items() if v is not None}
+        if values:
+            mlflow.log_metrics(values, step=step, model_id=model_id, dataset=datasets.get(split) if split else None)
+
+
+def log_table(frame: pd.DataFrame, path: str) -> None:
+    """A table as an MLflow table artifact (JSON; the UI shows it in the run's artifacts)."""
+    mlflow.log_table(frame, artifact_file=path)
+
+
+def requirements() -> list[str]:
+    """focusml's runtime dependencies pinned to the installed versions (all on PyPI); focusml's
+    own code travels with the model (`code_paths`), so a bare `focusml` is never required."""
+    pins = {}
+    try:
+        declared = metadata_requires("focusml") or []
+    except PackageNotFoundError:  # run from a source tree that was never installed: pyproject.toml's list
+        declared = ["torch", "torchvision", "mlflow", "optuna", "pandas", "scikit-learn", "click", "pyyaml",
+                    "matplotlib", "pillow", "tqdm", "tabulate", "jinja2", "psutil"]
+    for req in declared:
+        if "extra ==" in req:
+            continue
+        name = re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0].strip()
+        try:
+            pins[name] = version(name).split("+")[0]  # a local build tag (+cu130, +cpu) is no PyPI version
+        except PackageNotFoundError:
+            continue
+    pins.setdefault("cloudpickle", version("cloudpickle"))
+    return [f"{name}=={v}" for name, v in pins.items()]
+
+
+def log_model(model: torch.nn.Module, example: torch.Tensor, classes: list[str], arch: dict[str, Any],
+              step: int = 0, tags: dict[str, str] | None = None):
+    """Log the evaluated network as an MLflow 3 LoggedModel (`name="model"`): a pyfunc returning
+    class probabilities and the predicted class name (`pyfunc.CamClassifier`, logged as code with
+    the weights as an artifact). Returns the ModelInfo.
+
+    Its requirements are focusml's dependencies, pinned; the focusml package travels with it
+    (`code_paths`), so it loads and serves anywhere those install. MLflow gives the model the
+    run's params and links it to the run's metrics logged at `step`: pass the evaluated epoch
+    (counted from 1), so the model carries that epoch's validation metrics.
     """
     model = model.cpu().eval()
     x = example.cpu().numpy().astype(np.float32)
     with torch.no_grad():
-        y = model(example.cpu()).numpy()
-    info = mlflow.pytorch.log_model(
-        model,
-        name="model",
-        signature=infer_signature(x, y),
-        input_example=x,
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                          f"torchvision=={version('torchvision').split('+')[0]}", "focusml"],
-        code_paths=[str(Path(focusml.__file__).parent)],
-    )
-    return info.model_uri
+        out = frame(torch.softmax(model(example.cpu()), dim=1).numpy(), classes)
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "weights.pt"
+        torch.save(model.state_dict(), weights)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(Path(__file__).with_name("pyfunc_model.py")),  # models from code: nothing pickled
+            model_config={"classes": list(classes), "arch": dict(arch)},
+            artifacts={"weights": str(weights)},
+            signature=infer_signature(x, out),
+            input_example=x,
+            pip_requirements=requirements(),
+            code_paths=[str(Path(focusml.__file__).parent)],
+            step=step,
+            tags=tags,
+            model_type="cnn-classifier",
+        )
+    # Validating the input example loads the model, which makes it MLflow's "active model": every
+    # metric logged afterwards in this process (system metrics, the next Optuna trial's epochs)
+    # would be linked to it. Only the metrics `log_final_metrics` names go to the model.
+    mlflow.clear_active_model()
+    return info

@@ -1,11 +1,14 @@
 """Logging a run to MLflow as `Callbacks` plugged into the core `focusml.run.run`.
 
 `RunLogger.run_scope` opens the MLflow run once the inputs are accepted (so a refused input
-leaves no run behind) and logs the params, the dataset and the mask-augmentation examples; each
-epoch logs its metrics and a CAM grid of fixed validation images as an image step series; the
-end logs the test metrics, the figures, the checkpoints and the model. Progress hooks are passed
-on to `inner` (the CLI's bars, an Optuna trial), after the logging, so a pruned trial's last
-epoch is logged before it stops.
+leaves no run behind) and logs the params, the train/val/test datasets and (when mask
+augmentation is on) its examples and the untrained network's CAM grid (step 0); each epoch logs
+its metrics and a CAM grid of fixed validation images as an image step series, at step = epoch
+counted from 1 (as the progress bar counts);
+the end logs the model (an MLflow 3 LoggedModel, at the evaluated epoch's step, so it carries
+that epoch's validation metrics), the final metrics linked to it and to their split's dataset, the figures, the per-image test predictions as a table and the checkpoints.
+Progress hooks are passed on to `inner` (the CLI's progress lines, an Optuna trial), after the
+logging, so a pruned trial's last epoch is logged before it stops.
 """
 
 from __future__ import annotations
@@ -13,20 +16,25 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
+import pandas as pd
 import torch
 
+from focusml import counterfactual
 from focusml.callbacks import Callbacks
 from focusml.data.masks import examples
 from focusml.figures import confusion_figure, mask_augment_grid, sample_indices, split_cam_grid, to_pil
 from focusml.run import RunContext, RunResult
-from focusml.tracking.log import (log_artifact, log_dataset, log_figure, log_image_step, log_metrics, log_model,
-                                  log_params, log_state_dict)
+from focusml.tracking.log import (experiment_name, log_artifact, log_datasets, log_figure, log_final_metrics,
+                                  log_image_step, log_metrics, log_model, log_params, log_state_dict, log_table)
 from focusml.tracking.store import start_run
+
+PREDICTIONS_TABLE = "tables/test_predictions.json"
 
 
 def epoch_step(epoch: int) -> int:
-    """The MLflow step of an epoch's metrics (also what `tracking.keeper` checks when a resumed run re-sends them)."""
-    return epoch
+    """The MLflow step of an epoch's metrics: one-based, as the progress bar and the CAM grid titles
+    count (also what `tracking.keeper` checks when a resumed run re-sends them)."""
+    return epoch + 1
 
 
 class RunLogger(Callbacks):
@@ -36,25 +44,36 @@ class RunLogger(Callbacks):
         self.parent_run_id, self.tags = parent_run_id, tags or {}
         self.resume_id = run_id  # continue this run (`focusml train --resume`): its inputs are already logged
         self.run_id: str | None = None
+        self.model_id: str | None = None
         self.ctx: RunContext | None = None
         self.sample: torch.Tensor | None = None
+        self.datasets: dict = {}
 
     @contextmanager
     def run_scope(self, ctx: RunContext):
         config, data, method = ctx.config, ctx.data, ctx.method
-        tags = {"focusml.method": config.method, "focusml.family": method.family, "focusml.dataset": config.dataset,
-                **self.tags}
+        tags = {"focusml.kind": "training", "focusml.method": config.method, "focusml.family": method.family,
+                "focusml.dataset": config.dataset, **self.tags}
         name = config.run_name or f"{config.method}-{config.dataset}-s{config.seed}"
         with start_run(config.experiment, name, parent_run_id=self.parent_run_id, tags=tags,
-                       run_id=self.resume_id) as active:
+                       run_id=self.resume_id, system_metrics=config.system_metrics) as active:
             self.run_id, self.ctx = active.info.run_id, ctx
             fingerprint = data.fingerprint
-            log_params({**config.to_params(), "dataset_fingerprint": fingerprint})
-            if self.resume_id is None:
-                log_dataset(data, fingerprint)
-                if method.uses_masks:
+            log_params({**config.to_params(), "experiment": experiment_name(active.info.experiment_id),
+                        "dataset_fingerprint": fingerprint})
+            fresh = self.resume_id is None  # a resumed run has its inputs and step 0 logged already
+            self.datasets = log_datasets(data, fingerprint, method.train_split, log=fresh)
+            # one validation image per class (two when there are few classes): the MLflow UI shows an
+            # image series as a thumbnail of at most 256 px, where fewer, larger panels stay legible
+            self.sample = sample_indices(data.split("val").labels, data.num_classes, 1 if data.num_classes > 5 else 2)
+            if fresh:
+                if method.uses_masks and config.augment.active:  # without augmentation every row would be the mask
                     _log_mask_examples(ctx)
-            self.sample = sample_indices(data.split("val").labels, data.num_classes)
+                # step 0 of the CAM series: the network before training (steps count epochs from 1, and
+                # the MLflow UI opens an image series at step 0)
+                log_image_step(to_pil(split_cam_grid(ctx.model, data, "val", self.sample, ctx.device,
+                                                     f"{config.method} on {config.dataset}: before training, epoch "
+                                                     f"0/{config.epochs} (val)")), "cam_grid_val", 0)
             with self.inner.run_scope(ctx):
                 yield
 
@@ -74,14 +93,30 @@ class RunLogger(Callbacks):
 
     def on_epoch_end(self, epoch, metrics, model):
         ctx = self.ctx
-        log_metrics(metrics, step=epoch_step(epoch))
-        log_image_step(to_pil(split_cam_grid(model, ctx.data, "val", self.sample, ctx.device, f"epoch {epoch}")),
-                       "cam_grid_val", epoch)
+        step = epoch_step(epoch)
+        log_metrics(metrics, step=step, datasets=self.datasets)
+        title = f"{ctx.config.method} on {ctx.config.dataset}: epoch {step}/{ctx.config.epochs} (val)"
+        log_image_step(to_pil(split_cam_grid(model, ctx.data, "val", self.sample, ctx.device, title)),
+                       "cam_grid_val", step)
         self.inner.on_epoch_end(epoch, metrics, model)
 
     def on_run_end(self, ctx: RunContext, result: RunResult) -> None:
         result.run_id = self.run_id
-        log_metrics(result.metrics)
+        config, data = ctx.config, ctx.data
+        selected = int(result.metrics.get("selected_epoch", config.epochs))  # counted from 1
+        if config.log_model:  # first, so the final metrics can name it
+            test = data.split("test")
+            x, _, _ = test.batch(torch.arange(min(2, len(test))))
+            c, h, w = data.image_shape
+            info = log_model(ctx.model, x, data.classes,
+                             {"model": config.model, "in_channels": c, "num_classes": data.num_classes,
+                              "image_size": max(h, w)},
+                             step=selected,
+                             tags={"focusml.method": config.method, "focusml.dataset": config.dataset,
+                                   "focusml.selected_epoch": str(selected)})
+            self.model_id = info.model_id
+            ctx.model.to(ctx.device)
+        log_final_metrics(result.metrics, self.model_id, self.datasets, step=selected)
         _log_final_artifacts(ctx, result)
         self.inner.on_run_end(ctx, result)
 
@@ -96,17 +131,47 @@ def _log_mask_examples(ctx: RunContext) -> None:
                                      f"mask augmentation: {config.augment}"), "figures/mask_augmentation.png")
 
 
+@torch.no_grad()
+def predictions_table(model, data, device, batch_size: int = 256) -> pd.DataFrame:
+    """One row per test image: label, prediction and its probability, and what the model predicts on
+    the image's counterfactual (masked content from an image of another class) and whether it flips
+    (empty where the image has no counterfactual: neither it nor its donor has a mask)."""
+    model.eval()
+    test = data.split("test")
+    cf = counterfactual.build(test)
+
+    def probs(split):
+        out = []
+        for start in range(0, len(split), batch_size):
+            x, _, _ = split.batch(torch.arange(start, min(start + batch_size, len(split))))
+            out.append(torch.softmax(model(x.to(device)), dim=1).cpu())
+        return torch.cat(out)
+
+    p, pc = probs(test), probs(cf.split)
+    pred, pred_cf = p.argmax(1), pc.argmax(1)
+    names = data.classes
+    valid = cf.valid.tolist()
+    return pd.DataFrame({
+        "index": range(len(test)),
+        "label": [names[i] for i in test.labels.tolist()],
+        "prediction": [names[i] for i in pred.tolist()],
+        "probability": p.max(1).values.double().round(decimals=4).tolist(),
+        "correct": (pred == test.labels).tolist(),
+        "counterfactual_prediction": [names[i] if v else None for i, v in zip(pred_cf.tolist(), valid)],
+        "flip": [bool(a != b) if v else None for a, b, v in zip(pred.tolist(), pred_cf.tolist(), valid)],
+    })
+
+
 def _log_final_artifacts(ctx: RunContext, result: RunResult) -> None:
     config, data, model, fitted = ctx.config, ctx.data, ctx.model, result.fit
     log_figure(confusion_figure(result.confusion, data.classes), "figures/confusion_matrix.png")
     test = data.split("test")
+    selected = int(result.metrics.get("selected_epoch", config.epochs))
     log_figure(split_cam_grid(model, data, "test", sample_indices(test.labels, data.num_classes), ctx.device,
-                              f"{config.method} on {config.dataset} (test, shortcut broken)"),
+                              f"{config.method} on {config.dataset}: test (shortcut broken), epoch {selected}"),
                "figures/cam_grid_test.png")
-    # last.pt: the last epoch; selected_epochN.pt: the evaluated weights, when `--select` chose another epoch.
+    log_table(predictions_table(model, data, ctx.device), PREDICTIONS_TABLE)
+    # last.pt: the last epoch; selected_epochN.pt (N from 1): the evaluated weights, when `--select` chose another epoch.
     log_state_dict(result.last_state if result.last_state is not None else model.state_dict(), "checkpoints", "last.pt")
     if result.last_state is not None:
-        log_state_dict(model.state_dict(), "checkpoints", f"selected_epoch{fitted.selected_epoch}.pt")
-    if config.log_model:
-        x, _, _ = test.batch(torch.arange(min(2, len(test))))
-        log_model(model, x)
+        log_state_dict(model.state_dict(), "checkpoints", f"selected_epoch{fitted.selected_epoch + 1}.pt")

@@ -27,6 +27,7 @@ from typing import Iterator
 import mlflow
 
 from focusml import FocusmlError, RunFailed
+from focusml.tracking.experiment import mark_kind, use_experiment
 
 try:
     import fcntl
@@ -214,27 +215,32 @@ class StopRun(Exception):
 
 
 @contextmanager
-def start_run(experiment: str, run_name: str | None = None, parent_run_id: str | None = None,
-              tags: dict[str, str] | None = None, run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
-    """Start a run (or continue `run_id`, or under `mlflow run` its run) and end it truthfully.
+def start_run(experiment: str | None, run_name: str | None = None, parent_run_id: str | None = None,
+              tags: dict[str, str] | None = None, run_id: str | None = None,
+              system_metrics: bool = False) -> Iterator[mlflow.ActiveRun]:
+    """Start a run (or continue `run_id`, or under `mlflow run` adopt its run) and end it truthfully.
 
     FINISHED when the block returns; KILLED on Ctrl-C or SIGTERM (tag `focusml.killed`: the
     signal); the `StopRun`'s status and tags; FAILED on any other exception (tag
     `focusml.failure`: its type and message on one line). After `TrackingLost` the run is
     ended without retries, so a server that stays away does not hold the process.
 
-    A child run names its parent explicitly (`parent_run_id`), so trials in other threads or
-    processes nest correctly without relying on the active-run stack.
+    `experiment` None means the environment's (`experiment.use_experiment`). Under `mlflow run`
+    the entry point's run (`MLFLOW_RUN_ID`) is adopted: it gets `run_name` and `tags` and stays
+    in the experiment `mlflow run` chose. A child run names its parent explicitly
+    (`parent_run_id`), so trials in other threads or processes nest correctly without relying on
+    the active-run stack. `system_metrics` turns on MLflow's CPU/memory/GPU sampling for the run.
     """
     ensure_store()
     env_run = os.environ.get("MLFLOW_RUN_ID")
     if run_id is not None:
         mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id)
-        run = mlflow.start_run(run_id=run_id, tags=tags)  # back to RUNNING, same run
+        run = mlflow.start_run(run_id=run_id, tags=tags, log_system_metrics=system_metrics or None)  # same run
     elif env_run and parent_run_id is None and mlflow.active_run() is None:
-        run = mlflow.start_run(run_id=env_run, tags=tags)
+        run = mlflow.start_run(run_id=env_run, run_name=run_name, tags=tags, log_system_metrics=system_metrics or None)
+        mark_kind(run.info.experiment_id)
     else:
-        exp = mlflow.set_experiment(experiment)
+        exp = use_experiment(experiment)
         active = mlflow.active_run()
         run = mlflow.start_run(
             experiment_id=exp.experiment_id,
@@ -242,6 +248,7 @@ def start_run(experiment: str, run_name: str | None = None, parent_run_id: str |
             parent_run_id=parent_run_id,
             nested=parent_run_id is not None and active is not None,
             tags=tags,
+            log_system_metrics=system_metrics or None,
         )
     try:
         yield run

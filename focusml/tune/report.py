@@ -24,6 +24,7 @@ def log_setup(spec: StudySpec, name: str, shown: str, n: int, workers: int, n_be
         "workers": workers, "trials_before": n_before,
         "search_space": json.dumps({p.name: _space(p) for p in spec.search}),
         **{f"fixed.{k}": v for k, v in spec.fixed.items()},
+        **({"overrides": " ".join(spec.overrides)[:6000]} if spec.overrides else {}),
     })
     if Path(spec.source).is_file():
         tracking.log_artifact(spec.source, artifact_path="study")

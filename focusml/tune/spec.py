@@ -89,6 +89,7 @@ class StudySpec:
     seed: int | None = 0
     study_name: str = "study"
     enqueue: tuple[dict[str, Any], ...] = ()
+    overrides: tuple[str, ...] = ()  # `focusml tune --set KEY=VALUE` given on the command line, as typed
 
     @property
     def multi(self) -> bool:

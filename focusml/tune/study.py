@@ -61,6 +61,7 @@ def run_study(spec: StudySpec, *, n_trials: int | None = None, study_name: str |
         raise FocusmlError(f"study '{name}' in {shown} already exists with directions "
                            f"{[d.name.lower() for d in study.directions]}, but {spec.source} asks for {spec.directions}: "
                            "pick another --study-name.")
+    study.set_metric_names([o.metric for o in spec.objectives])  # optuna-dashboard shows "acc/val_cf", not "Objective 0"
     n_before = len(study.trials)  # before the retries below: they are this call's trials
     fail_dead_local(study)  # trials of dead workers: failed, their runs closed, queued again
     close_stale_parents(study)

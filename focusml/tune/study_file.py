@@ -2,19 +2,81 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from focusml import FocusmlError
 from focusml.config import load_yaml
 from focusml.tune.spec import OBJECTIVES, PARAM_TYPES, PRUNERS, SAMPLERS, TOP_KEYS, Objective, SearchParam, StudySpec
 
 
-def load_spec(path: str | Path) -> StudySpec:
-    """Read and validate a study file (YAML)."""
-    data = load_yaml(path)
-    return parse_spec(data, source=str(path), default_name=Path(path).stem)
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudySpec:
+    """Read a study file (YAML), apply `--set KEY=VALUE` overrides, validate it."""
+    data = apply_overrides(load_yaml(path), overrides, source=str(path))
+    spec = parse_spec(data, source=str(path), default_name=Path(path).stem)
+    spec.overrides = tuple(overrides)
+    return spec
+
+
+#: top-level keys `--set` may change directly; any other key is a run option and goes to `fixed`
+_TOP_SETTABLE = ("method", "dataset", "n_trials", "seed", "study_name", "sampler", "pruner", "objectives")
+
+
+def apply_overrides(data: dict[str, Any], overrides, source: str = "study") -> dict[str, Any]:
+    """The study mapping with `KEY=VALUE` overrides applied (values parsed as YAML: `3` is a number,
+    `true` a boolean, `[a, b]` a list).
+
+    `method`, `dataset`, `n_trials`, `seed`, `study_name`, `sampler`, `pruner` and `objectives`
+    replace the top-level entry; a dotted key sets inside a mapping (`sampler.n_startup_trials=4`,
+    `search.lam.high=10`); any other key is a run option set in `fixed` (`epochs=3`,
+    `batch_size=64`); a searched option set this way is fixed at that value and no longer searched.
+    """
+    out = copy.deepcopy(dict(data))
+    for item in overrides:
+        key, sep, raw = str(item).partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise FocusmlError(f"--set {item!r}: write KEY=VALUE, e.g. --set epochs=3 or --set dataset=symbols.")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise FocusmlError(f"--set {item!r}: the value is not valid YAML ({e}).") from None
+        if "." in key:
+            head, *path = key.split(".")
+            node = out.get(head)
+            if isinstance(node, str):  # `sampler: tpe` shorthand → {name: tpe}
+                node = out[head] = {"name": node}
+            if node is None:
+                node = out[head] = {}
+            for part in path[:-1]:
+                if not isinstance(node, dict):
+                    break
+                node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise FocusmlError(f"--set {item!r}: {'.'.join([head, *path[:-1]])} in {source} is not a mapping.")
+            node[path[-1]] = value
+        elif key in _TOP_SETTABLE:
+            out[key] = value
+        else:
+            search = out.get("search")
+            if isinstance(search, dict):
+                for name in list(search):
+                    if str(name).replace("-", "_") == key:
+                        del search[name]  # fixed now: no longer searched
+                enqueue = out.get("enqueue")
+                if isinstance(enqueue, list):
+                    out["enqueue"] = [{k: v for k, v in e.items() if str(k).replace("-", "_") != key}
+                                      if isinstance(e, dict) else e for e in enqueue]
+                    out["enqueue"] = [e for e in out["enqueue"] if e != {}]
+            fixed = out.get("fixed")
+            if not isinstance(fixed, dict):
+                fixed = out["fixed"] = {}
+            fixed[key] = value
+    return out
 
 
 def _fail(source: str, where: str, value: Any, allowed: str) -> FocusmlError:

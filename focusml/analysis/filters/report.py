@@ -68,12 +68,14 @@ def _label(ax, text: str, size: int) -> None:
 
 def _draw_filter(axes, stat: FilterStat, split: Split, classes: list[str], label: str, wmax: float) -> None:
     ax = axes[0]
-    colors = ["tab:red" if w < 0 else "tab:blue" for w in stat.class_weights]
+    colors = ["#D55E00" if w < 0 else "#0072B2" for w in stat.class_weights]  # colour-blind safe
     ax.bar(range(len(classes)), stat.class_weights, color=colors)
     ax.set_xticks(range(len(classes)), classes, fontsize=6, rotation=90 if len(classes) > 12 else 0)
     ax.set_ylim(-wmax, wmax)
     ax.axhline(0, color="black", linewidth=0.5)
     ax.tick_params(axis="y", labelsize=6)
+    ax.set_xlabel("class", fontsize=6, labelpad=1)
+    ax.set_ylabel("classifier weight", fontsize=6, labelpad=1)
     _label(ax, f"{label} filter {stat.filter}: {100 * stat.share_in_mask:.0f}% in mask", 7)
     for j, ax in enumerate(axes[1:]):
         ax.axis("off")
@@ -98,7 +100,7 @@ def filter_figure(rows: list[tuple[str, FilterStat]], split: Split, classes: lis
                              gridspec_kw={"width_ratios": [2.2] + [1] * top})
     for r, (label, stat) in enumerate(rows):
         _draw_filter(axes[r], stat, split, classes, label, wmax)
-    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.12, top=0.86, wspace=0.15, hspace=0.45)
+    fig.subplots_adjust(left=0.08, right=0.99, bottom=0.16, top=0.86, wspace=0.15, hspace=0.7)
     return fig
 
 
@@ -107,13 +109,13 @@ def shares_figure(report: Report):
     a = report.analysis
     shares = [s.share_in_mask for s in a.filters]
     ncols = 2 if report.compare else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(6.5 * ncols, 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, ncols, figsize=(6.0 * ncols, 3.2), squeeze=False)
     ax = axes[0, 0]
-    ax.bar(range(len(shares)), shares, color="tab:red", label=report.title)
+    ax.bar(range(len(shares)), shares, color="#D55E00", label=report.title)
     if report.compare is not None:
         other = report.compare.by_filter()
         after = [other[int(report.partner[s.filter])].share_in_mask for s in a.filters]
-        ax.plot(range(len(after)), after, "o", color="tab:blue", markersize=3, label=report.compare_title)
+        ax.plot(range(len(after)), after, "o", color="#0072B2", markersize=3, label=report.compare_title)
     ax.axhline(a.area_share, color="black", linestyle="--", linewidth=1, label=f"mask area {100 * a.area_share:.1f}%")
     ax.set_xlabel("filters, ranked by share in mask")
     ax.set_ylabel("share of activation in mask")

@@ -1,0 +1,53 @@
+"""Which MLflow experiment a run goes to, and how the experiment presents itself in the UI.
+
+The experiment is, in this order: the one named on the command line (`--experiment`), else
+`MLFLOW_EXPERIMENT_NAME`, else `MLFLOW_EXPERIMENT_ID` (what `mlflow run` passes on), else
+`focusml`. MLflow's own client honours the same variables, so `focusml` and `mlflow run` agree.
+
+Every experiment focusml writes to is tagged `mlflow.experimentKind=custom_model_development`
+(unless it already has a kind): the MLflow 3 UI then opens it in the classic ML view (runs,
+charts, models) instead of the GenAI view (traces).
+"""
+
+from __future__ import annotations
+
+import os
+
+import mlflow
+from mlflow.entities import Experiment
+
+DEFAULT_EXPERIMENT = "focusml"
+KIND_TAG = "mlflow.experimentKind"
+KIND = "custom_model_development"
+DEFAULT_EXPERIMENT_ID = "0"  # MLflow's "Default" experiment, where `mlflow run` puts runs unless told otherwise
+
+
+def resolve_experiment(explicit: str | None = None) -> str:
+    """The experiment's name: `explicit`, else `MLFLOW_EXPERIMENT_NAME`, else the experiment of
+    `MLFLOW_EXPERIMENT_ID`, else `focusml`. Needs tracking set up only for the id case."""
+    if explicit:
+        return explicit
+    if os.environ.get("MLFLOW_EXPERIMENT_NAME"):
+        return os.environ["MLFLOW_EXPERIMENT_NAME"]
+    if os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        exp = mlflow.MlflowClient().get_experiment(os.environ["MLFLOW_EXPERIMENT_ID"])
+        return exp.name
+    return DEFAULT_EXPERIMENT
+
+
+def use_experiment(explicit: str | None = None) -> Experiment:
+    """Set (creating if needed) the run's experiment, see `resolve_experiment`; tag its kind."""
+    if not explicit and not os.environ.get("MLFLOW_EXPERIMENT_NAME") and os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        exp = mlflow.set_experiment(experiment_id=os.environ["MLFLOW_EXPERIMENT_ID"])
+    else:
+        exp = mlflow.set_experiment(resolve_experiment(explicit))
+    mark_kind(exp.experiment_id, exp.tags)
+    return exp
+
+
+def mark_kind(experiment_id: str, tags: dict | None = None) -> None:
+    """Tag the experiment so the UI opens the classic ML view; an experiment that has a kind keeps it."""
+    if tags is None:
+        tags = mlflow.MlflowClient().get_experiment(experiment_id).tags
+    if KIND_TAG not in (tags or {}):
+        mlflow.MlflowClient().set_experiment_tag(experiment_id, KIND_TAG, KIND)
