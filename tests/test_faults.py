@@ -82,7 +82,7 @@ def assert_every_epoch_once(run_id: str, epochs: int) -> None:
     client = MlflowClient()
     for key in PER_EPOCH:
         steps = sorted(m.step for m in client.get_metric_history(run_id, key))
-        assert steps == list(range(epochs)), (key, steps)
+        assert steps == list(range(1, epochs + 1)), (key, steps)
 
 
 @pytest.fixture
@@ -152,7 +152,7 @@ def test_sigterm_and_sigint_end_the_run_killed(tracking_env, cli_env, tmp_path, 
         assert r.info.status == "KILLED" and r.data.tags["focusml.killed"] == name
         assert "checkpoints/resume.pt" in {a.path for a in MlflowClient().list_artifacts(r.info.run_id, "checkpoints")}
         steps = [m.step for m in MlflowClient().get_metric_history(r.info.run_id, "acc/val")]
-        assert steps == list(range(len(steps))) and steps  # the epochs it finished, once each
+        assert steps == list(range(1, len(steps) + 1)) and steps  # the epochs it finished, once each
 
 
 # ---- the tracking server killed mid-run ------------------------------------------------------------------

@@ -46,9 +46,12 @@ def resume_config(run_id: str, given: dict | None = None, device: str | None = N
     status, params, tags = info.info.status, info.data.params, info.data.tags
     if status == "FINISHED":
         raise FocusmlError(f"run {run_id} is FINISHED: there is nothing to resume. Start a new run instead.")
-    if "optuna.trial_number" in tags or "focusml.kind" in tags:
+    if "optuna.trial_number" in tags or tags.get("focusml.kind") == "tune":
         raise FocusmlError(f"run {run_id} belongs to an Optuna study: re-run `focusml tune` with the same study name "
                            "to resume the study (its stopped trials are retried).")
+    if tags.get("focusml.kind", "training") != "training":
+        raise FocusmlError(f"run {run_id} is a {tags['focusml.kind']} run, not a training run: only `focusml train` "
+                           "runs can be resumed.")
     if "method" not in params or "dataset" not in params:
         raise FocusmlError(f"run {run_id} was not logged by `focusml train` (it has no method/dataset params).")
     config = RunConfig.from_params(params)
