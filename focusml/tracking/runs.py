@@ -18,7 +18,7 @@ from torch import nn
 
 from focusml import FocusmlError
 from focusml.data import DataOptions, Dataset, load
-from focusml.models import build_model
+from focusml.models import build_model, input_channels
 from focusml.tracking.store import setup
 
 
@@ -71,7 +71,7 @@ def load_run_model(run_id: str, image_size: int | None = None, prefer: str = "ch
 
     def rebuild(state: dict, source: str):
         try:
-            in_ch = state["features.0.weight"].shape[1]
+            in_ch = input_channels(state)  # features.0 (small, vgg11), features.conv1 (ResNet), features.conv0
             n_cls = state["classifier.weight"].shape[0]
             size = image_size or _param(params, "image_size", int) or 28
             model = build_model(params.get("model") or "small", in_ch, n_cls, size)
