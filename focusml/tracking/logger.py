@@ -21,14 +21,16 @@ from focusml.figures import confusion_figure, mask_augment_grid, sample_indices,
 from focusml.run import RunContext, RunResult
 from focusml.tracking.log import (log_artifact, log_dataset, log_figure, log_image_step, log_metrics, log_model,
                                   log_params, log_state_dict)
+from focusml.tracking.sources import Source, log_lineage
 from focusml.tracking.store import start_run
 
 
 class RunLogger(Callbacks):
     def __init__(self, inner: Callbacks | None = None, parent_run_id: str | None = None,
-                 tags: dict[str, str] | None = None):
+                 tags: dict[str, str] | None = None, lineage: Source | None = None):
         self.inner = inner or Callbacks()
         self.parent_run_id, self.tags = parent_run_id, tags or {}
+        self.lineage = lineage  # --init-from: its tags go on the run, its logged model becomes an input
         self.run_id: str | None = None
         self.ctx: RunContext | None = None
         self.sample: torch.Tensor | None = None
@@ -37,13 +39,14 @@ class RunLogger(Callbacks):
     def run_scope(self, ctx: RunContext):
         config, data, method = ctx.config, ctx.data, ctx.method
         tags = {"focusml.method": config.method, "focusml.family": method.family, "focusml.dataset": config.dataset,
-                **self.tags}
+                **(self.lineage.tags if self.lineage else {}), **self.tags}
         name = config.run_name or f"{config.method}-{config.dataset}-s{config.seed}"
         with start_run(config.experiment, name, parent_run_id=self.parent_run_id, tags=tags) as active:
             self.run_id, self.ctx = active.info.run_id, ctx
             fingerprint = data.fingerprint
             log_params({**config.to_params(), "dataset_fingerprint": fingerprint})
             log_dataset(data, fingerprint)
+            log_lineage(self.lineage)
             if method.uses_masks:
                 _log_mask_examples(ctx)
             self.sample = sample_indices(data.split("val").labels, data.num_classes)
