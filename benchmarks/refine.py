@@ -1,8 +1,8 @@
 """Refine the model you have: how many masks, how good, and refining a trained model vs retraining (issue 11).
 
-Three studies; every run is a tracked focusml run (`focusml.tracking.run`: MLflow at
-`MLFLOW_TRACKING_URI`, else ./mlflow.db, experiment `--experiment`), one single-threaded
-spawned worker per `--jobs`:
+Three studies; every run is a tracked focusml run (`focusml.tracking.run` without the per-epoch CAM
+grid image: MLflow at `MLFLOW_TRACKING_URI`, else ./mlflow.db, experiment `--experiment`), one
+single-threaded spawned worker per `--jobs`:
 
 - `budget`: gap closed against the number of annotated training images (`--mask-budget`,
   `--budgets 10,30,100,300,all`): the curve (PNG) and a table;
@@ -70,18 +70,33 @@ def job_key(j: dict) -> str:
 
 
 def one_run(j: dict) -> dict:
-    """One tracked run (single-threaded): the job, its run id, its test metrics and its wall time."""
+    """One tracked run (single-threaded): the job, its run id, its test metrics and its wall time.
+
+    It is `focusml.tracking.run` (same params, tags, lineage, metrics, figures and checkpoints) except
+    that the per-epoch CAM grid image is not logged: on a CPU that image costs more than an epoch
+    of the small CNN, and hundreds of runs pay it.
+    """
     import torch
 
-    from focusml import tracking
+    from focusml.run import run as run_untracked
+    from focusml.tracking import RunLogger, resolve_source, setup
+    from focusml.tracking.log import log_metrics
+
+    class MetricsPerEpoch(RunLogger):
+        def on_epoch_end(self, epoch, metrics, model):
+            log_metrics(metrics, step=epoch)
+            self.inner.on_epoch_end(epoch, metrics, model)
 
     torch.set_num_threads(1)
     config = RunConfig(method=j["method"], dataset=j["dataset"], seed=j["seed"], epochs=j["epochs"], device=j["device"],
                        log_model=False, experiment=j["experiment"], mask_budget=j["budget"],
                        mask_corruption=j["corruption"], corruption_strength=j["strength"],
-                       init_from=j.get("init_from"), run_name=j.get("run_name"))
+                       init_from=j.get("init_from"), run_name=j.get("run_name")).validate()
     start = time.perf_counter()
-    result = tracking.run(config, tags={"focusml.benchmark": "refine"})
+    setup()
+    source = resolve_source(config.init_from) if config.init_from else None
+    logger = MetricsPerEpoch(tags={"focusml.benchmark": "refine"}, lineage=source)
+    result = run_untracked(config, logger, init=source.weights if source else None)
     return {**j, "run_id": result.run_id, "metrics": result.metrics, "wall_s": time.perf_counter() - start}
 
 
