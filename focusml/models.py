@@ -467,8 +467,8 @@ def load_init_state(model: nn.Module, init: InitWeights, name: str, image_size: 
         detail.append(f"{len(missing)} missing, e.g. {missing[0]}")
     if extra:
         detail.append(f"{len(extra)} extra, e.g. {extra[0]}")
-    hint = f" Pass --model {source_arch}," if source_arch and source_arch != name else " Use"
+    hint = f" Pass --model {source_arch}, or start" if source_arch and source_arch != name else " Start"
     raise FocusmlError(
         f"--init-from {init.source}: the weights are {theirs} ({_shape_of(state)}), but this run builds model "
-        f"'{name}' ({_shape_of(own)}): {'; '.join(detail)}.{hint} a source trained with the same model, input "
-        "channels and number of classes, or --pretrained PATH to load only the tensors that fit.")
+        f"'{name}' ({_shape_of(own)}): {'; '.join(detail)}.{hint} from a source trained as model '{name}' with "
+        f"{_shape_of(own)}, or use --pretrained PATH to load only the tensors that fit.")

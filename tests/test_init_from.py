@@ -62,7 +62,7 @@ def test_wrong_architecture_names_both():
         load_init_state(build_model("small-bn", 1, 10, 28), InitWeights(state, "w.pt"), "small-bn", 28)
     msg = str(err.value)
     assert "model 'small' (1 input channel, 10 classes)" in msg and "builds model 'small-bn'" in msg
-    assert "--model small," in msg
+    assert "Pass --model small, or start from a source trained as model 'small-bn'" in msg
     with pytest.raises(FocusmlError, match="10 classes.*5 classes"):
         load_init_state(build_model("small", 1, 5, 28), InitWeights(state, "w.pt", "small"), "small", 28)
 
