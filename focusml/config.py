@@ -16,11 +16,13 @@ import yaml
 
 from focusml import FocusmlError, methods
 from focusml.data import DATASETS
-from focusml.data.masks import MaskAugment
+from focusml.data.masks import CORRUPTIONS, MaskAugment, corruption_strength, parse_budget
 from focusml.evaluate import SELECTABLE
 from focusml.models import MODELS
 
 LR_SCHEDULES = ("cosine", "constant")
+#: options whose empty value means "not given"
+OPTIONAL = ("pretrained", "init_from", "mask_budget", "corruption_strength")
 
 __all__ = ["MaskAugment", "RunConfig", "load_yaml"]  # MaskAugment lives in data.masks, beside what it drives
 
@@ -35,7 +37,8 @@ class RunConfig:
     image_size: int | None = None
     train_size: int | None = None
     model: str = "small"
-    pretrained: str | None = None
+    pretrained: str | None = None  # a local state-dict file, or "imagenet" (torchvision's cached file)
+    init_from: str | None = None  # a trained model to start from: local file, run id, runs:/..., models:/...
     epochs: int = 20
     batch_size: int = 32
     lr: float = 3e-3
@@ -47,6 +50,9 @@ class RunConfig:
     run_name: str | None = None
     log_model: bool = True
     system_metrics: bool = False  # MLflow's CPU/memory/GPU sampling during the run
+    mask_budget: int | float | str | None = None  # N annotated training images, a share in (0, 1), or all
+    mask_corruption: str = "none"  # none | partial | shifted | dilated (data/masks.py)
+    corruption_strength: float | None = None  # None: the corruption's default
     augment: MaskAugment = field(default_factory=MaskAugment)
     method_params: dict[str, Any] = field(default_factory=dict)
 
@@ -71,16 +77,31 @@ class RunConfig:
         if self.image_size is not None and self.image_size < 8:
             raise FocusmlError(f"--image-size is {self.image_size}; it must be ≥ 8.")
         check_device(self.device)
-        if self.pretrained:  # a bad weights file is refused here, before any run exists
+        if self.pretrained and self.pretrained != "imagenet":  # a bad weights file is refused here, before any run exists
             from focusml.models import check_state_dict_file
 
             check_state_dict_file(self.pretrained)
+        if self.init_from:
+            from focusml.models import check_state_dict_file, source_kind
+
+            if self.pretrained:
+                raise FocusmlError("--init-from and --pretrained both give starting weights; pass one of them "
+                                   "(--init-from loads a whole trained model, --pretrained only the tensors that fit).")
+            if source_kind(self.init_from) == "file":
+                check_state_dict_file(self.init_from)
         self.augment.validate()
         if self.augment.active and not cls.uses_masks:
             raise FocusmlError(
                 f"mask augmentation (--dilate/--jitter/--scale/--blur/--keep-fraction) does not apply to method "
                 f"'{self.method}': it uses no masks. Drop those options or pick a mask-based method."
             )
+        self.mask_budget = parse_budget(self.mask_budget)
+        if self.mask_corruption not in CORRUPTIONS:
+            raise FocusmlError(f"--mask-corruption is {self.mask_corruption!r}; choose one of {', '.join(CORRUPTIONS)}.")
+        self.corruption_strength = corruption_strength(self.mask_corruption, self.corruption_strength)
+        if (self.mask_budget is not None or self.mask_corruption != "none") and not cls.uses_masks:
+            raise FocusmlError(f"--mask-budget/--mask-corruption do not apply to method '{self.method}': it uses no "
+                               "masks. Drop those options or pick a mask-based method.")
         self.method_params = cls.resolve_options(self.method_params)
         return self
 
@@ -124,7 +145,7 @@ class RunConfig:
         run, aug, mparams = {}, {}, {}
         for key, value in values.items():
             key = key.replace("-", "_")
-            if value is None:
+            if value is None or (key in OPTIONAL and value == ""):  # MLproject passes "" for "not given"
                 continue
             if key in own:
                 run[key] = value

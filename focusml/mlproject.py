@@ -14,7 +14,9 @@ from focusml import methods
 from focusml.config import MaskAugment, RunConfig
 
 RUN_FIELDS = ["dataset", "data_root", "train_size", "epochs", "batch_size", "lr", "lr_schedule", "select", "seed", "model",
-              "device"]
+              "device", "init_from"]
+#: the annotations a mask-based method trains with (data/masks.py)
+MASK_FIELDS = ["mask_budget", "mask_corruption", "corruption_strength"]
 
 
 def _param(value, kind=None) -> dict:
@@ -30,6 +32,9 @@ def entry_points() -> dict:
         params = {f: _param(getattr(defaults, f)) for f in RUN_FIELDS}
         flags = [f"--{f.replace('_', '-')} {{{f}}}" for f in RUN_FIELDS]
         if cls.uses_masks:
+            for f in MASK_FIELDS:
+                params[f] = _param(getattr(defaults, f))
+                flags.append(f"--{f.replace('_', '-')} {{{f}}}")
             for f in fields(MaskAugment):
                 params[f.name] = _param(f.default)
                 flags.append(f"--{f.name.replace('_', '-')} {{{f.name}}}")

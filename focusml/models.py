@@ -3,13 +3,23 @@
 Every model exposes `features` (ending with a ReLU, so A ≥ 0) and `classifier` (the linear
 layer whose weights w_ck turn feature maps into class activation maps). `forward` returns
 logits only, which keeps the logged MLflow model a plain image → logits function.
+
+Models: `small`, `small-bn` (plain conv stacks), and torchvision's `vgg11`, `resnet18`,
+`resnet50` and `densenet121` (`weights=None`) with a GAP + linear head, so CAM is exact for
+every one of them. ImageNet weights only ever come from a local file (`--pretrained PATH`, or
+`--pretrained imagenet` when torchvision's cache under `TORCH_HOME` already holds the file):
+nothing is downloaded. `--init-from` loads a whole trained focusml model (`load_init_state`):
+every tensor must fit, or the run is refused naming both architectures.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import re
 import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -86,21 +96,137 @@ def vgg_cam(in_channels: int, num_classes: int, image_size: int = 28, arch: str 
     return CamNet(nn.Sequential(*layers), channels, num_classes)
 
 
-MODELS = {"small": small_cnn, "small-bn": small_cnn, "vgg11": vgg_cam}
+#: the smallest input side the torchvision backbones accept: their stem (a stride-2 conv and a
+#: stride-2 pooling) alone takes 16 pixels to a 4×4 grid.
+MIN_BACKBONE_SIZE = 16
+MIN_GRID = 4
+
+
+def _halve(n: int) -> int:
+    """Output side of the stride-2 layers of ResNet/DenseNet stems and stages: ⌈n/2⌉."""
+    return (n + 1) // 2
+
+
+def _grid(n: int, halvings: int) -> int:
+    for _ in range(halvings):
+        n = _halve(n)
+    return n
+
+
+def _first_conv(old: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    """`old` with `in_channels` input channels (He-initialised, like the rest of torchvision's nets)."""
+    conv = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=old.bias is not None)
+    return kaiming_init(conv)
+
+
+def _check_size(arch: str, image_size: int) -> None:
+    if image_size < MIN_BACKBONE_SIZE:
+        raise FocusmlError(f"model '{arch}' needs images of at least {MIN_BACKBONE_SIZE}×{MIN_BACKBONE_SIZE} (its stem "
+                           f"alone divides the side by 4); these are {image_size}×{image_size}. Use --model small, "
+                           "or --image-size N for a folder dataset.")
+
+
+def resnet_cam(in_channels: int, num_classes: int, image_size: int = 224, arch: str = "resnet18") -> CamNet:
+    """torchvision's ResNet (weights=None) with a GAP + linear head: `features` = stem + layer1..layer4.
+
+    The parameter names are torchvision's under `features.` (`features.layer4.1.conv2.weight`), so an
+    ImageNet checkpoint maps by a prefix. For small inputs the stride of the last stages is set to 1
+    (layer4 first, then layer3, layer2) until the feature grid is at least 4×4: 64×64 → 4×4, 28×28 → 4×4,
+    224×224 → 7×7 (the standard net). Strides carry no parameters, so the weights still fit.
+    """
+    import torchvision  # only the torchvision backbones need it, and importing it takes seconds
+
+    _check_size(arch, image_size)
+    net = getattr(torchvision.models, arch)(weights=None)
+    if in_channels != 3:
+        net.conv1 = _first_conv(net.conv1, in_channels)
+    strided = [net.layer2, net.layer3, net.layer4]
+    stem = _halve(_halve(image_size))
+    while strided and _grid(stem, len(strided)) < MIN_GRID:
+        block = strided.pop()[0]
+        conv = block.conv2 if isinstance(block, torchvision.models.resnet.Bottleneck) else block.conv1
+        conv.stride = (1, 1)
+        if block.downsample is not None:
+            block.downsample[0].stride = (1, 1)
+    features = nn.Sequential(OrderedDict(
+        (name, getattr(net, name)) for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")))
+    return CamNet(features, net.fc.in_features, num_classes)
+
+
+def densenet_cam(in_channels: int, num_classes: int, image_size: int = 224, arch: str = "densenet121") -> CamNet:
+    """torchvision's DenseNet (weights=None) with its GAP + linear head; `features` ends with a ReLU (`relu5`).
+
+    Parameter names are torchvision's (`features.denseblock4.denselayer16.conv2.weight`,
+    `classifier.weight`). For small inputs the transitions' 2× average poolings are replaced by
+    identities from the end until the feature grid is at least 4×4.
+    """
+    import torchvision  # see resnet_cam
+
+    _check_size(arch, image_size)
+    net = getattr(torchvision.models, arch)(weights=None)
+    features = net.features
+    if in_channels != 3:
+        features.conv0 = _first_conv(features.conv0, in_channels)
+    transitions = [m for name, m in features.named_children() if name.startswith("transition")]
+    grid = _halve(_halve(image_size)) // (2 ** len(transitions))
+    while grid < MIN_GRID and transitions:
+        transitions.pop().pool = nn.Identity()
+        grid = _halve(_halve(image_size)) // (2 ** len(transitions))
+    features.add_module("relu5", nn.ReLU())  # torchvision applies it functionally before pooling
+    return CamNet(features, net.classifier.in_features, num_classes)
+
+
+MODELS = {"small": small_cnn, "small-bn": small_cnn, "vgg11": vgg_cam, "resnet18": resnet_cam,
+          "resnet50": resnet_cam, "densenet121": densenet_cam}
+#: torchvision's ImageNet weights enum per backbone: the file name `--pretrained imagenet` looks for
+IMAGENET_WEIGHTS = {"vgg11": "VGG11_Weights", "resnet18": "ResNet18_Weights", "resnet50": "ResNet50_Weights",
+                    "densenet121": "DenseNet121_Weights"}
 
 
 def build_model(name: str, in_channels: int, num_classes: int, image_size: int,
                 pretrained: str | None = None) -> CamNet:
-    """Build model `name`; optionally load a local state dict (weights_only, shape-matching keys)."""
+    """Build model `name`; optionally load local weights (weights_only, shape-matching keys).
+
+    `pretrained` is a file path, or `imagenet` for torchvision's cached ImageNet file (never downloaded).
+    """
     if name in ("small", "small-bn"):
         model = small_cnn(in_channels, num_classes, batch_norm=name == "small-bn")
     elif name == "vgg11":
         model = vgg_cam(in_channels, num_classes, image_size)
+    elif name.startswith("resnet"):
+        model = resnet_cam(in_channels, num_classes, image_size, name)
+    elif name.startswith("densenet"):
+        model = densenet_cam(in_channels, num_classes, image_size, name)
     else:
         raise FocusmlError(f"unknown model '{name}'. Known models: {', '.join(MODELS)}.")
     if pretrained:
-        load_pretrained(model, Path(pretrained))
+        path = imagenet_file(name) if pretrained == "imagenet" else Path(pretrained)
+        load_pretrained(model, path, name)
     return model
+
+
+def imagenet_file(name: str) -> Path:
+    """torchvision's cached ImageNet checkpoint of backbone `name`; FocusmlError (how to fetch it) if absent.
+
+    The file is where torchvision itself keeps it: `$TORCH_HOME/hub/checkpoints/<file>` (TORCH_HOME
+    defaults to ~/.cache/torch). focusml never downloads it.
+    """
+    if name not in IMAGENET_WEIGHTS:
+        raise FocusmlError(f"--pretrained imagenet: model '{name}' has no ImageNet weights; those exist for "
+                           f"{', '.join(IMAGENET_WEIGHTS)}. Pass a local state dict (--pretrained PATH) instead.")
+    import torch.hub
+    import torchvision
+
+    weights = getattr(torchvision.models, IMAGENET_WEIGHTS[name]).IMAGENET1K_V1
+    filename = weights.url.rsplit("/", 1)[-1]
+    path = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    if not path.is_file():
+        raise FocusmlError(
+            f"--pretrained imagenet: {path} is not there, and focusml never downloads. On a machine with internet "
+            f"access fetch it once with `python -c \"import torchvision; torchvision.models.{name}(weights='IMAGENET1K_V1')\"` "
+            f"(it lands in $TORCH_HOME/hub/checkpoints/{filename}; or download {weights.url}), copy it to {path} "
+            f"(or set TORCH_HOME), or pass the file itself: --pretrained /path/to/{filename}.")
+    return path
 
 
 def receptive_field(features: nn.Module) -> tuple[int, int] | None:
@@ -203,13 +329,146 @@ def check_state_dict_file(path: str | Path) -> None:
         _CHECKED.add(key)
 
 
-def load_pretrained(model: nn.Module, path: Path) -> list[str]:
-    """Load matching tensors from a local checkpoint (never downloads); return the loaded keys."""
-    state = read_state_dict(path)
+_DENSE_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def torchvision_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A torchvision-format checkpoint under focusml's names: ResNet's `conv1.weight` → `features.conv1.weight`
+    (its `fc` head is dropped: focusml's head is `classifier`), DenseNet's old `norm.1` → `norm1` (as
+    torchvision's own loader renames them). focusml checkpoints pass unchanged."""
+    if "conv1.weight" in state and "features.conv1.weight" not in state:  # a torchvision ResNet
+        state = {f"features.{k}": v for k, v in state.items() if not k.startswith("fc.")}
+    out = {}
+    for k, v in state.items():
+        match = _DENSE_OLD_KEY.match(k)
+        out[match.group(1) + match.group(2) if match else k] = v
+    return out
+
+
+def load_pretrained(model: nn.Module, path: Path, name: str | None = None) -> list[str]:
+    """Load matching tensors from a local checkpoint (never downloads); return the loaded keys.
+
+    Torchvision-format files (ImageNet weights) are renamed to focusml's layers first; a 3-channel first
+    convolution loads into a 1-channel model as the sum of its RGB kernels (a grey image x gives the
+    response the RGB net gives to (x, x, x)). Tensors that fit no layer by name and shape (e.g. the
+    ImageNet classifier) are left out.
+    """
+    state = torchvision_keys(read_state_dict(path))
     own = model.state_dict()
-    # torchvision VGG checkpoints name the conv stack `features.N`, as CamNet does.
-    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    matched = {}
+    for k, v in state.items():
+        if k not in own:
+            continue
+        if own[k].shape == v.shape:
+            matched[k] = v
+        elif v.ndim == 4 and v.shape[1] == 3 and own[k].shape == (v.shape[0], 1, *v.shape[2:]):
+            matched[k] = v.sum(1, keepdim=True)
     if not matched:
-        raise FocusmlError(f"pretrained weights {path}: no tensor matches the model's layers by name and shape.")
+        raise FocusmlError(f"pretrained weights {path}: no tensor matches the layers of model "
+                           f"'{name or type(model).__name__}' by name and shape.")
     model.load_state_dict(matched, strict=False)
     return sorted(matched)
+
+
+# -- --init-from: a whole trained model ------------------------------------------------------------
+
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def source_kind(source: str) -> str:
+    """What an `--init-from` SOURCE names: "file" (an existing local file), "run" (a run id), "runs"
+    (`runs:/ID[/PATH]`), "models" (`models:/NAME@ALIAS`, `models:/NAME/VERSION`, `models:/m-ID`);
+    FocusmlError otherwise. Only a file can be read without a tracking store."""
+    text = str(source)
+    if text.startswith("runs:/"):
+        return "runs"
+    if text.startswith("models:/"):
+        return "models"
+    if Path(text).is_file():
+        return "file"
+    if RUN_ID.fullmatch(text):
+        return "run"
+    raise FocusmlError(
+        f"--init-from {text!r}: no such file, and not a run id (32 hex digits), runs:/RUN_ID, models:/NAME@ALIAS or "
+        "models:/NAME/VERSION. `focusml train` prints the run id; `focusml register` makes a registered model.")
+
+
+@dataclass
+class InitWeights:
+    """A whole model's weights to start from (`--init-from`), already read weights-only."""
+
+    state: dict[str, torch.Tensor]
+    source: str  # what the user named (a path, a run id, a URI), for messages
+    model: str | None = None  # the architecture the source was trained as (its run's `model` param), if known
+
+
+def read_init_file(path: str) -> InitWeights:
+    return InitWeights(read_state_dict(path), str(path))
+
+
+def input_channels(state: dict[str, torch.Tensor]) -> int:
+    """Input channels of a focusml checkpoint: those of its first convolution (KeyError if it has none)."""
+    first = next((v for k, v in state.items() if k.endswith("weight") and v.ndim == 4), None)
+    if first is None:
+        raise KeyError("no convolution weight")
+    return int(first.shape[1])
+
+
+def _shape_of(state: dict) -> str:
+    first = next((v for k, v in state.items() if k.endswith("weight") and v.ndim == 4), None)
+    head = state.get("classifier.weight")
+    parts = []
+    if first is not None:
+        parts.append(f"{first.shape[1]} input channel{'s' if first.shape[1] != 1 else ''}")
+    if head is not None:
+        parts.append(f"{head.shape[0]} classes")
+    return ", ".join(parts)
+
+
+def guess_architecture(state: dict[str, torch.Tensor], image_size: int = 224) -> str | None:
+    """The focusml model name whose layers `state` fits exactly (names and shapes), or None."""
+    first = next((v for k, v in state.items() if k.endswith("weight") and v.ndim == 4), None)
+    head = state.get("classifier.weight")
+    if first is None or head is None:
+        return None
+    stems = {"resnet": "features.conv1.weight", "densenet": "features.conv0.weight"}  # others: features.0.weight
+    family = next((f for f, key in stems.items() if key in state), None)
+    for name in MODELS:
+        if name.startswith(tuple(stems)) != (family is not None) or (family and not name.startswith(family)):
+            continue  # only build the candidates of the same family (building resnet50 or densenet121 takes seconds)
+        for size in dict.fromkeys((image_size, 224, 28) if name == "vgg11" else (max(image_size, MIN_BACKBONE_SIZE),)):
+            try:
+                own = build_model(name, first.shape[1], head.shape[0], size).state_dict()
+            except FocusmlError:
+                continue
+            if own.keys() == state.keys() and all(own[k].shape == state[k].shape for k in own):
+                return name
+    return None
+
+
+def load_init_state(model: nn.Module, init: InitWeights, name: str, image_size: int) -> None:
+    """Load every tensor of `init` into `model` (built as model `name`); FocusmlError naming both
+    architectures when they differ (a missing, extra or differently shaped tensor)."""
+    own = model.state_dict()
+    state = init.state
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    shaped = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if not (missing or extra or shaped):
+        model.load_state_dict(state)
+        return
+    source_arch = init.model or guess_architecture(state, image_size)
+    theirs = f"model '{source_arch}'" if source_arch else "an architecture focusml does not know"
+    detail = []
+    if shaped:
+        k = shaped[0]
+        detail.append(f"{len(shaped)} tensor(s) of another shape, e.g. {k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}")
+    if missing:
+        detail.append(f"{len(missing)} missing, e.g. {missing[0]}")
+    if extra:
+        detail.append(f"{len(extra)} extra, e.g. {extra[0]}")
+    hint = f" Pass --model {source_arch}, or start" if source_arch and source_arch != name else " Start"
+    raise FocusmlError(
+        f"--init-from {init.source}: the weights are {theirs} ({_shape_of(state)}), but this run builds model "
+        f"'{name}' ({_shape_of(own)}): {'; '.join(detail)}.{hint} from a source trained as model '{name}' with "
+        f"{_shape_of(own)}, or use --pretrained PATH to load only the tensors that fit.")

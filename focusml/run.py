@@ -18,14 +18,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from focusml import methods
+from focusml import FocusmlError, methods
 from focusml.cache import cache_dir
 from focusml.callbacks import Callbacks
 from focusml.config import RunConfig
 from focusml.data import DataOptions, Dataset, load
+from focusml.data.masks import annotate
 from focusml.evaluate import select_metric, test_metrics
 from focusml.methods import Method, PrepareContext
-from focusml.models import build_model
+from focusml.models import InitWeights, build_model, load_init_state, read_init_file, source_kind
 from focusml.train import FitResult, fit, resolve_device
 
 
@@ -89,26 +90,57 @@ def health_warnings(data: Dataset, fitted: FitResult, test_pos_cams: torch.Tenso
     return out
 
 
-def run(config: RunConfig, callbacks: Callbacks | None = None, resume: dict | None = None) -> RunResult:
+def training_data(config: RunConfig, data: Dataset) -> tuple[Dataset, int | None]:
+    """The dataset as training sees it: `--mask-budget` and `--mask-corruption` applied to the training split of
+    a mask-based method (once, before training); and the number of annotated training images (None: no masks)."""
+    method_cls = methods.get(config.method)
+    if not method_cls.uses_masks:
+        return data, None
+    return annotate(data, method_cls.train_split, config.mask_budget, config.mask_corruption,
+                    config.corruption_strength, config.seed)
+
+
+def init_weights(config: RunConfig, init: InitWeights | None) -> InitWeights | None:
+    """The weights `--init-from` names: given by a tracker (which resolves runs and registered models), or
+    read here from a local file. A run id or URI without a tracker is refused (FocusmlError)."""
+    if init is not None or not config.init_from:
+        return init
+    if source_kind(config.init_from) != "file":
+        raise FocusmlError(f"--init-from {config.init_from}: runs and registered models are resolved by a tracked run "
+                           "(focusml train, mlflow run, focusml tune, or focusml.tracking.run); the core run reads "
+                           "local files only.")
+    return read_init_file(config.init_from)
+
+
+def run(config: RunConfig, callbacks: Callbacks | None = None, init: InitWeights | None = None,
+        resume: dict | None = None) -> RunResult:
     """Train and evaluate one configuration. Bad input raises `FocusmlError` before `run_scope` opens.
 
-    `resume`: a training state saved by `Callbacks.on_checkpoint` for this same config; training
-    continues after its epoch.
+    `init`: the weights to start from when `config.init_from` names a run or a registered model
+    (`focusml.tracking` resolves those); a local file is read here. `resume`: a training state
+    saved by `Callbacks.on_checkpoint` for this same config; training continues after its epoch.
     """
     callbacks = callbacks or Callbacks()
     config.validate()
     method_cls = methods.get(config.method)
+    init = init_weights(config, init)
     data = load_data(config)
     data.split(method_cls.train_split)  # refuse early (e.g. upper_bound without a clean split)
+    data, annotated = training_data(config, data)
     select_metric(config.select, data)  # refuse early a selection metric the data cannot compute
     method = method_cls(config.method_params)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     c, h, w = data.image_shape
-    model = build_model(config.model, c, data.num_classes, max(h, w), config.pretrained).to(device)
+    model = build_model(config.model, c, data.num_classes, max(h, w), config.pretrained)
+    if init is not None:  # every tensor must fit: a wrong architecture is refused before any run exists
+        load_init_state(model, init, config.model, max(h, w))
+    model = model.to(device)
     method.check(model, data, device)  # options that must fit the model (layer names, an inpainter)
     ctx = RunContext(config, data, model, method, device)
     with callbacks.run_scope(ctx):
+        if annotated is not None:
+            callbacks.log_params({"annotated_images": annotated})
         method.prepare(PrepareContext(data=data, config=config, model=model, cache_dir=cache_dir(), device=device,
                                       log_artifact=callbacks.log_artifact, log_params=callbacks.log_params,
                                       progress=callbacks.on_prepare))

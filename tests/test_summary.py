@@ -59,3 +59,18 @@ def test_summarise_pairs_each_run_with_its_seeds_references():
     md = to_markdown(table)
     assert md.startswith("### decoy-digits") and "0.717 ± 0.161" in md and "75% (2)" in md
 
+
+
+def test_annotation_budget_corruption_and_refining_make_separate_rows():
+    raw = _raw([
+        {"method": "baseline", "seed": 0, "acc": 0.2}, {"method": "upper_bound", "seed": 0, "acc": 0.8},
+        {"method": "pas", "seed": 0, "acc": 0.5, "params": {"mask_budget": "10", "mask_corruption": "none"}},
+        {"method": "pas", "seed": 0, "acc": 0.8, "params": {"mask_budget": "", "mask_corruption": "none"}},
+        {"method": "pas", "seed": 0, "acc": 0.6, "params": {"mask_corruption": "shifted", "corruption_strength": "0.25"}},
+        {"method": "pas", "seed": 0, "acc": 0.7, "params": {"init_from": "0123456789abcdef0123456789abcdef"}},
+    ])
+    table = summarise(tidy_runs(raw)).query("method == 'pas'").set_index("settings")
+    assert table.loc["mask_budget=10", "gap_closed"] == pytest.approx(0.5)
+    assert table.loc["", "gap_closed"] == pytest.approx(1.0)
+    assert table.loc["mask_corruption=shifted corruption_strength=0.25", "gap_closed"] == pytest.approx(4 / 6)
+    assert table.loc["init_from=yes", "gap_closed"] == pytest.approx(5 / 6)

@@ -34,6 +34,8 @@ from focusml import methods
 COMPARISON_TAG = "focusml.comparison"
 PAIR_ON = ("dataset", "seed", "data_seed", "model")
 AUGMENT_DEFAULTS = {"dilate": 0.0, "jitter": 0.0, "scale": 0.0, "blur": 0.0, "keep_fraction": 1.0}
+#: run options that make runs of one method differ in what they learn from: the annotations and the start
+ANNOTATION_KEYS = ("mask_budget", "mask_corruption", "corruption_strength")
 COLUMNS = ["dataset", "method", "settings", "runs", "acc/test mean", "acc/test std", "gap_closed", "paired",
            "acc/test_cf", "flip/test", "evidence_in_mask/test", "wr/test", "cam_in_mask/test", "time/epoch_s",
            "time_vs_baseline"]
@@ -88,6 +90,13 @@ def _settings(row: pd.Series, method: str) -> str:
                     parts.append(f"{key}={value}")
             except ValueError:
                 parts.append(f"{key}={value}")
+        for key in ANNOTATION_KEYS:
+            value = row.get(f"params.{key}")
+            if isinstance(value, str) and value not in ("", "''", "None", "none"):
+                parts.append(f"{key}={value}")
+    init = row.get("params.init_from")
+    if isinstance(init, str) and init not in ("", "''", "None"):
+        parts.append("init_from=yes")  # refined from a trained model (the source differs per seed)
     return " ".join(parts)
 
 

@@ -19,7 +19,7 @@ from focusml.cli._common import echo_table
 @click.option("--figures", default=20, show_default=True, type=int, help="filters drawn as figures (table lists all)")
 @click.option("--match", type=click.Choice(["auto", "index", "activation"]), default="auto", show_default=True,
               help="pair compared filters by index or by activation; auto = index when the compared run "
-                   "was initialised from weights (--pretrained), else activation")
+                   "was initialised from weights (--init-from, --pretrained), else activation")
 @click.option("--log/--no-log", default=True, show_default=True, help="log the report to RUN_ID's artifacts")
 @click.option("--rows", default=10, show_default=True, type=int, help="table rows printed here")
 def filters(run_id, compare_id, out_dir, split, max_images, top, figures, match, log, rows):

@@ -34,8 +34,19 @@ def run_options(fn):
         click.option("--image-size", type=int, default=None, help="resize folder images (and masks) to N×N"),
         click.option("--train-size", default=None,
                      help="decoy-mnist/decoy-fashion: train on the first N of the shuffled training images"),
-        click.option("--model", default=None, help=f"network: small, small-bn or vgg11 (default {defaults.model})"),
-        click.option("--pretrained", default=None, help="local state-dict file to initialise the model from"),
+        click.option("--model", default=None, help="network: small, small-bn, vgg11, resnet18, resnet50 or densenet121 "
+                                                    f"(default {defaults.model})"),
+        click.option("--pretrained", default=None, help="local state-dict file (the tensors that fit), or imagenet: "
+                                                         "torchvision's cached ImageNet file (never downloaded)"),
+        click.option("--init-from", default=None, help="start from a trained model: run id, runs:/ID, "
+                                                        "models:/NAME@ALIAS, models:/NAME/VERSION or a local file"),
+        click.option("--mask-budget", default=None, help="keep masks on N training images (fixed, seeded), or a "
+                                                          "share in (0, 1); the rest count as unannotated (default all)"),
+        click.option("--mask-corruption", type=click.Choice(["none", "partial", "shifted", "dilated"]), default=None,
+                     help="imperfect training masks: partial, shifted or dilated (default none)"),
+        click.option("--corruption-strength", default=None,
+                     help="partial: share of the area kept (0.5); shifted: shift ÷ image side (0.25); "
+                          "dilated: margin ÷ image side (0.1)"),
         click.option("--epochs", type=int, default=None, help=f"training epochs (default {defaults.epochs})"),
         click.option("--batch-size", type=int, default=None, help=f"batch size (default {defaults.batch_size})"),
         click.option("--lr", type=float, default=None, help=f"Adam learning rate (default {defaults.lr})"),
@@ -109,6 +120,7 @@ def train(resume_id=None, **options):
     Examples:
       focusml train --method baseline --dataset decoy-digits --epochs 8
       focusml train --method pas --lam 1 --dilate 1
+      focusml train --method pas --init-from models:/digits@baseline --epochs 5
       focusml train --config run.yaml --seed 2
       focusml train --resume 3f2a9c0d…          # continue a stopped run
       focusml train --dataset folder --data-root my-data --method pas --system-metrics

@@ -1,13 +1,20 @@
-"""Mask augmentation (docs/methods.md): dilate, jitter, scale, blur, keep_fraction.
+"""Masks as training sees them (docs/methods.md): the annotation budget and corruptions, then augmentation.
 
-All operations act on float masks (N×H×W, values in [0, 1]) of one batch and draw their
-randomness from the given `torch.Generator`, so a run is reproducible from its seed.
-`keep_fraction` is a property of the training image, not of the batch: which images keep their
-mask is fixed by (seed, image index), emulating a user who annotated only part of the data.
+`annotate` acts once on the training split before training: `--mask-budget` keeps the masks of a
+fixed, seeded choice of N annotated images (the others become all-zero: unannotated) and
+`--mask-corruption` makes the kept masks imperfect (partial, shifted, dilated), for studies of
+how many and how good masks a method needs.
+
+Augmentation (dilate, jitter, scale, blur, keep_fraction) acts on float masks (N×H×W, values in
+[0, 1]) of one batch and draws its randomness from the given `torch.Generator`, so a run is
+reproducible from its seed. `keep_fraction` is a property of the training image, not of the
+batch: which images keep their mask is fixed by (seed, image index); unlike `--mask-budget` it is a
+share of whatever masks the batch carries, not a fixed count of annotated images.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -15,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from focusml import FocusmlError
+from focusml.data.base import Split
 
 
 @dataclass
@@ -138,3 +146,128 @@ def examples(masks: torch.Tensor, cfg: MaskAugment, seed: int = 0, n: int = 8, d
     index = torch.nonzero(masks.flatten(1).sum(1) > 0).flatten()[:n]
     m = masks[index].float()
     return index, [augment(m, index, cfg, torch.Generator().manual_seed(seed + d), seed) for d in range(draws)]
+
+
+# -- the annotations a run trains with: budget and corruption (applied once, before training) ------
+
+CORRUPTIONS = ("none", "partial", "shifted", "dilated")
+#: per corruption: (default strength, lowest, highest, what the strength means)
+CORRUPTION_STRENGTH = {
+    "partial": (0.5, 0.0, 1.0, "the share of each mask's area that is kept, in (0, 1]"),
+    "shifted": (0.25, 0.0, 1.0, "the shift as a share of the image side, in (0, 1]"),
+    "dilated": (0.1, 0.0, 0.5, "the margin added as a share of the image side, in (0, 0.5]"),
+}
+_BUDGET_SALT, _CORRUPT_SALT = 7919, 104729  # keep these draws apart from the training generator's
+
+
+def parse_budget(value) -> int | float | None:
+    """`--mask-budget`: None/"all" → every annotated image; a whole number N ≥ 1 → N images; a share in (0, 1)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "all", "none")):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if 0 < number < 1:
+        return number
+    if number >= 1 and number == int(number):
+        return int(number)
+    raise FocusmlError(f"--mask-budget is {value!r}; give a whole number N ≥ 1 of annotated training images, a share "
+                       "in (0, 1), or all.")
+
+
+def corruption_strength(kind: str, strength: float | None) -> float | None:
+    """The strength `kind` uses (its default when None); FocusmlError for an unknown kind or a bad value."""
+    if kind not in CORRUPTIONS:
+        raise FocusmlError(f"--mask-corruption is {kind!r}; choose one of {', '.join(CORRUPTIONS)}.")
+    if kind == "none":
+        if strength is not None:
+            raise FocusmlError("--corruption-strength needs --mask-corruption partial, shifted or dilated.")
+        return None
+    default, low, high, meaning = CORRUPTION_STRENGTH[kind]
+    if strength is None:
+        return default
+    try:
+        strength = float(strength)
+    except (TypeError, ValueError):
+        strength = math.nan
+    if not (low < strength <= high):
+        raise FocusmlError(f"--corruption-strength is {strength} for --mask-corruption {kind}; it must be {meaning}.")
+    return strength
+
+
+def budget_rows(masks: torch.Tensor, budget: int | float | None, seed: int) -> torch.Tensor:
+    """Rows (sorted) of the annotated images that keep their mask: a fixed draw from (seed, budget).
+
+    A share f keeps round(f · annotated) images (at least one); N larger than the annotated count keeps them all.
+    The draw is a seeded permutation of the annotated rows, so a larger budget keeps a superset of a smaller one.
+    """
+    annotated = torch.nonzero(masks.flatten(1).amax(1) > 0).flatten()
+    if budget is None:
+        return annotated
+    n = max(1, round(budget * len(annotated))) if isinstance(budget, float) else int(budget)
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + _BUDGET_SALT)
+    order = torch.randperm(len(annotated), generator=gen)
+    return annotated[order[:n]].sort().values
+
+
+def corrupt(masks: torch.Tensor, kind: str, strength: float | None, seed: int) -> torch.Tensor:
+    """Imperfect annotations (uint8 N×H×W in, same out), fixed by the seed: what a sloppy annotator draws.
+
+    - `partial`: each mask keeps a share `strength` of its pixels, the part on one side of a straight cut at a
+      random angle (an annotator who marked only part of the region);
+    - `shifted`: each mask moves, shape unchanged, by `strength` × the image side along each axis in random
+      directions, wrapping at the border (the right shape in the wrong place);
+    - `dilated`: each mask grows by `strength` × the image side in pixels, at least one (an over-wide mask).
+
+    All-zero masks (unannotated images) stay all-zero.
+    """
+    if kind == "none":
+        return masks
+    strength = corruption_strength(kind, strength)
+    n, h, w = masks.shape
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + _CORRUPT_SALT)
+    out = masks.clone()
+    annotated = masks.flatten(1).amax(1) > 0
+    if kind == "dilated":
+        pixels = max(1, round(strength * min(h, w)))
+        return dilate(masks.float(), pixels).to(masks.dtype)
+    if kind == "shifted":
+        dy, dx = max(1, round(strength * h)), max(1, round(strength * w))
+        signs = torch.randint(0, 2, (n, 2), generator=gen) * 2 - 1
+        for i in torch.nonzero(annotated).flatten().tolist():
+            out[i] = torch.roll(masks[i], (int(signs[i, 0]) * dy, int(signs[i, 1]) * dx), dims=(0, 1))
+        return out
+    angles = torch.rand(n, generator=gen) * 2 * math.pi  # partial
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    for i in torch.nonzero(annotated).flatten().tolist():
+        on = masks[i] > 0
+        along = (ys * math.sin(angles[i]) + xs * math.cos(angles[i]))[on]
+        keep = max(1, math.ceil(strength * len(along)))
+        chosen = torch.zeros(len(along), dtype=torch.bool)  # the `keep` pixels furthest along the direction
+        chosen[along.argsort(descending=True, stable=True)[:keep]] = True
+        row = torch.zeros_like(masks[i])
+        row[on] = masks[i][on] * chosen.to(masks.dtype)
+        out[i] = row
+    return out
+
+
+def annotate(data, split: str, budget=None, corruption: str = "none", strength: float | None = None,
+             seed: int = 0):
+    """`data` with the masks of `split` limited to `budget` annotated images and corrupted; (data, annotated count).
+
+    Applied once to the training split before training (the rest of the dataset is untouched: validation
+    masks still choose the checkpoint, test masks still measure). Without a budget or a corruption the
+    same dataset object comes back.
+    """
+    part = data.split(split)
+    budget = parse_budget(budget)
+    rows = budget_rows(part.masks, budget, seed)
+    if budget is None and corruption == "none":
+        return data, len(rows)
+    masks = torch.zeros_like(part.masks)
+    masks[rows] = part.masks[rows]
+    masks = corrupt(masks, corruption, strength, seed)
+    splits = dict(data.splits)
+    splits[split] = Split(part.images, masks, part.labels)
+    return dataclasses.replace(data, splits=splits), len(rows)

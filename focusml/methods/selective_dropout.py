@@ -10,7 +10,10 @@ evaluation, CAMs and the logged model are untouched.
 `--layers` is a comma-separated list of layer names: `input` (the image itself), `last` (the
 output of the last convolutional block, i.e. the final ReLU of `model.features`), or any module
 name of the model (`focusml.models`, e.g. `features.4` for the second conv block's ReLU of the
-small CNN). Default: `input,last`.
+small CNN, `features.layer3` for a ResNet's third stage, `features.denseblock2` for a DenseNet).
+Default: `input,last`. A named module must give a 4-D activation map and run once per forward
+pass: a ResNet block's `relu` module runs twice (after bn1 and after the addition), so it is
+refused in favour of the block itself (`features.layer3.1`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,45 @@ def last_block(model: torch.nn.Module) -> str:
     return f"features.{names[-1]}" if names else "features"
 
 
+def layer_names(model: torch.nn.Module, limit: int = 40) -> str:
+    """The model's module names for a message: all of them for a small net, the first two levels under
+    `features` for a deep one (a ResNet has hundreds)."""
+    names = [n for n, _ in model.named_modules() if n]
+    if len(names) <= limit:
+        return ", ".join(sorted(names))
+    short = [n for n in names if n.count(".") <= 2 and n.startswith("features.")]
+    return ", ".join(short[:limit]) + f", ... ({len(names)} in all: see model.named_modules())"
+
+
+def check_layers(model: torch.nn.Module, names: list[str], split, device) -> None:
+    """Refuse a layer whose output is not an N×K×h×w map, or that runs more than once per forward pass
+    (its zeroing would be applied twice: a ResNet block's shared `relu`). One forward pass of one image."""
+    if not names:
+        return
+    modules = dict(model.named_modules())
+    seen: dict[str, list] = {n: [] for n in names}
+    handles = [modules[n].register_forward_hook(lambda mod, inp, out, n=n: seen[n].append(getattr(out, "ndim", None)))
+               for n in names]
+    x, _, _ = split.batch(torch.arange(1))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model.forward_features(x.to(device))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    for name, calls in seen.items():
+        if len(calls) > 1:
+            raise FocusmlError(f"--layers for method 'selective_dropout' names '{name}', which runs {len(calls)} times "
+                               "per forward pass (a module shared inside a block, like a ResNet block's relu); name "
+                               f"the block instead, e.g. '{name.rsplit('.', 1)[0]}'.")
+        if calls and calls[0] != 4:
+            raise FocusmlError(f"--layers for method 'selective_dropout' names '{name}', whose output is not an "
+                               "activation map (N×K×h×w); name a convolutional layer or block.")
+
+
 class SelectiveDropout(Method):
     name = "selective_dropout"
     family = "replacement"
@@ -53,8 +95,9 @@ class SelectiveDropout(Method):
             raise FocusmlError("--layers for method 'selective_dropout' is empty; give e.g. input,last.")
 
     def check(self, model, data, device) -> None:
-        """Every name in `--layers` must be input, last or a module of the model (refused before the run)."""
-        self.resolve(model)
+        """Every name in `--layers` must be input, last or a module of the model whose output is an
+        activation map, run once per forward pass (refused before the run)."""
+        check_layers(model, [n for n in self.resolve(model) if n != "input"], data.split("train"), device)
 
     def prepare(self, ctx: PrepareContext) -> None:
         self.layers = self.resolve(ctx.model)
@@ -65,10 +108,10 @@ class SelectiveDropout(Method):
         resolved = []
         for name in self.layers:
             name = last_block(model) if name == "last" else name
-            if name != "input" and name not in modules:
+            if name != "input" and (not name or name not in modules):
                 raise FocusmlError(
                     f"--layers for method 'selective_dropout' names '{name}', which the model does not have. "
-                    f"Use input, last or one of: {', '.join(sorted(modules))}."
+                    f"Use input, last or a module name: {layer_names(model)}."
                 )
             resolved.append(name)
         return list(dict.fromkeys(resolved))

@@ -12,7 +12,8 @@
 - `tracked`: `run`, the tracked run that the CLI, the MLproject and the tuner call, and
   `resume`, which continues a stopped run;
 - `runs`: runs read back (an experiment as a table, a run's model and data);
-- `registry`: `register_version`, a run's model into the Model Registry, described and tagged.
+- `registry`: `register_version`, a run's model into the Model Registry, described and tagged;
+- `sources`: `--init-from` (a run, `runs:/`, `models:/` or a file) → weights only, plus lineage tags.
 """
 
 from focusml.tracking.experiment import DEFAULT_EXPERIMENT, resolve_experiment
@@ -23,14 +24,16 @@ from focusml.tracking.keeper import RunKeeper, run_dir
 from focusml.tracking.logger import RunLogger
 from focusml.tracking.registry import Registered, register, register_version
 from focusml.tracking.runs import load_run_data, load_run_model, run_info, search_runs
+from focusml.tracking.sources import Source
+from focusml.tracking.sources import resolve as resolve_source
 from focusml.tracking.store import (DEFAULT_STORE, StopRun, TrackingLost, check_reachable, default_uri, setup,
                                     search_runs_where, start_run, terminate_run, tracking_uri)
 from focusml.tracking.tracked import resume, resume_config, run
 
 __all__ = [
-    "DEFAULT_EXPERIMENT", "DEFAULT_STORE", "Registered", "RunKeeper", "RunLogger", "StopRun", "TrackingLost", "active_run_id",
+    "DEFAULT_EXPERIMENT", "DEFAULT_STORE", "Registered", "RunKeeper", "RunLogger", "Source", "StopRun", "TrackingLost", "active_run_id",
     "check_reachable", "default_uri", "experiment_name", "load_run_data", "load_run_model", "log_artifact", "log_artifacts_to",
     "log_datasets", "log_dict", "log_figure", "log_image_step", "log_metrics", "log_model", "log_params", "log_state_dict",
-    "log_table", "register", "register_version", "resolve_experiment", "resume", "resume_config", "run", "run_dir", "run_info",
+    "log_table", "register", "register_version", "resolve_experiment", "resolve_source", "resume", "resume_config", "run", "run_dir", "run_info",
     "search_runs", "search_runs_where", "set_tags", "setup", "start_run", "terminate_run", "tracking_uri",
 ]

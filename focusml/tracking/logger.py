@@ -26,6 +26,7 @@ from focusml.figures import confusion_figure, mask_augment_grid, sample_indices,
 from focusml.run import RunContext, RunResult
 from focusml.tracking.log import (experiment_name, log_artifact, log_datasets, log_figure, log_final_metrics,
                                   log_image_step, log_metrics, log_model, log_params, log_state_dict, log_table)
+from focusml.tracking.sources import Source, log_lineage
 from focusml.tracking.store import start_run
 
 PREDICTIONS_TABLE = "tables/test_predictions.json"
@@ -39,10 +40,11 @@ def epoch_step(epoch: int) -> int:
 
 class RunLogger(Callbacks):
     def __init__(self, inner: Callbacks | None = None, parent_run_id: str | None = None,
-                 tags: dict[str, str] | None = None, run_id: str | None = None):
+                 tags: dict[str, str] | None = None, run_id: str | None = None, lineage: Source | None = None):
         self.inner = inner or Callbacks()
         self.parent_run_id, self.tags = parent_run_id, tags or {}
         self.resume_id = run_id  # continue this run (`focusml train --resume`): its inputs are already logged
+        self.lineage = lineage  # --init-from: its tags go on the run, its logged model becomes an input
         self.run_id: str | None = None
         self.model_id: str | None = None
         self.ctx: RunContext | None = None
@@ -53,7 +55,7 @@ class RunLogger(Callbacks):
     def run_scope(self, ctx: RunContext):
         config, data, method = ctx.config, ctx.data, ctx.method
         tags = {"focusml.kind": "training", "focusml.method": config.method, "focusml.family": method.family,
-                "focusml.dataset": config.dataset, **self.tags}
+                "focusml.dataset": config.dataset, **(self.lineage.tags if self.lineage else {}), **self.tags}
         name = config.run_name or f"{config.method}-{config.dataset}-s{config.seed}"
         with start_run(config.experiment, name, parent_run_id=self.parent_run_id, tags=tags,
                        run_id=self.resume_id, system_metrics=config.system_metrics) as active:
@@ -67,6 +69,7 @@ class RunLogger(Callbacks):
             # image series as a thumbnail of at most 256 px, where fewer, larger panels stay legible
             self.sample = sample_indices(data.split("val").labels, data.num_classes, 1 if data.num_classes > 5 else 2)
             if fresh:
+                log_lineage(self.lineage)
                 if method.uses_masks and config.augment.active:  # without augmentation every row would be the mask
                     _log_mask_examples(ctx)
                 # step 0 of the CAM series: the network before training (steps count epochs from 1, and

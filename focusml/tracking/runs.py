@@ -19,7 +19,7 @@ from torch import nn
 
 from focusml import FocusmlError
 from focusml.data import DataOptions, Dataset, load
-from focusml.models import build_model
+from focusml.models import build_model, input_channels
 from focusml.tracking.store import setup
 
 
@@ -84,12 +84,12 @@ def load_run_model(run_id: str, image_size: int | None = None) -> nn.Module:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise FocusmlError(f"run {run_id}: {path} is not a state dict of tensors; it is not loaded.")
     try:
-        in_ch = state["features.0.weight"].shape[1]
+        in_ch = input_channels(state)  # features.0 (small, vgg11), features.conv1 (ResNet), features.conv0
         n_cls = state["classifier.weight"].shape[0]
         size = image_size or _param(params, "image_size", int) or 28
         model = build_model(params.get("model") or "small", in_ch, n_cls, size)
         model.load_state_dict(state)
-    except (KeyError, RuntimeError) as e:
+    except (KeyError, RuntimeError, FocusmlError) as e:
         raise FocusmlError(f"run {run_id}: {path} does not fit model '{params.get('model')}': "
                            f"{str(e).splitlines()[0]}") from None
     return _check_cam_model(model, f"run {run_id}")

@@ -23,6 +23,7 @@ from focusml.run import run as run_untracked
 from focusml.tracking.keeper import RESUME_FILE, RunKeeper, RunLock, load_state, run_dir
 from focusml.tracking.logger import RunLogger
 from focusml.tracking.runs import run_info
+from focusml.tracking.sources import resolve
 from focusml.tracking.store import setup, terminate_run
 
 
@@ -30,11 +31,14 @@ def run(config: RunConfig, *, callbacks: Callbacks | None = None, parent_run_id:
         tags: dict[str, str] | None = None, checkpoints: bool = True) -> RunResult:
     """Train and evaluate one configuration and log everything to MLflow; returns the metrics and run id.
 
+    `config.init_from` (a run, a registered model or a file) is resolved here, before any run starts.
     `checkpoints=False`: no resumable state is kept (Optuna trials, which are retried instead).
     """
     config.validate()
     setup()
-    return run_untracked(config, RunKeeper(RunLogger(callbacks, parent_run_id, tags), checkpoints=checkpoints))
+    source = resolve(config.init_from) if config.init_from else None
+    logger = RunLogger(callbacks, parent_run_id, tags, lineage=source)
+    return run_untracked(config, RunKeeper(logger, checkpoints=checkpoints), init=source.weights if source else None)
 
 
 def resume_config(run_id: str, given: dict | None = None, device: str | None = None) -> tuple[RunConfig, dict]:
@@ -119,7 +123,8 @@ def resume(run_id: str, *, callbacks: Callbacks | None = None, given: dict | Non
             return RunResult(dict(info.data.metrics), run_id)
         keeper = RunKeeper(RunLogger(callbacks, run_id=run_id), resume=state,
                            fingerprint=params.get("dataset_fingerprint"), lock=lock)
-        return run_untracked(config, keeper, resume=state)
+        source = resolve(config.init_from) if config.init_from else None  # the core refuses an unresolved run id
+        return run_untracked(config, keeper, init=source.weights if source else None, resume=state)
     except FocusmlError:  # refused: leave no trace of this attempt
         lock.release()
         if {f.name for f in run_dir(run_id).iterdir()} <= {"lock"}:

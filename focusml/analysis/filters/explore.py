@@ -46,7 +46,8 @@ def explore(run_id: str, compare: str | None = None, out_dir: str | os.PathLike 
             raise FocusmlError(f"run {compare} has {model_b.classifier.weight.shape[0]} classes, "
                                f"run {run_id} {data.num_classes}: compare runs on the same dataset.")
         if match == "auto":
-            match = "index" if other.data.params.get("pretrained") else "activation"
+            started = other.data.params.get("pretrained") or other.data.params.get("init_from")  # fine-tuned weights
+            match = "index" if started else "activation"
         partner, corr = match_filters(model, model_b, sp, index, match)
         report.compare = analyse(model_b, sp, index, top=top)
         report.compare_run_id, report.compare_title = compare, other.info.run_name or compare[:8]

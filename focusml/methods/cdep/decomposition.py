@@ -18,7 +18,13 @@ Rules per layer type (those of `focusml.models`: the small CNN and torchvision's
 - MaxPool2d: the winning positions are those of `rel + irrel`; both parts are read there;
 - AdaptiveAvgPool2d, AvgPool2d, Flatten: linear without bias, applied to each part;
 - Dropout: identity in evaluation mode; in training mode one random mask is drawn and applied
-  to both parts, so the decomposition stays complete for that draw.
+  to both parts, so the decomposition stays complete for that draw;
+- torchvision's residual blocks (ResNet's BasicBlock and Bottleneck): both parts go through the
+  branch and the shortcut (`downsample` or identity) separately and are added part by part (the
+  sum is linear), then the block's ReLU rule;
+- torchvision's dense blocks (DenseNet's _DenseBlock, _DenseLayer): concatenation is linear, so
+  each part is concatenated with its own earlier features; a layer's `drop_rate` > 0 in training
+  draws one mask for both parts, like Dropout.
 
 Any other layer is refused with an error naming it.
 """
@@ -117,6 +123,40 @@ RULES = {
 }
 
 
+def _residual(block, rel, irrel) -> Pair:
+    """torchvision BasicBlock / Bottleneck: relu(branch(x) + shortcut(x)), the sum taken part by part."""
+    names = ["conv1", "bn1", "relu", "conv2", "bn2"] + (["relu", "conv3", "bn3"] if hasattr(block, "conv3") else [])
+    r, i = rel, irrel
+    for name in names:
+        r, i = propagate(getattr(block, name), r, i)
+    if block.downsample is not None:
+        rel, irrel = propagate(block.downsample, rel, irrel)
+    return _relu(block.relu, r + rel, i + irrel)
+
+
+def _dense_layer(layer, features: list[Pair]) -> Pair:
+    """torchvision _DenseLayer on its list of earlier (rel, irrel) features: cat → norm1 → relu1 → conv1 → norm2 →
+    relu2 → conv2 (→ dropout)."""
+    r, i = torch.cat([f[0] for f in features], 1), torch.cat([f[1] for f in features], 1)
+    for name in ("norm1", "relu1", "conv1", "norm2", "relu2", "conv2"):
+        r, i = propagate(getattr(layer, name), r, i)
+    return _dropout(nn.Dropout(layer.drop_rate).train(layer.training), r, i)
+
+
+def _dense_block(block, rel, irrel) -> Pair:
+    features = [(rel, irrel)]
+    for layer in block.values():
+        features.append(_dense_layer(layer, features))
+    return torch.cat([f[0] for f in features], 1), torch.cat([f[1] for f in features], 1)
+
+
+def _torchvision_rules() -> dict:
+    """Rules for torchvision's composite blocks (imported only when a model has one)."""
+    from torchvision.models import densenet, resnet
+
+    return {resnet.BasicBlock: _residual, resnet.Bottleneck: _residual, densenet._DenseBlock: _dense_block}
+
+
 def propagate(module: nn.Module, rel: torch.Tensor, irrel: torch.Tensor) -> Pair:
     """Carry (rel, irrel) through one layer; rel + irrel equals module(rel + irrel)."""
     if isinstance(module, nn.Sequential):
@@ -124,10 +164,14 @@ def propagate(module: nn.Module, rel: torch.Tensor, irrel: torch.Tensor) -> Pair
             rel, irrel = propagate(layer, rel, irrel)
         return rel, irrel
     rule = RULES.get(type(module))
+    if rule is None and type(module).__module__.startswith("torchvision."):
+        RULES.update(_torchvision_rules())
+        rule = RULES.get(type(module))
     if rule is None:
         raise FocusmlError(
             f"contextual decomposition (cdep) does not support layer {type(module).__name__}; supported: "
-            f"{', '.join(t.__name__ for t in RULES)}. Use a model built from these layers (e.g. --model small)."
+            f"{', '.join(t.__name__ for t in RULES)} (and torchvision's ResNet and DenseNet blocks). Use a model "
+            "built from these layers (every focusml --model is)."
         )
     return rule(module, rel, irrel)
 
