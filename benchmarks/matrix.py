@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     ap.add_argument("--init-scale", action="store_true", help="only print λ=1 penalty vs CE at initialisation")
     args = ap.parse_args(argv)
 
-    datasets = [d for d in args.datasets.split(",") if d] + (["decoy-fashion"] if args.fashion else [])
+    datasets = list(dict.fromkeys([d for d in args.datasets.split(",") if d] + (["decoy-fashion"] if args.fashion else [])))
     if args.init_scale:
         print("\n\n".join(f"### {d}\n\n{markdown_table(init_scale(d))}" for d in datasets))
         return 0

@@ -168,8 +168,9 @@ def test_selective_dropout_layers_on_a_resnet(tmp_path):
     data = load("folder", DataOptions(root=root))
     model = build_model("resnet18", 3, 2, 32)
 
-    def prepare(layers):
+    def prepare(layers):  # as a run does: check before the run starts, then prepare
         meth = METHODS["selective_dropout"]({"layers": layers})
+        meth.check(model, data, torch.device("cpu"))
         meth.prepare(PrepareContext(data=data, config=None, model=model, cache_dir=tmp_path, device=torch.device("cpu")))
         return meth.layers
 
