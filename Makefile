@@ -29,6 +29,7 @@ setup-dev: $(DEV_STAMP)
 demo: setup
 	$(BIN)/focusml train --method baseline --dataset decoy-digits --epochs $(EPOCHS) --experiment demo
 	$(BIN)/focusml train --method upper_bound --dataset decoy-digits --epochs $(EPOCHS) --experiment demo
+	$(BIN)/focusml train --method pas --dataset decoy-digits --epochs $(EPOCHS) --experiment demo
 	$(BIN)/python -m focusml.cli.demo_summary --experiment demo
 
 test: setup-dev

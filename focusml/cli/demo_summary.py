@@ -1,5 +1,5 @@
-"""The end of `make demo`: the latest baseline and upper-bound runs of an experiment as a table,
-and how to open the MLflow UI. Run as `python -m focusml.cli.demo_summary --experiment demo`.
+"""The end of `make demo`: the latest baseline, upper-bound and PAS runs of an experiment as a table
+with the share of the baseline→upper-bound gap each closes, and how to open the MLflow UI. Run as `python -m focusml.cli.demo_summary --experiment demo`.
 
 Not a `focusml` command (it is not in `COMMANDS`): `focusml compare` is the general table.
 """
@@ -9,9 +9,12 @@ from __future__ import annotations
 import click
 
 from focusml import tracking
+from focusml.analysis.summary import gap_closed
 from focusml.cli._common import echo_table
 
-COLUMNS = ["acc/test", "acc/test_confounded", "acc/test_clean", "wr/test", "cam_in_mask/test", "time/epoch_s_mean"]
+COLUMNS = ["acc/test", "acc/test_cf", "flip/test", "evidence_in_mask/test", "wr/test", "acc/test_confounded",
+           "time/epoch_s_mean"]
+METHODS = ("baseline", "upper_bound", "pas")
 
 
 @click.command()
@@ -20,13 +23,17 @@ def main(experiment: str) -> None:
     tracking.setup()
     runs = tracking.search_runs(experiment, order_by=["attributes.start_time DESC"])
     rows = []
-    for method in ("baseline", "upper_bound"):
+    for method in METHODS:
         sel = runs[runs.get("tags.focusml.method") == method] if len(runs) else runs
         if len(sel):
             r = sel.iloc[0]
             rows.append({"method": method, **{c: r.get(f"metrics.{c}") for c in COLUMNS}, "run_id": r["run_id"][:8]})
-    click.echo("\nResults on decoy-digits (test = shortcut broken):")
-    echo_table(rows, ["method", *COLUMNS, "run_id"])
+    acc = {row["method"]: row["acc/test"] for row in rows}
+    if "baseline" in acc and "upper_bound" in acc:
+        for row in rows:
+            row["gap closed"] = f"{float(gap_closed(row['acc/test'], acc['baseline'], acc['upper_bound'])):.0%}"
+    click.echo("\nResults on decoy-digits (test = shortcut broken; acc/test_cf: validation-free counterfactual accuracy):")
+    echo_table(rows, ["method", "acc/test", "gap closed", *COLUMNS[1:], "run_id"])
     click.echo(f"\nOpen the MLflow UI: .venv/bin/focusml server   then browse http://127.0.0.1:5000 "
                f"(experiment '{experiment}': CAM grids under Artifacts → figures, per-epoch grids in the image tab).")
 
