@@ -3,8 +3,10 @@ runs logged through `focusml`, then headless Chromium (Playwright, Debian's /usr
 
     python benchmarks/ui_screenshots.py --epochs 4 --out docs/images
 
-Writes mlflow-run-page.png (a training run's overview), mlflow-logged-model.png (the LoggedModel
-page: metrics and datasets) and mlflow-comparison.png (the comparison run's chart), each a palette PNG under 300 KB.
+Writes mlflow-run-page.png (a training run's overview), mlflow-cam-series.png (the run's `cam_grid_val`
+image series: the card's expanded view at the last epoch, the step slider below, the image opened at full
+size), mlflow-logged-model.png (the LoggedModel page: metrics and datasets) and mlflow-comparison.png (the
+comparison run's chart), each a palette PNG under 300 KB.
 """
 
 from __future__ import annotations
@@ -69,6 +71,26 @@ def close_assistant(page) -> None:
         time.sleep(1)
 
 
+def cam_series(page) -> dict:
+    """On the run's Model metrics tab: expand the `cam_grid_val` card, move its step slider to the last
+    epoch and open the image. The card (and its expanded view) shows a 256-pixel thumbnail; clicking it
+    previews the logged PNG at full size over the expanded view, the slider still showing below it.
+    Returns the expanded view's box, to crop the screenshot to."""
+    page.get_by_placeholder("Search metric charts").first.fill("cam_grid_val")
+    time.sleep(3)
+    page.locator('[data-component-id="fullscreen_button_chartcard"]').first.click()
+    time.sleep(3)
+    modal = page.locator(".du-bois-light-modal-content").last
+    track = modal.locator("span[dir=ltr][data-orientation=horizontal]").last.bounding_box()
+    page.mouse.click(track["x"] + track["width"] - 3, track["y"] + track["height"] / 2)  # the last step
+    time.sleep(3)
+    modal.locator("img").first.click()
+    time.sleep(4)
+    page.mouse.move(2, 2)  # no hover marks
+    time.sleep(1)
+    return modal.bounding_box()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=4)
@@ -108,6 +130,8 @@ def main() -> None:
         model_id = run.outputs.model_outputs[0].model_id
         shots = {
             "mlflow-run-page.png": (f"{url}/#/experiments/{exp}/runs/{run.info.run_id}", 1400, 1300),
+            # tall enough for the 920x820 grid at its own size above the slider
+            "mlflow-cam-series.png": (f"{url}/#/experiments/{exp}/runs/{run.info.run_id}/model-metrics", 1400, 1300),
             "mlflow-logged-model.png": (f"{url}/#/experiments/{exp}/models/{model_id}", 1400, 1100),
             "mlflow-comparison.png": (f"{url}/#/experiments/{exp}/runs/{compare_id}/artifacts/comparison/comparison.png",
                                       1400, 1150),
@@ -130,8 +154,9 @@ def main() -> None:
                 if name == "mlflow-logged-model.png":  # the final test metrics, with their dataset
                     page.get_by_placeholder("Search metrics").first.fill("/test")
                     time.sleep(3)
-                page.screenshot(path=str(out / name))
-                shrink(out / name)
+                clip = cam_series(page) if name == "mlflow-cam-series.png" else None
+                page.screenshot(path=str(out / name), clip=clip)
+                shrink(out / name, 256 if clip else 128)  # 256 colours: the CAM heat maps' gradients
                 print(f"{out / name}: {(out / name).stat().st_size // 1024} KB")
             browser.close()
     finally:
