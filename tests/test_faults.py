@@ -274,7 +274,10 @@ def test_tune_worker_and_whole_tune_sigkilled_then_the_study_resumes_exactly(tra
     assert victim.number in [t.number for t in failed]
     for t in failed:  # each stopped trial was retried, with its params, as a later trial
         retries = [u for u in trials if t.number in u.system_attrs.get("retry_history", [])]
-        assert retries and all(u.params == t.params for u in retries)
+        assert retries and all(u.params == t.params for u in retries), (
+            f"trial {t.number} failed and was not retried: {t.user_attrs} {t.system_attrs}; "
+            f"trials {[(u.number, u.state.name, u.system_attrs.get('retry_history')) for u in trials]}; "
+            f"tune stderr: {res.stderr[-2000:]}")
 
     runs = mlflow.search_runs(experiment_names=["faults-tune"], output_format="list")
     assert not [r for r in runs if r.info.status == "RUNNING"]

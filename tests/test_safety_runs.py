@@ -217,10 +217,11 @@ def test_bad_method_options_are_refused_before_the_run(tiny_data, sqlite_trackin
 
 @pytest.mark.slow
 def test_a_user_inpainter_that_fits_is_used(tiny_data, store, tmp_path, monkeypatch):
-    (tmp_path / "my_inpaint.py").write_text("def fill(x, m):\n    return x * 0 + 0.5\n")
+    # a module name no other test uses: sys.modules keeps the first module of a name for the session
+    (tmp_path / "grey_fill_inpaint.py").write_text("def fill(x, m):\n    return x * 0 + 0.5\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     result = tracking.run(tiny(tiny_data, method="generative", epochs=1, experiment=store,
-                               method_params={"inpainter": "my_inpaint:fill"}))
+                               method_params={"inpainter": "grey_fill_inpaint:fill"}))
     assert mlflow.get_run(result.run_id).info.status == "FINISHED"
 
 
