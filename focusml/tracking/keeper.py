@@ -132,20 +132,12 @@ class RunKeeper(Callbacks):
         if self.resume is not None:
             self._check_resume(ctx)  # before the run is re-attached: a refusal leaves it as it was
         try:
-            with self.logger.run_scope(ctx):
+            with self._server_errors(), self.logger.run_scope(ctx):
                 if self.folder is None and self.checkpoints:
                     self._open(self.logger.run_id)
                 if self.resume is not None:
                     self._guard(self._send_missing)
                 yield
-        except (RunFailed, KeyboardInterrupt, FocusmlError):  # not the server: as they are
-            raise
-        except Exception as e:
-            why = _lost(e)
-            if why is None:
-                raise
-            raise self._lost_error(why) from e
-        else:
             if self.folder is not None:
                 if self.lock is not None:
                     self.lock.release()
@@ -189,17 +181,23 @@ class RunKeeper(Callbacks):
         return TrackingLost(f"{head}; the checkpoint after epoch {self.epoch + 1} and the metrics so far are in "
                             f"{self.folder}. When the server is back: focusml train --resume {run_id}")
 
-    def _guard(self, fn, *args):
-        """Call an MLflow-logging function; a lost server becomes `TrackingLost`."""
+    @contextmanager
+    def _server_errors(self):
+        """A lost server becomes `TrackingLost`; the run's own failures pass through as they are."""
         try:
-            return fn(*args)
-        except (RunFailed, KeyboardInterrupt, FocusmlError):  # not the server: as they are
+            yield
+        except (RunFailed, KeyboardInterrupt, FocusmlError):
             raise
         except Exception as e:
             why = _lost(e)
             if why is None:
                 raise
             raise self._lost_error(why) from e
+
+    def _guard(self, fn, *args):
+        """Call an MLflow-logging function; a lost server becomes `TrackingLost`."""
+        with self._server_errors():
+            return fn(*args)
 
     def _send_missing(self) -> None:
         """Send the checkpoint's per-epoch metrics the server lacks (each metric and step at most once)."""
