@@ -62,19 +62,21 @@ def close_trial_runs(study_name: str, number: int, why: str) -> list[str]:
 
 
 def retry_trial(study: optuna.Study, trial: FrozenTrial, why: str) -> None:
-    """Close `trial`'s MLflow runs and queue a copy of it (same params) unless it was retried `MAX_RETRY` times."""
+    """Queue a copy of `trial` (same params) unless it was retried `MAX_RETRY` times, then close its MLflow runs.
+
+    The copy is queued first, right after the trial was failed: closing runs talks to the tracking
+    server and can take seconds, and a process killed in between must not lose the retry."""
     history = [*trial.system_attrs.get("retry_history", []), trial.number]
     again = len(history) <= MAX_RETRY
+    if again:
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+            user_attrs={k: v for k, v in trial.user_attrs.items() if k not in WORKER_ATTRS},
+            system_attrs={**{k: v for k, v in trial.system_attrs.items() if not k.startswith("focusml:")},
+                          "failed_trial": history[0], "retry_history": history},
+        ))
     note = f"{why}; retried as a new trial with the same params" if again else f"{why}; retried {MAX_RETRY} times, given up"
     close_trial_runs(study.study_name, trial.number, note)
-    if not again:
-        return
-    study.add_trial(optuna.trial.create_trial(
-        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-        user_attrs={k: v for k, v in trial.user_attrs.items() if k not in WORKER_ATTRS},
-        system_attrs={**{k: v for k, v in trial.system_attrs.items() if not k.startswith("focusml:")},
-                      "failed_trial": history[0], "retry_history": history},
-    ))
 
 
 def on_stale(study: optuna.Study, trial: FrozenTrial) -> None:
