@@ -93,6 +93,19 @@ def one_run(job: dict) -> dict:
     return {**job, "metrics": result.metrics, "wall_s": time.perf_counter() - start}
 
 
+def run_pool(todo: list[dict], fn, jobs: int, out: str, done: dict, key, describe) -> None:
+    """Run `fn` over `todo` in `jobs` spawned processes; append each finished row to the JSON-lines
+    file `out` at once (so an interrupted benchmark resumes) and print one progress line per row."""
+    start = time.perf_counter()
+    with ProcessPoolExecutor(max(1, jobs), mp_context=mp.get_context("spawn")) as pool:
+        for i, row in enumerate(pool.map(fn, todo), 1):
+            done[key(row)] = row
+            with open(out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"[{i}/{len(todo)} {time.perf_counter() - start:.0f}s] {row['dataset']:<13} {row['method']:<17} "
+                  f"s{row['seed']} {describe(row)}", file=sys.stderr, flush=True)
+
+
 def warm_caches(jobs: list[dict]) -> None:
     """Train what `prepare` trains once per dataset (the generative inpainter) before the workers start."""
     for dataset, device, size in {(j["dataset"], j["device"], j["train_size"]) for j in jobs if j["method"] == "generative"}:
@@ -197,17 +210,9 @@ def main(argv=None) -> int:
     print(f"{len(jobs)} runs, {len(jobs) - len(todo)} already in {args.out}", file=sys.stderr)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     warm_caches(todo)
-    start = time.perf_counter()
-    ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(max(1, args.jobs), mp_context=ctx) as pool:
-        for i, row in enumerate(pool.map(one_run, todo), 1):
-            done[job_key(row)] = row
-            with open(args.out, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            m = row["metrics"]
-            print(f"[{i}/{len(todo)} {time.perf_counter() - start:.0f}s] {row['dataset']:<13} {row['method']:<17} "
-                  f"s{row['seed']} {row['options'] or ''} acc/test {m['acc/test']:.3f} acc/val_cf "
-                  f"{m.get('selected/acc/val_cf', float('nan')):.3f}", file=sys.stderr, flush=True)
+    run_pool(todo, one_run, args.jobs, args.out, done, job_key,
+             lambda row: f"{row['options'] or ''} acc/test {row['metrics']['acc/test']:.3f} acc/val_cf "
+                         f"{row['metrics'].get('selected/acc/val_cf', float('nan')):.3f}")
     frame = tidy([done[job_key(j)] for j in jobs])
     table = summarise(frame)
     parts = [f"{len(jobs)} runs: {', '.join(datasets)}; seeds {', '.join(map(str, seeds))}; {args.epochs} epochs; "

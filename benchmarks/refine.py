@@ -34,18 +34,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark (spawned workers import this file)
-from matrix import warm_caches  # noqa: E402
+from matrix import run_pool, warm_caches  # noqa: E402
 
 from focusml.analysis.summary import fmt_mean_std, gap_closed, markdown_table  # noqa: E402
 from focusml.config import RunConfig  # noqa: E402
@@ -145,16 +143,8 @@ def execute(jobs: list[dict], done: dict, args) -> None:
         if j["init"] == "baseline":
             j["init_from"] = baselines[(j["dataset"], j["seed"])]
     warm_caches([{**j, "train_size": None} for j in todo if j["budget"] is None and j["corruption"] == "none"])
-    start = time.perf_counter()
-    with ProcessPoolExecutor(max(1, args.jobs), mp_context=mp.get_context("spawn")) as pool:
-        for i, row in enumerate(pool.map(one_run, todo), 1):
-            done[job_key(row)] = row
-            with open(args.out, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            m = row["metrics"]
-            print(f"[{i}/{len(todo)} {time.perf_counter() - start:.0f}s] {row['dataset']:<13} {row['method']:<17} "
-                  f"s{row['seed']} {label(row)} acc/test {m['acc/test']:.3f} ({row['wall_s']:.0f}s)",
-                  file=sys.stderr, flush=True)
+    run_pool(todo, one_run, args.jobs, args.out, done, job_key,
+             lambda row: f"{label(row)} acc/test {row['metrics']['acc/test']:.3f} ({row['wall_s']:.0f}s)")
 
 
 # -- the tables -------------------------------------------------------------------------------------

@@ -19,8 +19,9 @@ changes no prediction):
 neighbouring cells see the masked pixels through their receptive field, so a shortcut silenced
 in its own cell would move next door. `auto` grows it as far as the receptive field reaches.
 
-λ scale: the constants `S` and `S_all` bring λ=1 to the order of CE at initialisation
-(`benchmarks/methods.py --init-scale` prints both); they never change during training.
+λ scale: `S` brings λ=1 to the order of CE at initialisation; the all-evidence term starts near
+zero (an untrained net's masked cells contribute almost nothing), so `S_all` only puts its λ on a
+usable scale (`benchmarks/matrix.py --init-scale` prints both); they never change during training.
 """
 
 from __future__ import annotations
