@@ -35,9 +35,10 @@ demo: setup
 test: setup-dev
 	$(BIN)/python -m pytest -q
 
-# The inner loop: no mlflow server, no browser, no whole-epoch trainings (markers: tests/conftest.py).
+# The inner loop: no mlflow server, no browser, no whole-epoch trainings (markers: tests/conftest.py),
+# on two worker processes (pytest-xdist).
 test-fast: setup-dev
-	$(BIN)/python -m pytest -q -m "not server and not slow and not browser"
+	$(BIN)/python -m pytest -q -n 2 -m "not server and not slow and not browser"
 
 benchmark: setup
 	$(BIN)/python benchmarks/matrix.py --jobs 2
