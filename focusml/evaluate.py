@@ -61,6 +61,9 @@ class Predictions:
     pos_cams: torch.Tensor  # N×H×W, ReLU of the predicted class's CAM at image size
     masks: torch.Tensor  # N×H×W
     evidence: torch.Tensor  # N, share of all-class evidence from the masked cells
+    probability: np.ndarray  # N, softmax probability of the predicted class
+    cf_preds: np.ndarray | None = None  # N, predictions on the counterfactuals (set by `Evaluator`)
+    cf_valid: np.ndarray | None = None  # N, whether the image has a counterfactual
 
     @property
     def accuracy(self) -> float:
@@ -71,21 +74,22 @@ class Predictions:
 def predict(model, split: Split, device: torch.device, batch_size: int = 256, cams: bool = True) -> Predictions:
     """Predictions of `model` on a split; `cams=False` skips the CAM and evidence maps (labels only)."""
     model.eval()
-    preds, pos, shares = [], [], []
+    preds, probs, pos, shares = [], [], [], []
     weight = model.classifier.weight
     for start in range(0, len(split), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(split)))
         x, m, _ = split.batch(idx)
         a, logits = model.forward_features(x.to(device))
-        pred = logits.argmax(1)
+        prob, pred = torch.softmax(logits, 1).max(1)
         preds.append(pred.cpu())
+        probs.append(prob.cpu())
         if cams:
             cam = cam_from_features(a, weight).gather(1, pred.view(-1, 1, 1, 1).expand(-1, 1, *a.shape[-2:]))[:, 0]
             pos.append(upsample(cam.clamp_min(0), x.shape[-2:]).cpu())
             shares.append(evidence_share(*region_evidence(a, weight, m.to(device))).cpu())
     empty = torch.zeros(0)
     return Predictions(split.labels.numpy(), torch.cat(preds).numpy(), torch.cat(pos) if pos else empty,
-                       split.masks.float(), torch.cat(shares) if shares else empty)
+                       split.masks.float(), torch.cat(shares) if shares else empty, torch.cat(probs).numpy())
 
 
 def dead_share(pos_cams: torch.Tensor) -> float:
@@ -114,6 +118,7 @@ class Evaluator:
         cf = self.cf.get(name)
         if cf is not None:
             pc = predict(model, cf.split, self.device, cams=False)
+            p.cf_preds, p.cf_valid = pc.preds, cf.valid.numpy()
             got = counterfactual.metrics(p.labels, p.preds, pc.preds, cf.valid)
             out.update({f"acc/{name}_cf": got["acc_cf"], f"flip/{name}": got["flip"]})
         return out, p

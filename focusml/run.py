@@ -24,7 +24,7 @@ from focusml.callbacks import Callbacks
 from focusml.config import RunConfig
 from focusml.data import DataOptions, Dataset, load
 from focusml.data.masks import annotate
-from focusml.evaluate import select_metric, test_metrics
+from focusml.evaluate import Predictions, select_metric, test_metrics
 from focusml.methods import Method, PrepareContext
 from focusml.models import InitWeights, build_model, load_init_state, read_init_file, source_kind
 from focusml.train import FitResult, fit, resolve_device
@@ -51,6 +51,7 @@ class RunResult:
     last_state: dict | None = None  # the last epoch's weights, when they are not the evaluated ones
     confusion: np.ndarray | None = None  # confusion matrix on `test`
     warnings: list[str] = field(default_factory=list)  # what makes the result suspect (`health_warnings`)
+    predictions: Predictions | None = None  # per-image test predictions of the evaluated model
 
 
 def load_data(config: RunConfig) -> Dataset:
@@ -152,6 +153,6 @@ def run(config: RunConfig, callbacks: Callbacks | None = None, init: InitWeights
         metrics, cm, preds = test_metrics(model, data, device)
         metrics.update(summary(fitted))
         result = RunResult(metrics, None, fitted.history, model, fitted, confusion=cm, last_state=last_state,
-                           warnings=health_warnings(data, fitted, preds.pos_cams))
+                           warnings=health_warnings(data, fitted, preds.pos_cams), predictions=preds)
         callbacks.on_run_end(ctx, result)
     return result

@@ -16,12 +16,13 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
-from focusml import counterfactual
 from focusml.callbacks import Callbacks
 from focusml.data.masks import examples
+from focusml.evaluate import Predictions
 from focusml.figures import confusion_figure, mask_augment_grid, sample_indices, split_cam_grid, to_pil
 from focusml.run import RunContext, RunResult
 from focusml.tracking.log import (experiment_name, log_artifact, log_datasets, log_figure, log_final_metrics,
@@ -134,34 +135,20 @@ def _log_mask_examples(ctx: RunContext) -> None:
                                      f"mask augmentation: {config.augment}"), "figures/mask_augmentation.png")
 
 
-@torch.no_grad()
-def predictions_table(model, data, device, batch_size: int = 256) -> pd.DataFrame:
+def predictions_table(p: Predictions, classes: list[str]) -> pd.DataFrame:
     """One row per test image: label, prediction and its probability, and what the model predicts on
     the image's counterfactual (masked content from an image of another class) and whether it flips
     (empty where the image has no counterfactual: neither it nor its donor has a mask)."""
-    model.eval()
-    test = data.split("test")
-    cf = counterfactual.build(test)
-
-    def probs(split):
-        out = []
-        for start in range(0, len(split), batch_size):
-            x, _, _ = split.batch(torch.arange(start, min(start + batch_size, len(split))))
-            out.append(torch.softmax(model(x.to(device)), dim=1).cpu())
-        return torch.cat(out)
-
-    p, pc = probs(test), probs(cf.split)
-    pred, pred_cf = p.argmax(1), pc.argmax(1)
-    names = data.classes
-    valid = cf.valid.tolist()
+    valid = p.cf_valid.tolist() if p.cf_valid is not None else [False] * len(p.preds)
+    cf = p.cf_preds.tolist() if p.cf_preds is not None else [None] * len(p.preds)
     return pd.DataFrame({
-        "index": range(len(test)),
-        "label": [names[i] for i in test.labels.tolist()],
-        "prediction": [names[i] for i in pred.tolist()],
-        "probability": p.max(1).values.double().round(decimals=4).tolist(),
-        "correct": (pred == test.labels).tolist(),
-        "counterfactual_prediction": [names[i] if v else None for i, v in zip(pred_cf.tolist(), valid)],
-        "flip": [bool(a != b) if v else None for a, b, v in zip(pred.tolist(), pred_cf.tolist(), valid)],
+        "index": range(len(p.labels)),
+        "label": [classes[i] for i in p.labels.tolist()],
+        "prediction": [classes[i] for i in p.preds.tolist()],
+        "probability": np.round(p.probability.astype(np.float64), 4).tolist(),
+        "correct": (p.preds == p.labels).tolist(),
+        "counterfactual_prediction": [classes[c] if v else None for c, v in zip(cf, valid)],
+        "flip": [bool(a != c) if v else None for a, c, v in zip(p.preds.tolist(), cf, valid)],
     })
 
 
@@ -173,7 +160,7 @@ def _log_final_artifacts(ctx: RunContext, result: RunResult) -> None:
     log_figure(split_cam_grid(model, data, "test", sample_indices(test.labels, data.num_classes), ctx.device,
                               f"{config.method} on {config.dataset}: test (shortcut broken), epoch {selected}"),
                "figures/cam_grid_test.png")
-    log_table(predictions_table(model, data, ctx.device), PREDICTIONS_TABLE)
+    log_table(predictions_table(result.predictions, data.classes), PREDICTIONS_TABLE)
     # last.pt: the last epoch; selected_epochN.pt (N from 1): the evaluated weights, when `--select` chose another epoch.
     log_state_dict(result.last_state if result.last_state is not None else model.state_dict(), "checkpoints", "last.pt")
     if result.last_state is not None:
