@@ -161,3 +161,23 @@ def cli_env(tmp_path):
     env["PYTHONUNBUFFERED"] = "1"
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"  # as with an activated venv
     return env
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL cluster (tests/postgres.py), started once; `postgres.createdb(name)` gives a
+    database URL. Skips where the binaries or the psycopg2 driver are missing."""
+    import importlib.util
+
+    from postgres import MISSING_BINARIES, MISSING_DRIVER, Cluster, find_bin
+
+    bindir = find_bin()
+    if bindir is None:
+        pytest.skip(MISSING_BINARIES)
+    if importlib.util.find_spec("psycopg2") is None:
+        pytest.skip(MISSING_DRIVER)
+    cluster = Cluster(bindir)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()

@@ -34,7 +34,7 @@ def compare(experiment, dataset, out_dir, log, children):
       mlflow run . -e compare -P experiment=focusml --env-manager local
     """
     click.echo(f"Comparing the runs of experiment '{experiment or tracking.resolve_experiment()}' in "
-               f"{tracking.tracking_uri()}", err=True)
+               f"{tracking.redact(tracking.tracking_uri())}", err=True)
     table, paths, run_id = report(experiment, dataset or None, out_dir, log=log, include_children=children)
     for name, group in table.groupby("dataset", sort=False):
         click.echo(f"\n{name}")

@@ -4,24 +4,34 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 
 import click
 
 from focusml import FocusmlError
-from focusml.tracking import default_uri
+from focusml.tracking import check_connects, default_uri, is_database, redact, with_driver
 
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="interface to bind; keep 127.0.0.1 unless you mean to share it")
 @click.option("--port", default=5000, show_default=True, type=int)
-@click.option("--backend-store-uri", default=None, help="default: MLFLOW_TRACKING_URI if it is a database URI, else sqlite:///mlflow.db here")
+@click.option("--backend-store-uri", default=None,
+              help="a database URL (sqlite:///…, postgresql://user@host/db); default: MLFLOW_TRACKING_URI if it "
+                   "is a database URI, else sqlite:///mlflow.db here")
 @click.option("--artifacts-destination", default=None, help="default: ./mlartifacts here")
+@click.option("--allowed-hosts", default=None,
+              help="Host headers the server accepts, comma-separated (MLflow's default: localhost and private IPs); "
+                   "name the host here when other machines reach it by name, e.g. mlflow.lab.example")
 @click.option("--workers", default=1, show_default=True, type=int, help="server worker processes (one is plenty for a local UI)")
-def server(host, port, backend_store_uri, artifacts_destination, workers):
+def server(host, port, backend_store_uri, artifacts_destination, allowed_hosts, workers):
     """Start the MLflow tracking server and UI on focusml's store."""
     env_uri = os.environ.get("MLFLOW_TRACKING_URI", "")
     store = backend_store_uri or (env_uri if env_uri and not env_uri.startswith("http") else default_uri())
+    shown = redact(store)
+    if is_database(store):  # a missing driver or an unreachable database: one line here, not MLflow's traceback
+        store = with_driver(store, "--backend-store-uri")
+        check_connects(store, "--backend-store-uri")
     mlflow_bin = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or shutil.which("mlflow")
     if mlflow_bin is None:
         raise FocusmlError("the `mlflow` command is not installed in this environment: pip install mlflow.")
@@ -29,8 +39,13 @@ def server(host, port, backend_store_uri, artifacts_destination, workers):
            "--workers", str(workers)]
     if artifacts_destination:
         cmd += ["--artifacts-destination", artifacts_destination]
-    click.echo(f"MLflow UI on http://{host}:{port}  (store: {store}); Ctrl-C stops it.", err=True)
-    click.echo(f"Log runs to it with: export MLFLOW_TRACKING_URI=http://{host}:{port}", err=True)
+    if allowed_hosts:
+        cmd += ["--allowed-hosts", allowed_hosts]
+    reach = socket.getfqdn() if host in ("0.0.0.0", "::") else host  # what other machines put in their URI
+    click.echo(f"MLflow UI on http://{host}:{port}  (store: {shown}); Ctrl-C stops it.", err=True)
+    click.echo(f"Log runs to it with: export MLFLOW_TRACKING_URI=http://{reach}:{port}", err=True)
+    if reach != host and not allowed_hosts:  # MLflow answers private IPs and localhost only unless told
+        click.echo(f"(or this machine's private IP; to reach it by name, add --allowed-hosts '{reach}:{port}')", err=True)
     # MLflow's background job runner (GenAI jobs) is not used by focusml: leave it off unless asked for.
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     sys.stderr.flush()

@@ -128,7 +128,8 @@ def train(resume_id=None, **options):
     if resume_id:
         return _resume(resume_id, options)
     config = config_from_options(options).validate()
-    line = f"Training {config.method} on {config.dataset} (seed {config.seed}) → {tracking.tracking_uri()}"
+    where = tracking.redact(tracking.tracking_uri())
+    line = f"Training {config.method} on {config.dataset} (seed {config.seed}) → {where}"
     result = tracking.run(config, callbacks=Announced(config.epochs, line))
     _report(result)
 
@@ -169,6 +170,7 @@ def _resume(run_id: str, options: dict) -> None:
     given.update({k: v for k, v in options.items() if v is not None})
     given = {k.replace("-", "_"): v for k, v in given.items()}
     config, _ = tracking.resume_config(run_id, given, device)
-    line = f"Resuming run {run_id}: {config.method} on {config.dataset} (seed {config.seed}) → {tracking.tracking_uri()}"
+    where = tracking.redact(tracking.tracking_uri())
+    line = f"Resuming run {run_id}: {config.method} on {config.dataset} (seed {config.seed}) → {where}"
     result = tracking.resume(run_id, callbacks=Announced(config.epochs, line), given=given, device=device)
     _report(result)

@@ -48,7 +48,8 @@ def tune(study_file, n_trials, study_name, storage, workers, register, overrides
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the bar below replaces Optuna's per-trial lines
     click.echo(f"Study {study_name or spec.study_name}: {spec.method} on {spec.dataset}, {n} trials, "
                f"{spec.sampler} sampler, pruner {spec.pruner}, objectives "
-               f"{', '.join(f'{o.metric} ({o.direction})' for o in spec.objectives)} → {tracking.tracking_uri()}", err=True)
+               f"{', '.join(f'{o.metric} ({o.direction})' for o in spec.objectives)} → "
+               f"{tracking.redact(tracking.tracking_uri())}", err=True)
     if overrides:
         click.echo(f"Overrides: {' '.join(overrides)}", err=True)
     bar = tqdm(total=n, desc="trials", unit="trial", dynamic_ncols=True) if interactive() else None

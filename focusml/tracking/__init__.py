@@ -1,5 +1,6 @@
 """Tracking: the only part of focusml that imports MLflow.
 
+- `database`: database URLs (PostgreSQL, MySQL, SQLite) as stores: an installed driver, passwords hidden;
 - `store`: where runs go (`MLFLOW_TRACKING_URI`, else SQLite `mlflow.db` here), a reachability
   check, bounded HTTP retries, the SQLite schema created under a lock, and `start_run` (a run
   that ends FINISHED, FAILED with its reason, or KILLED);
@@ -16,6 +17,7 @@
 - `sources`: `--init-from` (a run, `runs:/`, `models:/` or a file) → weights only, plus lineage tags.
 """
 
+from focusml.tracking.database import check_connects, is_database, redact, with_driver
 from focusml.tracking.experiment import DEFAULT_EXPERIMENT, resolve_experiment
 from focusml.tracking.log import (active_run_id, experiment_name, log_artifact, log_artifacts_to, log_datasets,
                                   log_dict, log_figure, log_image_step, log_metrics, log_model, log_params,
@@ -32,8 +34,8 @@ from focusml.tracking.tracked import resume, resume_config, run
 
 __all__ = [
     "DEFAULT_EXPERIMENT", "DEFAULT_STORE", "Registered", "RunKeeper", "RunLogger", "Source", "StopRun", "TrackingLost", "active_run_id",
-    "check_reachable", "default_uri", "experiment_name", "load_run_data", "load_run_model", "log_artifact", "log_artifacts_to",
+    "check_connects", "check_reachable", "default_uri", "experiment_name", "load_run_data", "load_run_model", "log_artifact", "log_artifacts_to",
     "log_datasets", "log_dict", "log_figure", "log_image_step", "log_metrics", "log_model", "log_params", "log_state_dict",
-    "log_table", "register", "register_version", "resolve_experiment", "resolve_source", "resume", "resume_config", "run", "run_dir", "run_info",
-    "search_runs", "search_runs_where", "set_tags", "setup", "start_run", "terminate_run", "tracking_uri",
+    "log_table", "register", "register_version", "resolve_experiment", "resolve_source", "resume", "resume_config", "run", "run_dir", "run_info", "redact",
+    "search_runs", "search_runs_where", "set_tags", "setup", "start_run", "terminate_run", "tracking_uri", "with_driver", "is_database",
 ]

@@ -16,6 +16,8 @@ import os
 import mlflow
 from mlflow.entities import Experiment
 
+from focusml.tracking.database import retry_unique
+
 DEFAULT_EXPERIMENT = "focusml"
 KIND_TAG = "mlflow.experimentKind"
 KIND = "custom_model_development"
@@ -50,4 +52,5 @@ def mark_kind(experiment_id: str, tags: dict | None = None) -> None:
     if tags is None:
         tags = mlflow.MlflowClient().get_experiment(experiment_id).tags
     if KIND_TAG not in (tags or {}):
-        mlflow.MlflowClient().set_experiment_tag(experiment_id, KIND_TAG, KIND)
+        # runs starting together on a new experiment all add the tag: made again if it lost the race
+        retry_unique(lambda: mlflow.MlflowClient().set_experiment_tag(experiment_id, KIND_TAG, KIND))

@@ -22,6 +22,7 @@ from mlflow.models import infer_signature
 
 import focusml
 from focusml.figures import close
+from focusml.tracking.database import retry_unique
 from focusml.tracking.pyfunc import frame
 
 
@@ -113,7 +114,8 @@ def log_datasets(data, fingerprint: str, train_split: str = "train", log: bool =
             continue
         ds = split_dataset(data, name, fingerprint)
         if log:
-            mlflow.log_input(ds, context=SPLIT_CONTEXTS[role], tags=tags)
+            # runs starting together on one experiment insert the same dataset: made again if it lost the race
+            retry_unique(lambda: mlflow.log_input(ds, context=SPLIT_CONTEXTS[role], tags=tags))
         out[role] = ds
     return out
 

@@ -27,6 +27,7 @@ from typing import Iterator
 import mlflow
 
 from focusml import FocusmlError, RunFailed
+from focusml.tracking.database import is_database, with_driver
 from focusml.tracking.experiment import mark_kind, use_experiment
 
 try:
@@ -98,8 +99,11 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 
 
 def setup(uri: str | None = None) -> str:
-    """Point MLflow at `uri` (default: `tracking_uri()`), after checking it answers; bound its HTTP client."""
+    """Point MLflow at `uri` (default: `tracking_uri()`), after checking it answers (or, for a database, that
+    its driver is installed); bound its HTTP client. Returns the URI as used."""
     uri = uri or tracking_uri()
+    if is_database(uri):
+        uri = with_driver(uri, "the tracking store")
     bound_http()
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)

@@ -31,7 +31,8 @@ from focusml.tune.storage import heartbeat
 MAX_RETRY = 3  # a trial that keeps killing its worker (e.g. out of memory) is not retried for ever
 HOST = socket.gethostname()
 PARENT = "focusml:parent:"
-WORKER_ATTRS = ("mlflow_run_id", "worker_pid", "worker_host")  # belong to one attempt, not to its retry
+CALL_ATTR = "tune_parent_run_id"  # the MLflow parent run of the `tune` call that ran the trial
+WORKER_ATTRS = ("mlflow_run_id", "worker_pid", "worker_host", CALL_ATTR)  # belong to one attempt, not to its retry
 
 
 def pid_alive(pid: int) -> bool:

@@ -12,6 +12,7 @@ from optuna.visualization import matplotlib as ovm
 
 import focusml.figures  # noqa: F401  (selects matplotlib's Agg backend before Optuna draws)
 from focusml import tracking
+from focusml.tune.recovery import CALL_ATTR
 from focusml.tune.results import StudyResult, TrialRecord, choose
 from focusml.tune.spec import SearchParam, StudySpec
 
@@ -37,6 +38,11 @@ def _space(p: SearchParam) -> Any:
             **({"step": p.step} if p.step else {})}
 
 
+def this_call(trials: list[optuna.trial.FrozenTrial], parent_id: str) -> int:
+    """How many of `trials` the `tune` call of MLflow run `parent_id` ran (other machines may run the rest)."""
+    return sum(t.user_attrs.get(CALL_ATTR) == parent_id for t in trials)
+
+
 def summarise(study: optuna.Study, spec: StudySpec, name: str, shown: str, parent_id: str, n_before: int) -> StudyResult:
     """Log the study's outcome on the parent run and return it."""
     trials = study.get_trials(deepcopy=False)
@@ -44,7 +50,7 @@ def summarise(study: optuna.Study, spec: StudySpec, name: str, shown: str, paren
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     pareto = (study.best_trials if spec.multi else [best]) if best else []
     result = StudyResult(name, shown, parent_id, [o.metric for o in spec.objectives], [TrialRecord.of(t) for t in trials],
-                         len(trials) - n_before, TrialRecord.of(best) if best else None, [TrialRecord.of(t) for t in pareto])
+                         this_call(trials, parent_id), TrialRecord.of(best) if best else None, [TrialRecord.of(t) for t in pareto])
     counts = {f"trials/{s.lower()}": float(result.count(s)) for s in ("COMPLETE", "PRUNED", "FAIL")}
     tracking.log_metrics({**counts, "trials/total": float(len(trials)), "trials/this_call": float(result.new_trials)})
     for t in done:  # the optimisation history as step series (step = trial number)

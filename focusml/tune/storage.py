@@ -25,7 +25,7 @@ from optuna.storages._heartbeat import BaseHeartbeat  # the protocol `fail_stale
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from focusml import FocusmlError
+from focusml import FocusmlError, tracking
 
 DEFAULT_SQLITE = "optuna.db"
 DEFAULT_JOURNAL = "optuna.journal"
@@ -36,7 +36,8 @@ def open_storage(storage: str | None, workers: int = 1) -> tuple[Any, str]:
 
     None → `optuna.db` (SQLite) here for one process, `optuna.journal` here for several; a URL
     (`sqlite:///…`, `postgresql://…`, `mysql://…`) → that database; any other string → a journal
-    file at that path. SQLite is refused for several workers: it locks under parallel writers.
+    file at that path. SQLite is refused for several workers: it locks under parallel writers. A
+    database URL comes back naming an installed driver (`tracking.with_driver`: FocusmlError if none is).
     """
     if storage in (None, ""):
         storage = str(Path.cwd() / (DEFAULT_SQLITE if workers == 1 else DEFAULT_JOURNAL))
@@ -47,7 +48,7 @@ def open_storage(storage: str | None, workers: int = 1) -> tuple[Any, str]:
             raise FocusmlError(
                 f"--storage {storage} is SQLite, which locks under {workers} parallel writers. Use a journal file "
                 f"(--storage {DEFAULT_JOURNAL}) on one machine, or a database server URL (postgresql://…) across machines.")
-        return storage, _redact(storage)
+        return tracking.with_driver(storage, "--storage"), tracking.redact(storage)
     path = Path(storage)
     if path.suffix in (".db", ".sqlite", ".sqlite3"):
         raise FocusmlError(f"--storage {storage} looks like an SQLite file: write it as a URL, sqlite:///{path.resolve()} "
@@ -107,10 +108,3 @@ def with_heartbeat(store: Any, on_stale: Callable[[optuna.Study, FrozenTrial], N
         store.heartbeat_interval, store.grace_period, store.on_stale = interval, grace, on_stale
     return store
 
-
-def _redact(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-    return url

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Callable
 
 import optuna
+import sqlalchemy.exc
 
 from focusml import FocusmlError, tracking
 from focusml.config import RunConfig
 from focusml.callbacks import Callbacks
+from focusml.tracking.database import reason
 from focusml.tune.report import log_setup, summarise
 from focusml.tune.results import StudyResult, TrialRecord
 from focusml.tune.spec import StudySpec
@@ -25,6 +27,17 @@ from focusml.tune.recovery import ParentBeat, close_stale_parents, fail_dead_loc
 from focusml.tune.storage import DEFAULT_JOURNAL, open_storage, with_heartbeat
 from focusml.tune.trials import TrialContext, make_objective
 from focusml.tune.workers import run_workers
+
+
+def seed_offset(store, n_before: int, parent_id: str) -> int:
+    """What this call adds to the study's sampler seed, so that its random draws repeat no earlier call's.
+
+    Resuming: the trials already there. On a database server, where other machines may run the
+    same study at the same time from the same count, also a number drawn from this call's MLflow
+    run id (a study there is not reproducible draw for draw; on SQLite or a journal file it is).
+    """
+    shared = isinstance(store, optuna.storages.RDBStorage) and not store.url.startswith("sqlite")
+    return n_before + (int(parent_id[:6], 16) if shared else 0)
 
 
 def run_study(spec: StudySpec, *, n_trials: int | None = None, study_name: str | None = None,
@@ -51,12 +64,13 @@ def run_study(spec: StudySpec, *, n_trials: int | None = None, study_name: str |
                            "`log_model: false`; remove it from `fixed`.")
     uri = tracking.setup()
     store, shown = open_storage(storage, workers)
+    url = store if isinstance(store, str) else ""
     try:
         store = with_heartbeat(store, on_stale)
         study = optuna.create_study(study_name=name, storage=store, directions=spec.directions, load_if_exists=True,
                                     sampler=spec.make_sampler(), pruner=spec.make_pruner())
-    except (optuna.exceptions.StorageInternalError, ValueError, OSError) as e:
-        raise FocusmlError(f"cannot open the Optuna storage {shown}: {e}") from None
+    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError, ValueError, OSError) as e:
+        raise FocusmlError(f"cannot open the Optuna storage {shown}: {reason(e, url)}") from None
     if [d.name.lower() for d in study.directions] != spec.directions:
         raise FocusmlError(f"study '{name}' in {shown} already exists with directions "
                            f"{[d.name.lower() for d in study.directions]}, but {spec.source} asks for {spec.directions}: "
@@ -78,8 +92,6 @@ def run_study(spec: StudySpec, *, n_trials: int | None = None, study_name: str |
         on_plan(n)
     for params in spec.enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
-    if n_before:  # resuming: a fresh sampler seed so random draws do not repeat the earlier ones
-        study.sampler = spec.make_sampler(n_before)
     start = time.perf_counter()
     experiment_name = spec.fixed.get("experiment", RunConfig().experiment)
     tags = {"focusml.kind": "tune", "optuna.study_name": name, "focusml.method": spec.method,
@@ -90,13 +102,16 @@ def run_study(spec: StudySpec, *, n_trials: int | None = None, study_name: str |
         experiment_name = tracking.experiment_name(parent.info.experiment_id)  # children next to the parent
         log_setup(spec, name, shown, n, workers, n_before)
         ctx = TrialContext(spec, name, parent_id, experiment_name)
+        offset = seed_offset(store, n_before, parent_id)
+        if offset:
+            study.sampler = spec.make_sampler(offset)
         with ParentBeat(study, parent_id):
             if workers == 1:
                 report = (lambda s, t: on_trial(TrialRecord.of(t))) if on_trial else None
                 study.optimize(make_objective(ctx, trial_callbacks), n_trials=n, callbacks=[report] if report else None)
             else:
                 storage_arg = storage or str(Path.cwd() / DEFAULT_JOURNAL)
-                run_workers(ctx, storage_arg, study, n, workers, n_before, uri, on_trial)
+                run_workers(ctx, storage_arg, study, n, workers, offset, uri, on_trial)
         result = summarise(study, spec, name, shown, parent_id, n_before)
         result.wall_s = time.perf_counter() - start
         tracking.log_metrics({"time/study_s": result.wall_s})

@@ -11,7 +11,7 @@ import optuna
 
 from focusml import tracking
 from focusml.callbacks import Callbacks
-from focusml.tune.recovery import HOST, retry_trial
+from focusml.tune.recovery import CALL_ATTR, HOST, retry_trial
 from focusml.tune.spec import StudySpec
 
 
@@ -69,6 +69,7 @@ def make_objective(ctx: TrialContext, inner_factory: Callable[[optuna.Trial], Ca
     def objective(trial: optuna.Trial):
         trial.set_user_attr("worker_pid", os.getpid())  # first: a dead worker's trial is then recognised at once
         trial.set_user_attr("worker_host", HOST)
+        trial.set_user_attr(CALL_ATTR, ctx.parent_run_id)  # which call ran it: several may share the study
         params = {p.name: p.suggest(trial) for p in ctx.spec.search}
         config = ctx.spec.config(params, experiment=ctx.experiment,
                                  run_name=f"{ctx.study_name}-trial-{trial.number}")

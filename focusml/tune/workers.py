@@ -22,7 +22,7 @@ from typing import Callable
 import optuna
 
 from focusml import FocusmlError, Terminated
-from focusml.tune.recovery import fail_dead_local, on_stale
+from focusml.tune.recovery import CALL_ATTR, fail_dead_local, on_stale
 from focusml.tune.results import TrialRecord
 from focusml.tune.storage import open_storage, with_heartbeat
 from focusml.tune.trials import TrialContext, make_objective
@@ -72,14 +72,19 @@ def run_worker(ctx: TrialContext, storage: str, n_trials: int, seed_offset: int,
         raise
 
 
-def _finished_by(study: optuna.Study, pid: int) -> int:
+def _finished_by(study: optuna.Study, pid: int, parent_run_id: str) -> int:
+    """Trials finished by worker `pid` of this call (a pid alone may repeat on another machine)."""
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    return sum(t.user_attrs.get("worker_pid") == pid for t in study.get_trials(deepcopy=False, states=done))
+    return sum(t.user_attrs.get("worker_pid") == pid and t.user_attrs.get(CALL_ATTR) == parent_run_id
+               for t in study.get_trials(deepcopy=False, states=done))
 
 
-def run_workers(ctx: TrialContext, storage: str, study: optuna.Study, n: int, workers: int, n_before: int, uri: str,
+def run_workers(ctx: TrialContext, storage: str, study: optuna.Study, n: int, workers: int, seed_offset: int, uri: str,
                 on_trial: Callable[[TrialRecord], None] | None) -> None:
-    """K spawned processes, each running its share of n trials; report finished trials as they land."""
+    """K spawned processes, each running its share of n trials; report this call's finished trials as they land.
+
+    Worker i's sampler seed is the study's plus `seed_offset + i` (a replacement's: further on), so
+    no two workers draw the same random params."""
     mpc = mp.get_context("spawn")
     errors = mpc.Queue()
     shares = [n // workers + (i < n % workers) for i in range(workers)]
@@ -91,7 +96,7 @@ def run_workers(ctx: TrialContext, storage: str, study: optuna.Study, n: int, wo
         p.start()
         return p
 
-    slots = {i: (spawn(i, share, n_before + i), share, 0) for i, share in enumerate(shares) if share}
+    slots = {i: (spawn(i, share, seed_offset + i), share, 0) for i, share in enumerate(shares) if share}
     done: list[mp.Process] = []
     seen: set[int] = set()
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
@@ -104,16 +109,17 @@ def run_workers(ctx: TrialContext, storage: str, study: optuna.Study, n: int, wo
                 if p.exitcode is not None and p.exitcode < 0 and replaced < MAX_REPLACEMENTS:
                     # killed by a signal: fail and requeue its trial now, run the rest of its share anew
                     fail_dead_local(study)
-                    left = share - _finished_by(study, p.pid)
+                    left = share - _finished_by(study, p.pid, ctx.parent_run_id)
                     if left > 0:
-                        offset = n_before + workers * (replaced + 1) + i
+                        offset = seed_offset + workers * (replaced + 1) + i
                         slots[i] = (spawn(i, left, offset), left, replaced + 1)
                         continue
                 done.append(p)
             for t in study.get_trials(deepcopy=False, states=finished):
                 if t.number not in seen:
                     seen.add(t.number)
-                    if on_trial and t.number >= n_before and t.state != optuna.trial.TrialState.FAIL:
+                    if on_trial and t.user_attrs.get(CALL_ATTR) == ctx.parent_run_id \
+                            and t.state != optuna.trial.TrialState.FAIL:  # this call's, not another machine's
                         on_trial(TrialRecord.of(t))
             if slots:
                 time.sleep(1.0)
