@@ -31,7 +31,7 @@ def server(host, port, backend_store_uri, artifacts_destination, allowed_hosts, 
     shown = redact(store)
     if is_database(store):  # a missing driver or an unreachable database: one line here, not MLflow's traceback
         store = with_driver(store, "--backend-store-uri")
-        check_connects(store, "--backend-store-uri")
+        check_connects(store, "--backend-store-uri", shown=shown)
     mlflow_bin = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or shutil.which("mlflow")
     if mlflow_bin is None:
         raise FocusmlError("the `mlflow` command is not installed in this environment: pip install mlflow.")

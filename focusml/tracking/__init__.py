@@ -17,7 +17,7 @@
 - `sources`: `--init-from` (a run, `runs:/`, `models:/` or a file) → weights only, plus lineage tags.
 """
 
-from focusml.tracking.database import check_connects, is_database, redact, with_driver
+from focusml.tracking.database import check_connects, is_database, redact, retry_unique, with_driver
 from focusml.tracking.experiment import DEFAULT_EXPERIMENT, resolve_experiment
 from focusml.tracking.log import (active_run_id, experiment_name, log_artifact, log_artifacts_to, log_datasets,
                                   log_dict, log_figure, log_image_step, log_metrics, log_model, log_params,
@@ -36,6 +36,6 @@ __all__ = [
     "DEFAULT_EXPERIMENT", "DEFAULT_STORE", "Registered", "RunKeeper", "RunLogger", "Source", "StopRun", "TrackingLost", "active_run_id",
     "check_connects", "check_reachable", "default_uri", "experiment_name", "load_run_data", "load_run_model", "log_artifact", "log_artifacts_to",
     "log_datasets", "log_dict", "log_figure", "log_image_step", "log_metrics", "log_model", "log_params", "log_state_dict",
-    "log_table", "register", "register_version", "resolve_experiment", "resolve_source", "resume", "resume_config", "run", "run_dir", "run_info", "redact",
+    "log_table", "register", "register_version", "resolve_experiment", "resolve_source", "resume", "resume_config", "run", "run_dir", "run_info", "redact", "retry_unique",
     "search_runs", "search_runs_where", "set_tags", "setup", "start_run", "terminate_run", "tracking_uri", "with_driver", "is_database",
 ]

@@ -39,6 +39,13 @@ def redact(url: str) -> str:
     return url
 
 
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken or blocked install
+        return False
+
+
 def with_driver(url: str, what: str = "the store") -> str:
     """`url`, or the same URL naming an installed PostgreSQL driver; FocusmlError if its driver is missing."""
     import sqlalchemy.engine
@@ -59,9 +66,12 @@ def with_driver(url: str, what: str = "the store") -> str:
     scheme, rest = url.split("://", 1)
     if scheme == "postgresql":  # no driver named: take whichever one is installed
         for driver in POSTGRES_DRIVERS:
-            if importlib.util.find_spec(driver) is not None:
+            if _installed(driver):
                 return f"postgresql+{driver}://{rest}"
-    hint = POSTGRES_HINT if scheme in ("postgresql", "postgresql+psycopg2") else f"pip install {missing}"
+    if scheme == "postgresql":
+        raise FocusmlError(f"{what} {redact(url)} needs a PostgreSQL driver (psycopg2 or psycopg) and none is "
+                           f"installed: {POSTGRES_HINT}.")
+    hint = POSTGRES_HINT if scheme == "postgresql+psycopg2" else f"pip install {missing}"
     raise FocusmlError(f"{what} {redact(url)} needs the database driver `{missing}`, which is not installed: {hint}.")
 
 
@@ -77,7 +87,7 @@ def reason(e: BaseException, url: str = "") -> str:
     return why
 
 
-def check_connects(url: str, what: str = "the store", timeout: int = 10) -> None:
+def check_connects(url: str, what: str = "the store", timeout: int = 10, shown: str | None = None) -> None:
     """FocusmlError (naming the fix) unless the database server at `url` accepts a connection; SQLite is not checked."""
     if url.startswith("sqlite"):
         return
@@ -90,20 +100,24 @@ def check_connects(url: str, what: str = "the store", timeout: int = 10) -> None
         with engine.connect():
             pass
     except sqlalchemy.exc.SQLAlchemyError as e:
-        raise FocusmlError(f"cannot connect to {what} {redact(url)}: {reason(e, url)}.") from None
+        why = reason(e, url)
+        end = "" if why.endswith((".", "?", "!")) else "."
+        raise FocusmlError(f"cannot connect to {what} {shown or redact(url)}: {why}{end}") from None
     finally:
         engine.dispose()
 
 
-UNIQUE_RACE = ("UniqueViolation", "duplicate key value", "Duplicate entry", "UNIQUE constraint failed")
+UNIQUE_RACE = ("UniqueViolation", "duplicate key value", "DuplicateTable", "DuplicateObject", "Duplicate entry",
+               "UNIQUE constraint failed")
 
 
 def retry_unique(call: Callable[[], T], tries: int = 3) -> T:
     """`call()`, made again when the store refused it for a unique key that another process took meanwhile.
 
-    Runs that start together on one experiment each insert the same dataset or experiment tag;
-    MLflow's SQL store checks, then inserts, so on PostgreSQL or MySQL all but the first fail (a
-    SQLite file serialises them). Made again, the call finds the row and links to it.
+    Runs that start together on one experiment each insert the same dataset or experiment tag, and
+    tune calls that start together on a new database each create Optuna's tables: MLflow and
+    Optuna check, then insert, so on PostgreSQL or MySQL all but the first fail (a SQLite file
+    serialises them). Made again, the call finds the row (or table) and uses it.
     """
     for attempt in range(tries):
         try:

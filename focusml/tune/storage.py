@@ -101,9 +101,9 @@ def with_heartbeat(store: Any, on_stale: Callable[[optuna.Study, FrozenTrial], N
     interval, grace = heartbeat()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if isinstance(store, str):
-            return RDBStorage(store, heartbeat_interval=interval, grace_period=grace,
-                              heartbeat_stale_trial_callback=on_stale)
+        if isinstance(store, str):  # machines starting together on a new database race to create the tables
+            return tracking.retry_unique(lambda: RDBStorage(store, heartbeat_interval=interval, grace_period=grace,
+                                                            heartbeat_stale_trial_callback=on_stale))
     if isinstance(store, HeartbeatJournalStorage):
         store.heartbeat_interval, store.grace_period, store.on_stale = interval, grace, on_stale
     return store
