@@ -8,7 +8,10 @@ working directory and FOCUSML_CACHE), as separate machines would.
 - 4 concurrent `focusml train` runs through the PostgreSQL-backed server log every metric of
   every epoch;
 - a worker SIGKILLed mid-trial has its trial failed and retried with the same params, and the
-  call still finishes its trials.
+  call still finishes its trials; a trial of a machine that died is failed once its heartbeat is
+  stale (by the database's clock) and retried;
+- tune calls starting together on a new database all open it; without the driver, one line
+  naming `pip install 'focusml[postgres]'`.
 
 Kept small (decoy-digits, 1-3 epochs) so the file runs in about two minutes on 2 cores; skipped
 with the reason where the PostgreSQL binaries or psycopg2 are missing.
@@ -214,6 +217,40 @@ def test_a_worker_killed_mid_trial_has_its_trial_retried(postgres, machines):
     for t in trials:
         if t.state.name == "COMPLETE":
             assert [r.info.status for r in by_trial[t.number]] == ["FINISHED"]
+
+
+@pytest.mark.server
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_dead_machines_trial_is_failed_by_heartbeat_and_retried(postgres, pg_server, monkeypatch):
+    """A trial of another machine (its pid cannot be checked here) that stops beating: the next
+    `fail_dead_local` (what every tune call and worker runs) fails it after the grace period, by
+    the database's clock, closes its MLflow run and queues its params again."""
+    from focusml.tune.recovery import fail_dead_local, on_stale
+    from focusml.tune.storage import open_storage, with_heartbeat
+
+    monkeypatch.setenv("FOCUSML_TUNE_HEARTBEAT_S", "1")  # grace: 3 s
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", pg_server)
+    mlflow.set_tracking_uri(pg_server)
+    study = optuna.create_study(study_name="dead-machine", storage=with_heartbeat(
+        open_storage(postgres.createdb("optuna_dead"))[0], on_stale))
+    trial = study.ask()
+    lr = trial.suggest_float("lr", 0.001, 0.01)
+    trial.set_user_attr("worker_pid", 1)
+    trial.set_user_attr("worker_host", "a-machine-that-died")
+    mlflow.set_experiment("pg-dead-machine")
+    with mlflow.start_run(tags={"optuna.study_name": "dead-machine", "optuna.trial_number": "0"}) as r:
+        pass
+    MlflowClient().update_run(r.info.run_id, "RUNNING")  # as the dead machine left it
+    study._storage.record_heartbeat(trial._trial_id)
+    assert fail_dead_local(study) == [] and study.trials[0].state.name == "RUNNING"  # still within the grace period
+    time.sleep(4)
+    fail_dead_local(study)
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["FAIL", "WAITING"]
+    assert trials[1].params == {"lr": lr} and trials[1].system_attrs["retry_history"] == [0]
+    run = mlflow.get_run(r.info.run_id)
+    assert run.info.status == "KILLED" and "no Optuna heartbeat for 3 s" in run.data.tags["focusml.killed"]
 
 
 @pytest.mark.slow
