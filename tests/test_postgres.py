@@ -254,6 +254,7 @@ def test_a_dead_machines_trial_is_failed_by_heartbeat_and_retried(postgres, pg_s
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_tune_calls_starting_together_on_a_new_database_all_open_it(postgres):
     """Optuna creates its tables check-then-insert: 4 openers at once on a new database race on them."""
     import threading

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import time
-import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Any, Callable
