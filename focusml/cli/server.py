@@ -13,6 +13,12 @@ from focusml import FocusmlError
 from focusml.tracking import check_connects, default_uri, is_database, redact, with_driver
 
 
+def _own_name() -> str:
+    """This machine's name as others would write it (the FQDN, else the host name)."""
+    name = socket.getfqdn()
+    return socket.gethostname() if name.startswith("localhost") else name
+
+
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="interface to bind; keep 127.0.0.1 unless you mean to share it")
 @click.option("--port", default=5000, show_default=True, type=int)
@@ -21,8 +27,8 @@ from focusml.tracking import check_connects, default_uri, is_database, redact, w
                    "is a database URI, else sqlite:///mlflow.db here")
 @click.option("--artifacts-destination", default=None, help="default: ./mlartifacts here")
 @click.option("--allowed-hosts", default=None,
-              help="Host headers the server accepts, comma-separated (MLflow's default: localhost and private IPs); "
-                   "name the host here when other machines reach it by name, e.g. mlflow.lab.example")
+              help="Host headers the server answers, comma-separated, wildcards allowed; replaces MLflow's default "
+                   "(localhost and private IPs), so list every way it is reached: 'tracking-host:5000,localhost:*'")
 @click.option("--workers", default=1, show_default=True, type=int, help="server worker processes (one is plenty for a local UI)")
 def server(host, port, backend_store_uri, artifacts_destination, allowed_hosts, workers):
     """Start the MLflow tracking server and UI on focusml's store."""
@@ -41,11 +47,13 @@ def server(host, port, backend_store_uri, artifacts_destination, allowed_hosts, 
         cmd += ["--artifacts-destination", artifacts_destination]
     if allowed_hosts:
         cmd += ["--allowed-hosts", allowed_hosts]
-    reach = socket.getfqdn() if host in ("0.0.0.0", "::") else host  # what other machines put in their URI
+    reach = _own_name() if host in ("0.0.0.0", "::") else host  # what other machines put in their URI
     click.echo(f"MLflow UI on http://{host}:{port}  (store: {shown}); Ctrl-C stops it.", err=True)
     click.echo(f"Log runs to it with: export MLFLOW_TRACKING_URI=http://{reach}:{port}", err=True)
-    if reach != host and not allowed_hosts:  # MLflow answers private IPs and localhost only unless told
-        click.echo(f"(or this machine's private IP; to reach it by name, add --allowed-hosts '{reach}:{port}')", err=True)
+    # MLflow answers requests addressed to localhost or a private IP only, unless --allowed-hosts says more
+    if reach != host and not allowed_hosts and not reach.startswith("localhost"):
+        click.echo(f"(or this machine's private IP; to reach it by name, add --allowed-hosts "
+                   f"'{reach}:{port},localhost:*')", err=True)
     # MLflow's background job runner (GenAI jobs) is not used by focusml: leave it off unless asked for.
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     sys.stderr.flush()
