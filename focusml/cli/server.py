@@ -9,7 +9,6 @@ import sys
 import click
 
 from focusml import FocusmlError
-from focusml.tracking import default_uri
 
 
 @click.command()
@@ -20,6 +19,8 @@ from focusml.tracking import default_uri
 @click.option("--workers", default=1, show_default=True, type=int, help="server worker processes (one is plenty for a local UI)")
 def server(host, port, backend_store_uri, artifacts_destination, workers):
     """Start the MLflow tracking server and UI on focusml's store."""
+    from focusml.tracking import default_uri  # MLflow: imported when the command runs, not for --help
+
     env_uri = os.environ.get("MLFLOW_TRACKING_URI", "")
     store = backend_store_uri or (env_uri if env_uri and not env_uri.startswith("http") else default_uri())
     mlflow_bin = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or shutil.which("mlflow")
