@@ -122,9 +122,9 @@ def train_step(model, method: Method, batch: Batch, optimizer,
     x = precision.input(batch.x)
     x = x.requires_grad_(True) if method.needs_input_grad else x
     hooks = method.layer_hooks(batch)
+    if "input" in hooks:
+        x = hooks["input"](x)
     with precision.autocast():
-        if "input" in hooks:
-            x = hooks["input"](x)
         with layer_hooks(model, hooks):
             features, logits = model.forward_features(x)
         ce = F.cross_entropy(logits, batch.y)
