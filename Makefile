@@ -45,6 +45,7 @@ benchmark: setup
 
 mlproject: setup
 	$(BIN)/python -m focusml.mlproject > MLproject
+	$(BIN)/python -m focusml.catalog
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns mlartifacts

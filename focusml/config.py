@@ -19,6 +19,7 @@ from focusml.data import DATASETS
 from focusml.data.masks import CORRUPTIONS, MaskAugment, corruption_strength, parse_budget
 from focusml.evaluate import SELECTABLE
 from focusml.models import MODELS
+from focusml.precision import check_amp, check_channels_last, switch
 
 LR_SCHEDULES = ("cosine", "constant")
 #: options whose empty value means "not given"
@@ -46,6 +47,8 @@ class RunConfig:
     select: str = "auto"  # the validation metric that picks the evaluated checkpoint, or "last"
     seed: int = 0
     device: str = "auto"
+    amp: str = "off"  # mixed precision of the training step: off | auto | bf16 | fp16 (focusml/precision.py)
+    channels_last: str = "auto"  # channels-last memory format: auto (big backbones on CUDA) | on | off
     experiment: str | None = None  # None: MLFLOW_EXPERIMENT_NAME, else MLFLOW_EXPERIMENT_ID, else "focusml"
     run_name: str | None = None
     log_model: bool = True
@@ -77,6 +80,9 @@ class RunConfig:
         if self.image_size is not None and self.image_size < 8:
             raise FocusmlError(f"--image-size is {self.image_size}; it must be ≥ 8.")
         check_device(self.device)
+        self.amp, self.channels_last = switch(self.amp, "auto"), switch(self.channels_last, "on")
+        check_amp(self.amp, self.device)
+        check_channels_last(self.channels_last)
         if self.pretrained and self.pretrained != "imagenet":  # a bad weights file is refused here, before any run exists
             from focusml.models import check_state_dict_file
 

@@ -27,6 +27,7 @@ from focusml.data.masks import annotate
 from focusml.evaluate import Predictions, select_metric, test_metrics
 from focusml.methods import Method, PrepareContext
 from focusml.models import InitWeights, build_model, load_init_state, read_init_file, source_kind
+from focusml.precision import Precision
 from focusml.train import FitResult, fit, resolve_device
 
 
@@ -136,12 +137,14 @@ def run(config: RunConfig, callbacks: Callbacks | None = None, init: InitWeights
     model = build_model(config.model, c, data.num_classes, max(h, w), config.pretrained)
     if init is not None:  # every tensor must fit: a wrong architecture is refused before any run exists
         load_init_state(model, init, config.model, max(h, w))
-    model = model.to(device)
+    precision = Precision.for_run(config.amp, config.channels_last, config.model, device)
+    model = precision.model(model.to(device))  # --channels-last: the training step converts its batches too
     method.check(model, data, device)  # options that must fit the model (layer names, an inpainter)
     ctx = RunContext(config, data, model, method, device)
     with callbacks.run_scope(ctx):
         if annotated is not None:
             callbacks.log_params({"annotated_images": annotated})
+        callbacks.log_params(precision.params)  # what --amp and --channels-last resolved to on this device
         method.prepare(PrepareContext(data=data, config=config, model=model, cache_dir=cache_dir(), device=device,
                                       log_artifact=callbacks.log_artifact, log_params=callbacks.log_params,
                                       progress=callbacks.on_prepare))

@@ -27,6 +27,7 @@ from focusml.data import Dataset
 from focusml.data.masks import augment
 from focusml.evaluate import SELECTABLE, Evaluator, select_metric
 from focusml.methods import Batch, Method
+from focusml.precision import Precision
 
 __all__ = ["Callbacks", "Diverged", "FitResult", "RESUME_FORMAT", "fit", "layer_hooks", "resolve_device", "train_step",
            "training_state"]
@@ -110,21 +111,28 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def train_step(model, method: Method, batch: Batch, optimizer) -> tuple[float, float, float]:
-    """One optimisation step; returns (loss, ce, λ·penalty) as floats."""
-    x = batch.x.requires_grad_(True) if method.needs_input_grad else batch.x
+def train_step(model, method: Method, batch: Batch, optimizer,
+               precision: Precision | None = None) -> tuple[float, float, float]:
+    """One optimisation step; returns (loss, ce, λ·penalty) as floats.
+
+    `precision` (`--amp`, `--channels-last`): the forward pass and the loss run under its autocast;
+    its gradient scaler (float16) scales the backward pass and skips a step whose gradients overflowed.
+    """
+    precision = precision or Precision()
+    x = precision.input(batch.x)
+    x = x.requires_grad_(True) if method.needs_input_grad else x
     hooks = method.layer_hooks(batch)
     if "input" in hooks:
         x = hooks["input"](x)
-    with layer_hooks(model, hooks):
-        features, logits = model.forward_features(x)
-    ce = F.cross_entropy(logits, batch.y)
-    pen = method.penalty(model, batch.replace(x=x), features, logits)
-    weighted = method.lam * pen if pen is not None else torch.zeros((), device=ce.device)
-    loss = ce + weighted
+    with precision.autocast():
+        with layer_hooks(model, hooks):
+            features, logits = model.forward_features(x)
+        ce = F.cross_entropy(logits, batch.y)
+        pen = method.penalty(model, batch.replace(x=x), features, logits)
+        weighted = method.lam * pen if pen is not None else torch.zeros((), device=ce.device)
+        loss = ce.float() + weighted.float()
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    precision.step(loss, optimizer)
     return float(loss.detach()), float(ce.detach()), float(weighted.detach())
 
 
@@ -147,12 +155,15 @@ class Guard:
         cause = "the learning rate or λ is" if lam else "the learning rate is"
         fix = f"try --lr {self.config.lr / 10:g}" + (f" or --lam {lam / 10:g}" if lam else "")
         given = f"--lr {self.config.lr:g}" + (f", --lam {lam:g}" if lam else "")
+        if getattr(self.config, "amp", "off") != "off":  # float16's range ends at 65504: a possible cause too
+            fix += f" (or --amp off: --amp {self.config.amp} computes the loss in reduced precision)"
         raise Diverged(f"training diverged: {what} at epoch {epoch + 1}, batch {step + 1} ({given}); "
                        f"{cause} likely too large: {fix}.")
 
 
 def training_state(epoch: int, model, optimizer, schedule, selector: Selector, gen: torch.Generator,
-                   history: list[dict[str, float]], guard: Guard, device: torch.device) -> dict:
+                   history: list[dict[str, float]], guard: Guard, device: torch.device,
+                   precision: Precision | None = None) -> dict:
     """Everything `fit` needs to continue after `epoch` exactly as if it had never stopped.
 
     Tensors, numbers, strings and lists only, so `torch.load(weights_only=True)` reads it back.
@@ -165,6 +176,7 @@ def training_state(epoch: int, model, optimizer, schedule, selector: Selector, g
         "selector": selector.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
         "history": [dict(h) for h in history], "initial_loss": guard.initial,
+        "scaler": precision.state_dict() if precision is not None else None,  # --amp fp16's loss scale
     }
 
 
@@ -191,6 +203,7 @@ def fit(model, data: Dataset, method: Method, config: RunConfig, device: torch.d
     gen = torch.Generator().manual_seed(config.seed)
     split = data.split(method.train_split)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    precision = Precision.for_run(config.amp, config.channels_last, config.model, device)
     # Cosine annealing per epoch: the last epochs take small steps, so the final weights do not
     # depend on where the last large step happened to land.
     schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
@@ -202,6 +215,7 @@ def fit(model, data: Dataset, method: Method, config: RunConfig, device: torch.d
     first = 0
     if resume is not None:
         _restore(resume, model, optimizer, schedule, selector, gen, device)
+        precision.load_state_dict(resume.get("scaler"))
         result.history = [dict(h) for h in resume["history"]]
         guard.initial = resume.get("initial_loss")
         first = resume["epoch"] + 1
@@ -219,7 +233,7 @@ def fit(model, data: Dataset, method: Method, config: RunConfig, device: torch.d
                 m = augment(m, idx, config.augment, gen, config.seed)
             batch = method.transform_batch(Batch(x, m, y, idx), gen)
             batch = Batch(batch.x.to(device), batch.m.to(device), batch.y.to(device), batch.index)
-            parts = train_step(model, method, batch, optimizer)
+            parts = train_step(model, method, batch, optimizer, precision)
             guard.check(parts[0], epoch, step)
             totals += torch.tensor(parts) * len(idx)
             callbacks.on_batch_end(epoch, step, steps, parts[0])
@@ -235,6 +249,6 @@ def fit(model, data: Dataset, method: Method, config: RunConfig, device: torch.d
         # the state first, then the metrics: a run stopped in between resumes after this epoch
         # and its tracker sends this epoch's metrics from the state's history (never twice)
         callbacks.on_checkpoint(epoch, training_state(epoch, model, optimizer, schedule, selector, gen,
-                                                      result.history, guard, device))
+                                                      result.history, guard, device, precision))
         callbacks.on_epoch_end(epoch, metrics, model)
     return selector.finish(result, config.epochs - 1)

@@ -6,7 +6,7 @@ import math
 import sys
 
 import click
-import pandas as pd
+from tabulate import tabulate
 from tqdm.auto import tqdm
 
 from focusml.callbacks import Callbacks
@@ -83,12 +83,12 @@ def fmt(value) -> str:
 
 
 def table(rows: list[dict], columns: list[str] | None = None) -> str:
-    """A plain aligned text table of dict rows (tabulate's "simple" format via pandas), cells as `fmt` writes them."""
+    """A plain aligned text table of dict rows (tabulate's "simple" format), cells as `fmt` writes them."""
     if not rows:
         return "(no rows)"
     columns = columns or list(rows[0])
-    frame = pd.DataFrame([[fmt(r.get(c)) for c in columns] for r in rows], columns=columns)
-    return frame.to_markdown(index=False, tablefmt="simple", disable_numparse=True, stralign="left")
+    return tabulate([[fmt(r.get(c)) for c in columns] for r in rows], headers=columns, tablefmt="simple",
+                    disable_numparse=True, stralign="left")
 
 
 def echo_table(rows: list[dict], columns: list[str] | None = None) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import click
 
-from focusml import tracking
-from focusml.analysis.compare import display_rows, report
 from focusml.cli._common import echo_table
 
 
@@ -33,6 +31,9 @@ def compare(experiment, dataset, out_dir, log, children):
       focusml compare --experiment focusml --dataset decoy-digits --out reports/digits
       mlflow run . -e compare -P experiment=focusml --env-manager local
     """
+    from focusml import tracking  # MLflow and torch: imported when the command runs, not for --help
+    from focusml.analysis.compare import display_rows, report
+
     click.echo(f"Comparing the runs of experiment '{experiment or tracking.resolve_experiment()}' in "
                f"{tracking.redact(tracking.tracking_uri())}", err=True)
     table, paths, run_id = report(experiment, dataset or None, out_dir, log=log, include_children=children)

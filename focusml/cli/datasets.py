@@ -6,10 +6,8 @@ from pathlib import Path
 
 import click
 
+from focusml.catalog import listing
 from focusml.cli._common import echo_table
-from focusml.data import DATASETS, DataOptions, load
-from focusml.data.folder import export as export_folder
-from focusml.figures import close, sample_grid
 
 
 @click.group()
@@ -20,9 +18,7 @@ def datasets():
 @datasets.command("list")
 def list_datasets():
     """List datasets with their shortcut."""
-    rows = [{"dataset": d.name, "kind": "built-in" if d.builtin else "needs --data-root",
-             "shortcut": d.shortcut, "what": d.description} for d in DATASETS.values()]
-    echo_table(rows)
+    echo_table(listing("datasets"))
 
 
 @datasets.command("export")
@@ -32,6 +28,9 @@ def list_datasets():
 @click.option("--data-root", default=None, help="for datasets read from disk")
 def export(name, out_dir, data_seed, data_root):
     """Write dataset NAME in the folder layout under OUT_DIR (images/, masks/, clean/)."""
+    from focusml.data import DataOptions, load  # torch: only when a dataset is read
+    from focusml.data.folder import export as export_folder
+
     data = load(name, DataOptions(seed=data_seed, root=Path(data_root) if data_root else None))
     out = export_folder(data, Path(out_dir))
     counts = {k: len(v) for k, v in data.splits.items()}
@@ -52,6 +51,9 @@ def export(name, out_dir, data_seed, data_root):
 @click.option("--image-size", type=int, default=None, help="resize folder images (and masks) to N×N")
 def show(name, out_file, split_name, per_class, data_seed, data_root, download, image_size):
     """Write a sample grid of dataset NAME: a row per class, masks outlined in cyan."""
+    from focusml.data import DataOptions, load
+    from focusml.figures import close, sample_grid
+
     data = load(name, DataOptions(seed=data_seed, root=Path(data_root) if data_root else None,
                                   download=download, image_size=image_size))
     split = data.split(split_name)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from focusml.analysis.filters import explore
 from focusml.cli._common import echo_table
 
 
@@ -30,6 +29,8 @@ def filters(run_id, compare_id, out_dir, split, max_images, top, figures, match,
       focusml filters 3f2a...
       focusml filters BASELINE_RUN --compare REFINED_RUN --out report/
     """
+    from focusml.analysis.filters import explore  # torch and MLflow: imported when the command runs, not for --help
+
     out_dir = out_dir or f"filters-{run_id[:8]}"
     click.echo(f"Analysing run {run_id}" + (f" against {compare_id}" if compare_id else "") + "…", err=True)
     report = explore(run_id, compare=compare_id, out_dir=out_dir, split=split, max_images=max_images or None,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import click
 
-from focusml.masktool import DatasetTree, MaskToolApp, load_cam_model, make_server
-from focusml.masktool.server import LOOPBACK
 
 
 @click.group()
@@ -29,6 +27,9 @@ def serve(dataset_dir, run_id, host, port):
       focusml masks serve digits-folder
       focusml masks serve digits-folder --run 3f2a... --port 8800
     """
+    from focusml.masktool import DatasetTree, MaskToolApp, load_cam_model, make_server  # torch: not for --help
+    from focusml.masktool.server import LOOPBACK
+
     tree = DatasetTree(dataset_dir)
     cam = None
     if run_id:

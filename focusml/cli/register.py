@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from focusml import tracking
 from focusml.cli._common import echo_table
 
 
@@ -24,6 +23,8 @@ def register(run_id, name, alias):
     Example:
       focusml register 3f2a… --name pas-digits --alias champion
     """
+    from focusml import tracking  # MLflow: imported when the command runs, not for --help
+
     tracking.setup()
     reg = tracking.register_version(run_id, name, alias or None)
     rows = [{"metric": k, "value": v} for k, v in reg.metrics.items()]

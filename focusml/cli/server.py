@@ -10,7 +10,6 @@ import sys
 import click
 
 from focusml import FocusmlError
-from focusml.tracking import check_connects, default_uri, is_database, redact, with_driver
 
 
 def _own_name() -> str:
@@ -32,6 +31,9 @@ def _own_name() -> str:
 @click.option("--workers", default=1, show_default=True, type=int, help="server worker processes (one is plenty for a local UI)")
 def server(host, port, backend_store_uri, artifacts_destination, allowed_hosts, workers):
     """Start the MLflow tracking server and UI on focusml's store."""
+    # MLflow: imported when the command runs, not for --help
+    from focusml.tracking import check_connects, default_uri, is_database, redact, with_driver
+
     env_uri = os.environ.get("MLFLOW_TRACKING_URI", "")
     store = backend_store_uri or (env_uri if env_uri and not env_uri.startswith("http") else default_uri())
     shown = redact(store)

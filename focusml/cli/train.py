@@ -58,6 +58,13 @@ def run_options(fn):
                           "where val has masks (default auto)"),
         click.option("--seed", type=int, default=None, help="training seed (default 0)"),
         click.option("--device", default=None, help="auto, cpu or cuda[:N] (default auto)"),
+        click.option("--amp", default=None, is_flag=False, flag_value="auto", metavar="[auto|bf16|fp16|off]",
+                     help="mixed precision for the training step: bf16, fp16 (CUDA, with a gradient scaler), auto "
+                          "(what --amp alone means: bf16 on CPU and recent GPUs, fp16 on older GPUs) or off "
+                          "(default off)"),
+        click.option("--channels-last", default=None, metavar="[auto|on|off]",
+                     help="channels-last memory format for model and batches; auto = on for resnet18, resnet50 and "
+                          "densenet121 on CUDA (default auto)"),
         click.option("--experiment", default=None,
                      help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else $MLFLOW_EXPERIMENT_ID, else focusml)"),
         click.option("--run-name", default=None, help="MLflow run name (default METHOD-DATASET-sSEED)"),
