@@ -247,14 +247,15 @@ def main(argv=None) -> int:
                                         epochs=args.epochs, batch_size=args.batch_size)["images_per_s"])
     ratios = [s / m for s, m in zip(speed["stream"], speed["memory"])]
     report["speed"] = {**speed, "ratio": ratios}
-    fits = f"{args.fit_images} images {FILE_SIZE}² → {args.fit_size}², {decoded_gib(args.fit_images + 2 * EVAL_IMAGES, args.fit_size):.3f} GiB"
+    fit_gib = decoded_gib(args.fit_images + 2 * EVAL_IMAGES, args.fit_size)
+    fits = f"{args.fit_images} images {FILE_SIZE}² → {args.fit_size}², {fit_gib:.3f} GiB"
     for mode in ("memory", "stream"):
         rows.append({"measurement": f"training, {mode} ({fits})", "decoded size": "",
                      "peak memory": "", "images/s": mean_std(speed[mode]),
                      "note": f"{args.repeats} runs × {args.epochs} epochs, model small, batch {args.batch_size}"})
-    rows.append({"measurement": "streamed ÷ in memory, run by run", "decoded size": "",
-                 "peak memory": "", "images/s": f"{np.mean(ratios):.2f} ± "
-                 f"{np.std(ratios, ddof=1) if len(ratios) > 1 else 0:.2f}×", "note": ", ".join(f"{r:.2f}" for r in ratios)})
+    spread = np.std(ratios, ddof=1) if len(ratios) > 1 else 0.0
+    rows.append({"measurement": "streamed ÷ in memory, run by run", "decoded size": "", "peak memory": "",
+                 "images/s": f"{np.mean(ratios):.2f} ± {spread:.2f}×", "note": ", ".join(f"{r:.2f}" for r in ratios)})
     keys = list(rows[0])
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))

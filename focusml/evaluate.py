@@ -90,9 +90,9 @@ def predict(model, split: Split, device: torch.device, batch_size: int = 256, ca
             pos.append(upsample(cam.clamp_min(0), x.shape[-2:]).cpu())
             shares.append(evidence_share(*region_evidence(a, weight, m.to(device))).cpu())
     empty = torch.zeros(0)
-    return Predictions(split.labels.numpy(), torch.cat(preds).numpy(), torch.cat(pos) if pos else empty,
-                       torch.cat(masks) if masks else torch.zeros((0, *split.masks.shape[1:])), torch.cat(shares) if shares else empty,
-                       torch.cat(probs).numpy())
+    masks = torch.cat(masks) if masks else torch.zeros((0, *split.masks.shape[1:]))
+    return Predictions(split.labels.numpy(), torch.cat(preds).numpy(), torch.cat(pos) if pos else empty, masks,
+                       torch.cat(shares) if shares else empty, torch.cat(probs).numpy())
 
 
 def dead_share(pos_cams: torch.Tensor) -> float:

@@ -56,6 +56,7 @@ def test_rows_index_like_a_tensor(tree):
         s[len(m)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, extra", [("pas", {"mask_budget": 4, "mask_corruption": "shifted", "dilate": 1}),
                                            ("random_crop", {})])
 def test_a_streamed_run_gives_the_in_memory_weights_and_metrics(tree, method, extra):
@@ -95,7 +96,8 @@ def test_a_file_broken_after_loading_fails_with_one_line_naming_it(tmp_path):
     bad.write_bytes(b"not a png")
     with pytest.raises(FocusmlError) as err:  # read by a worker process, raised here as the same one line
         list(batches(split, torch.arange(len(split)), 4))
-    assert str(err.value).startswith(f"folder dataset: image {bad} is not a readable image") and "\n" not in str(err.value)
+    message = str(err.value)
+    assert message.startswith(f"folder dataset: image {bad} is not a readable image") and "\n" not in message
 
 
 def test_a_streamed_read_never_leaves_the_root(tmp_path):
@@ -118,6 +120,7 @@ def test_log_datasets_describes_a_streamed_split_without_decoding_it(tree):
     assert ds.profile["features_shape"] == [12, 1, 10, 12] or tuple(ds.profile["features_shape"]) == (12, 1, 10, 12)
 
 
+@pytest.mark.slow
 def test_the_benchmark_jobs_at_toy_size(tmp_path):
     spec = importlib.util.spec_from_file_location("stream_bench", REPO / "benchmarks" / "stream.py")
     bench = importlib.util.module_from_spec(spec)

@@ -409,7 +409,8 @@ def load_folder(options: DataOptions) -> Dataset:
                 clean.append(split)
     rows = sum(len(items) for items in plan.values()) + sum(len(plan[split]) for split in clean)
     stream = streams(options.loading, decoded_bytes(rows, _channels(mode), size))
-    splits = {split: _load_split(root, split, classes, mode, size, resize, items, stream) for split, items in plan.items()}
+    splits = {split: _load_split(root, split, classes, mode, size, resize, items, stream)
+              for split, items in plan.items()}
     for split in clean:
         splits[f"{split}_clean"] = _load_clean(root, split, classes, plan[split], mode, size, resize, stream)
     return Dataset(name="folder", classes=classes, splits=splits, description=__doc__ or "",
