@@ -17,6 +17,7 @@ import yaml
 from focusml import FocusmlError, methods
 from focusml.data import DATASETS
 from focusml.data.masks import CORRUPTIONS, MaskAugment, corruption_strength, parse_budget
+from focusml.data.stream import MODES as DATA_LOADING
 from focusml.evaluate import SELECTABLE
 from focusml.models import MODELS
 from focusml.precision import check_amp, check_channels_last, switch
@@ -37,6 +38,7 @@ class RunConfig:
     data_seed: int = 0
     image_size: int | None = None
     train_size: int | None = None
+    data_loading: str = "auto"  # folder: auto | memory | stream (read from disk on demand; docs/datasets.md)
     model: str = "small"
     pretrained: str | None = None  # a local state-dict file, or "imagenet" (torchvision's cached file)
     init_from: str | None = None  # a trained model to start from: local file, run id, runs:/..., models:/...
@@ -79,6 +81,11 @@ class RunConfig:
             raise FocusmlError(f"--train-size is {self.train_size}; it must be a whole number ≥ 1.")
         if self.image_size is not None and self.image_size < 8:
             raise FocusmlError(f"--image-size is {self.image_size}; it must be ≥ 8.")
+        if self.data_loading not in DATA_LOADING:
+            raise FocusmlError(f"--data-loading is {self.data_loading!r}; choose one of {', '.join(DATA_LOADING)}.")
+        if self.data_loading == "stream" and self.dataset != "folder":
+            raise FocusmlError(f"--data-loading stream reads a folder dataset from disk; dataset '{self.dataset}' is "
+                               "built in memory. Drop the option or use --dataset folder.")
         check_device(self.device)
         self.amp, self.channels_last = switch(self.amp, "auto"), switch(self.channels_last, "on")
         check_amp(self.amp, self.device)

@@ -28,20 +28,21 @@ from dataclasses import dataclass
 
 import torch
 
-from focusml.data.base import Split
+from focusml.data.base import Split, annotated
+from focusml.data.stream import Rows
 
 SEED = 0
 
 
-def donors(labels: torch.Tensor, masks: torch.Tensor, seed: int = SEED) -> torch.Tensor:
+def donors(labels: torch.Tensor, masks, seed: int = SEED) -> torch.Tensor:
     """For each row, the row of a donor of another class (-1 when the split has a single class)."""
     gen = torch.Generator().manual_seed(seed)
-    annotated = masks.flatten(1).amax(1) > 0
+    has_mask = annotated(masks)
     out = torch.full((len(labels),), -1, dtype=torch.long)
     for cls in labels.unique().tolist():
         rows = torch.nonzero(labels == cls).flatten()
         other = labels != cls
-        pool = torch.nonzero(other & annotated).flatten()
+        pool = torch.nonzero(other & has_mask).flatten()
         if len(pool) == 0:
             pool = torch.nonzero(other).flatten()
         if len(pool):
@@ -58,16 +59,36 @@ class Counterfactuals:
     valid: torch.Tensor  # bool: the image changed (u non-empty), counted in the metrics
 
 
+def _blend(images: torch.Tensor, masks: torch.Tensor, donor_images: torch.Tensor, donor_masks: torch.Tensor,
+           has: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_cf as uint8, u) for rows of images and masks and their donors' rows."""
+    m = masks.float()
+    u = torch.maximum(m, donor_masks.float()) * has.view(-1, 1, 1)
+    blended = images.float() * (1 - u[:, None]) + donor_images.float() * u[:, None]
+    return blended.round().clamp(0, 255).to(torch.uint8), u
+
+
+class Blended(Rows):
+    """The x_cf of a streamed split, computed from the rows and their donors' rows when read."""
+
+    def __init__(self, split: Split, src: torch.Tensor, has: torch.Tensor):
+        super().__init__(split.images.shape)
+        self.split, self.src, self.has = split, src, has
+
+    def read(self, index: torch.Tensor) -> torch.Tensor:
+        s, src = self.split, self.src[index]
+        return _blend(s.images[index], s.masks[index], s.images[src], s.masks[src], self.has[index])[0]
+
+
 def build(split: Split, seed: int = SEED) -> Counterfactuals:
-    """x_cf = x·(1 − u) + x_d·u with u = max(m, m_d) for every row of `split`."""
+    """x_cf = x·(1 − u) + x_d·u with u = max(m, m_d) for every row of `split` (read on demand if it is streamed)."""
     d = donors(split.labels, split.masks, seed)
     has = d >= 0
     src = torch.where(has, d, torch.arange(len(d)))
-    m = split.masks.float()
-    u = torch.maximum(m, m[src]) * has.view(-1, 1, 1)
-    x = split.images.float()
-    blended = x * (1 - u[:, None]) + x[src] * u[:, None]
-    images = blended.round().clamp(0, 255).to(torch.uint8)
+    if split.streamed:  # u is non-empty where the image or its donor has a mask
+        valid = has & (split.annotated | split.annotated[src])
+        return Counterfactuals(Split(Blended(split, src, has), split.masks, split.labels), d, valid)
+    images, u = _blend(split.images, split.masks, split.images[src], split.masks[src], has)
     valid = u.flatten(1).amax(1) > 0
     return Counterfactuals(Split(images, split.masks, split.labels), d, valid)
 

@@ -26,6 +26,8 @@ from focusml import FocusmlError, counterfactual
 from focusml.cam import cam_from_features, cam_in_mask, evidence_in_mask, evidence_share, region_evidence, upsample, \
     wrong_reason
 from focusml.data import Dataset, Split
+from focusml.data.base import as_float
+from focusml.data.stream import batches
 
 #: Validation metrics a run can select its checkpoint on, with the direction that is better.
 SELECTABLE = {
@@ -42,7 +44,7 @@ def select_metric(select: str, data: Dataset) -> str:
 
     Raises FocusmlError for a metric the dataset cannot compute (no masks in `val`, no `val_clean`).
     """
-    annotated = bool((data.split("val").masks.flatten(1).amax(1) > 0).any())
+    annotated = bool(data.split("val").annotated.any())
     if select == "auto":
         return "acc/val_cf" if annotated and data.num_classes > 1 else "last"
     if select in _NEEDS_MASKS and not annotated:
@@ -74,11 +76,11 @@ class Predictions:
 def predict(model, split: Split, device: torch.device, batch_size: int = 256, cams: bool = True) -> Predictions:
     """Predictions of `model` on a split; `cams=False` skips the CAM and evidence maps (labels only)."""
     model.eval()
-    preds, probs, pos, shares = [], [], [], []
+    preds, probs, pos, shares, masks = [], [], [], [], []
     weight = model.classifier.weight
-    for start in range(0, len(split), batch_size):
-        idx = torch.arange(start, min(start + batch_size, len(split)))
-        x, m, _ = split.batch(idx)
+    for _, rows in batches(split, torch.arange(len(split)), batch_size):  # streamed: read by workers
+        x, m, _ = as_float(*rows)
+        masks.append(m)
         a, logits = model.forward_features(x.to(device))
         prob, pred = torch.softmax(logits, 1).max(1)
         preds.append(pred.cpu())
@@ -88,8 +90,9 @@ def predict(model, split: Split, device: torch.device, batch_size: int = 256, ca
             pos.append(upsample(cam.clamp_min(0), x.shape[-2:]).cpu())
             shares.append(evidence_share(*region_evidence(a, weight, m.to(device))).cpu())
     empty = torch.zeros(0)
-    return Predictions(split.labels.numpy(), torch.cat(preds).numpy(), torch.cat(pos) if pos else empty,
-                       split.masks.float(), torch.cat(shares) if shares else empty, torch.cat(probs).numpy())
+    masks = torch.cat(masks) if masks else torch.zeros((0, *split.masks.shape[1:]))
+    return Predictions(split.labels.numpy(), torch.cat(preds).numpy(), torch.cat(pos) if pos else empty, masks,
+                       torch.cat(shares) if shares else empty, torch.cat(probs).numpy())
 
 
 def dead_share(pos_cams: torch.Tensor) -> float:

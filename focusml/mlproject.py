@@ -14,7 +14,7 @@ from focusml import methods
 from focusml.config import MaskAugment, RunConfig
 
 RUN_FIELDS = ["dataset", "data_root", "train_size", "epochs", "batch_size", "lr", "lr_schedule", "select", "seed", "model",
-              "device", "amp", "channels_last", "init_from"]
+              "device", "amp", "channels_last", "init_from", "data_loading"]
 #: the annotations a mask-based method trains with (data/masks.py)
 MASK_FIELDS = ["mask_budget", "mask_corruption", "corruption_strength"]
 

@@ -63,6 +63,7 @@ def load_data(config: RunConfig) -> Dataset:
         download=config.download,
         image_size=config.image_size,
         train_size=config.train_size,
+        loading=config.data_loading,
     ))
 
 

@@ -24,7 +24,9 @@ from focusml import RunFailed
 from focusml.callbacks import Callbacks
 from focusml.config import RunConfig
 from focusml.data import Dataset
+from focusml.data.base import as_float
 from focusml.data.masks import augment
+from focusml.data.stream import batches
 from focusml.evaluate import SELECTABLE, Evaluator, select_metric
 from focusml.methods import Batch, Method
 from focusml.precision import Precision
@@ -226,9 +228,8 @@ def fit(model, data: Dataset, method: Method, config: RunConfig, device: torch.d
         start = time.perf_counter()
         order = torch.randperm(n, generator=gen)
         totals = torch.zeros(3)
-        for step in range(steps):
-            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-            x, m, y = split.batch(idx)
+        for step, (idx, rows) in enumerate(batches(split, order, config.batch_size)):  # streamed: read by workers
+            x, m, y = as_float(*rows)
             if method.uses_masks:
                 m = augment(m, idx, config.augment, gen, config.seed)
             batch = method.transform_batch(Batch(x, m, y, idx), gen)

@@ -63,6 +63,6 @@ def show(name, out_file, split_name, per_class, data_seed, data_root, download, 
     fig.savefig(out, dpi=100)
     close(fig)
     c, h, w = data.image_shape
-    masked = int((split.masks.flatten(1).sum(1) > 0).sum())
+    masked = int(split.annotated.sum())
     click.echo(f"wrote {out}: {name} {split_name}, {len(split)} images of {c}×{h}×{w}, "
                f"{data.num_classes} classes, {masked} with a mask")

@@ -34,6 +34,9 @@ def run_options(fn):
         click.option("--image-size", type=int, default=None, help="resize folder images (and masks) to N×N"),
         click.option("--train-size", default=None,
                      help="decoy-mnist/decoy-fashion: train on the first N of the shuffled training images"),
+        click.option("--data-loading", type=click.Choice(["auto", "memory", "stream"]), default=None,
+                     help="folder dataset: hold it in memory, or stream it from disk with worker processes; auto "
+                          "streams when it would take over a quarter of the available memory (default auto)"),
         click.option("--model", default=None, help="network: small, small-bn, vgg11, resnet18, resnet50 or densenet121 "
                                                     f"(default {defaults.model})"),
         click.option("--pretrained", default=None, help="local state-dict file (the tensors that fit), or imagenet: "

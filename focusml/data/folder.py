@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ from PIL import Image
 from focusml import FocusmlError
 from focusml.data.base import SPLITS, Dataset, Split
 from focusml.data.registry import DataOptions, register
+from focusml.data.stream import FileRows, Zeros, streams
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 REQUIRED_SPLITS = ("train", "val", "test")
@@ -180,14 +182,15 @@ def _image_array(img: Image.Image, mode: str, size: tuple[int, int]) -> np.ndarr
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
-def _load_mask(path: Path, image_path: Path, image_size: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
-    """The binary mask of an image of `image_size`, taken to `size` by nearest neighbour."""
-    if not path.is_file():
-        raise FocusmlError(
-            f"folder dataset: mask {path} is missing (its image: {image_path}). Draw it with `focusml masks serve`, "
-            "or save an all-black single-channel PNG of the image's size there to mean 'no annotation'."
-        )
-    m = _open(path, "mask")
+def _missing_mask(path: Path, image_path: Path) -> FocusmlError:
+    return FocusmlError(
+        f"folder dataset: mask {path} is missing (its image: {image_path}). Draw it with `focusml masks serve`, "
+        "or save an all-black single-channel PNG of the image's size there to mean 'no annotation'."
+    )
+
+
+def _check_mask(m: Image.Image, path: Path, image_path: Path, image_size: tuple[int, int]) -> None:
+    """Refuse a mask that is not single-channel or not its image's size."""
     if m.mode not in MASK_MODES:
         raise FocusmlError(
             f"folder dataset: mask {path} has {len(m.getbands())} channels ({m.mode}); masks must be single-channel "
@@ -198,6 +201,14 @@ def _load_mask(path: Path, image_path: Path, image_size: tuple[int, int], size: 
             f"folder dataset: mask {path} is {m.size[0]}×{m.size[1]} but its image {image_path} is "
             f"{image_size[0]}×{image_size[1]}. Redraw the mask at the image's size."
         )
+
+
+def _load_mask(path: Path, image_path: Path, image_size: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """The binary mask of an image of `image_size`, taken to `size` by nearest neighbour."""
+    if not path.is_file():
+        raise _missing_mask(path, image_path)
+    m = _open(path, "mask")
+    _check_mask(m, path, image_path, image_size)
     arr = (np.asarray(m) > 0).astype(np.uint8)
     if m.size != size:
         arr = np.asarray(Image.fromarray(arr).resize(size, Image.NEAREST))
@@ -224,17 +235,16 @@ def _check_orphan_masks(root: Path, split: str, items: list[tuple[str, Path]]) -
                 )
 
 
-def _load_split(root: Path, split: str, classes: list[str], mode: str, size: tuple[int, int], resize: bool) -> Split:
-    items = _list_images(root / "images" / split, classes, split, root)
+def _load_split(root: Path, split: str, classes: list[str], mode: str, size: tuple[int, int], resize: bool,
+                items: list[tuple[str, Path]], stream: bool) -> Split:
     _check_orphan_masks(root, split, items)
+    if stream:
+        return _stream_split(root, split, classes, mode, size, resize, items)
     images, masks, labels = [], [], []
     for cls, path in items:
         img = _open(path, "image")
         if img.size != size and not resize:
-            raise FocusmlError(
-                f"folder dataset: image {path} is {img.size[0]}×{img.size[1]}, others are {size[0]}×{size[1]}. "
-                "Pass --image-size N to resize every image (and mask) to N×N."
-            )
+            raise _size_error(path, img.size, size, "image")
         images.append(_image_array(img, mode, size))
         masks.append(_load_mask(mask_path(root, split, cls, path.name), path, img.size, size))
         labels.append(classes.index(cls))
@@ -242,29 +252,113 @@ def _load_split(root: Path, split: str, classes: list[str], mode: str, size: tup
                  torch.tensor(labels, dtype=torch.int64))
 
 
+def _size_error(path: Path, got: tuple[int, int], size: tuple[int, int], what: str) -> FocusmlError:
+    return FocusmlError(
+        f"folder dataset: {what} {path} is {got[0]}×{got[1]}, others are {size[0]}×{size[1]}. "
+        "Pass --image-size N to resize every image (and mask) to N×N."
+    )
+
+
 def _load_clean(root: Path, split: str, classes: list[str], reference: list[tuple[str, Path]], mode: str,
-                size: tuple[int, int], resize: bool) -> Split:
+                size: tuple[int, int], resize: bool, stream: bool) -> Split:
     """The clean twin of `split`: one clean image per image of images/<split>, same class and name stem."""
     cdir = root / "clean" / split
     found = {(cls, p.stem): p for cls, p in _list_images(cdir, classes, split, root)}
-    images = []
+    twins = []
     for cls, path in reference:
         twin = found.pop((cls, path.stem), None)
         if twin is None:
             raise FocusmlError(f"folder dataset: image {path} has no clean twin {cdir / cls / path.stem}.<ext>. "
                                f"Add it, or remove {cdir} if this split has no clean version.")
-        img = _open(twin, "clean image")
-        if img.size != size and not resize:
-            raise FocusmlError(f"folder dataset: clean image {twin} is {img.size[0]}×{img.size[1]}, others are "
-                               f"{size[0]}×{size[1]}. Pass --image-size N to resize every image to N×N.")
-        images.append(_image_array(img, mode, size))
+        twins.append(twin)
     if found:
         extra = next(iter(found.values()))
         raise FocusmlError(f"folder dataset: clean image {extra} has no counterpart in images/{split}/ (same class, "
                            "same name stem). Remove it or add the image.")
     labels = torch.tensor([classes.index(cls) for cls, _ in reference], dtype=torch.int64)
-    return Split(torch.from_numpy(np.stack(images)), torch.zeros((len(images), size[1], size[0]), dtype=torch.uint8),
+    if stream:
+        for twin in twins:
+            got, _ = _peek(twin, "clean image")
+            if got != size and not resize:
+                raise _size_error(twin, got, size, "clean image")
+        images = FileRows([(os.fspath(t),) for t in twins], (_channels(mode), size[1], size[0]),
+                          partial(_read_image, _real(root), mode, size, "clean image"))
+        return Split(images, Zeros((len(twins), size[1], size[0])), labels)
+    arrays = []
+    for twin in twins:
+        img = _open(twin, "clean image")
+        if img.size != size and not resize:
+            raise _size_error(twin, img.size, size, "clean image")
+        arrays.append(_image_array(img, mode, size))
+    return Split(torch.from_numpy(np.stack(arrays)), torch.zeros((len(arrays), size[1], size[0]), dtype=torch.uint8),
                  labels)
+
+
+# -- streamed splits: files checked from their headers now, decoded on demand (focusml.data.stream) ---------
+
+def _channels(mode: str) -> int:
+    return 1 if mode == "L" else 3
+
+
+def _real(root: Path) -> str:
+    return os.path.realpath(root)
+
+
+def _peek(path: Path, what: str) -> tuple[tuple[int, int], Image.Image]:
+    """(size, header-only image) of a file, without decoding its pixels; FocusmlError if it is no image."""
+    try:
+        with Image.open(path) as img:
+            return img.size, img
+    except _READ_ERRORS as e:
+        raise FocusmlError(
+            f"folder dataset: {what} {path} is not a readable image ({type(e).__name__}: {e}). "
+            "Remove it or replace it with a valid PNG/JPEG."
+        )
+
+
+def _inside(path: str, real_root: str) -> Path:
+    """`path` if it resolves inside the dataset root now (checked at every streamed read), else FocusmlError."""
+    real = os.path.realpath(path)
+    if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+        raise FocusmlError(
+            f"folder dataset: {path} resolves to {real}, outside the dataset root {real_root} (a link changed "
+            "after loading?). Copy what it points to into the dataset, or pass a --data-root that contains it."
+        )
+    return Path(path)
+
+
+def _read_image(real_root: str, mode: str, size: tuple[int, int], what: str, path: str) -> np.ndarray:
+    """One streamed image row, decoded exactly as an in-memory one."""
+    return _image_array(_open(_inside(path, real_root), what), mode, size)
+
+
+def _read_mask(real_root: str, size: tuple[int, int], path: str, image_path: str,
+               image_size: tuple[int, int]) -> np.ndarray:
+    """One streamed mask row, decoded exactly as an in-memory one."""
+    return _load_mask(_inside(path, real_root), Path(image_path), image_size, size)
+
+
+def _stream_split(root: Path, split: str, classes: list[str], mode: str, size: tuple[int, int], resize: bool,
+                  items: list[tuple[str, Path]]) -> Split:
+    """A split whose rows are read on demand; every image and mask header is checked here."""
+    image_rows, mask_rows, labels = [], [], []
+    for cls, path in items:
+        got, _ = _peek(path, "image")
+        if got != size and not resize:
+            raise _size_error(path, got, size, "image")
+        mp = mask_path(root, split, cls, path.name)
+        if not mp.is_file():
+            raise _missing_mask(mp, path)
+        _, header = _peek(mp, "mask")
+        _check_mask(header, mp, path, got)
+        image_rows.append((os.fspath(path),))
+        mask_rows.append((os.fspath(mp), os.fspath(path), got))
+        labels.append(classes.index(cls))
+    real_root = _real(root)
+    images = FileRows(image_rows, (_channels(mode), size[1], size[0]),
+                      partial(_read_image, real_root, mode, size, "image"))
+    masks = FileRows(mask_rows, (size[1], size[0]), partial(_read_mask, real_root, size))
+    return Split(images, masks, torch.tensor(labels, dtype=torch.int64))
 
 
 def _resolve_root(root: Path | None) -> Path:
@@ -303,20 +397,29 @@ def load_folder(options: DataOptions) -> Dataset:
     mode = "L" if grey else "RGB"
     resize = options.image_size is not None
     size = (options.image_size, options.image_size) if resize else _open(train_items[0][1], "image").size
-    splits = {}
-    for split in SPLITS:
-        if split in REQUIRED_SPLITS or (root / "images" / split).is_dir():
-            splits[split] = _load_split(root, split, classes, mode, size, resize)
+    plan = {split: _list_images(root / "images" / split, classes, split, root) for split in SPLITS
+            if split in REQUIRED_SPLITS or (root / "images" / split).is_dir()}
+    clean = []
     if (root / "clean").is_dir():
         for split in SPLITS:
             if (root / "clean" / split).is_dir():
                 if split not in REQUIRED_SPLITS:
                     raise FocusmlError(f"folder dataset: {root / 'clean' / split} has no use: clean images exist for "
                                        f"{', '.join(REQUIRED_SPLITS)} only. Remove it.")
-                reference = _list_images(root / "images" / split, classes, split, root)
-                splits[f"{split}_clean"] = _load_clean(root, split, classes, reference, mode, size, resize)
+                clean.append(split)
+    rows = sum(len(items) for items in plan.values()) + sum(len(plan[split]) for split in clean)
+    stream = streams(options.loading, decoded_bytes(rows, _channels(mode), size))
+    splits = {split: _load_split(root, split, classes, mode, size, resize, items, stream)
+              for split, items in plan.items()}
+    for split in clean:
+        splits[f"{split}_clean"] = _load_clean(root, split, classes, plan[split], mode, size, resize, stream)
     return Dataset(name="folder", classes=classes, splits=splits, description=__doc__ or "",
-                   params={"root": os.fspath(root), "image_size": options.image_size})
+                   params={"root": os.fspath(root), "image_size": options.image_size, "streamed": stream})
+
+
+def decoded_bytes(rows: int, channels: int, size: tuple[int, int]) -> int:
+    """Bytes the decoded tensors of `rows` images and their masks take in memory (uint8)."""
+    return rows * (channels + 1) * size[0] * size[1]
 
 
 def export(dataset: Dataset, out: Path) -> Path:

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from focusml import FocusmlError
-from focusml.data.base import Split
+from focusml.data.base import Split, annotated
+from focusml.data.stream import Rows
 
 
 @dataclass
@@ -136,14 +137,14 @@ def augment(m: torch.Tensor, index: torch.Tensor, cfg: MaskAugment, gen: torch.G
     return blur(m, cfg.blur)
 
 
-def examples(masks: torch.Tensor, cfg: MaskAugment, seed: int = 0, n: int = 8, draws: int = 3
+def examples(masks, cfg: MaskAugment, seed: int = 0, n: int = 8, draws: int = 3
              ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Rows of `masks` (uint8 N×H×W) to show, and `draws` augmented versions of them.
 
-    Picks the first `n` annotated rows; each draw uses its own generator (seed + draw), so the
-    figure is reproducible and shows the spread of the augmentation.
+    Picks the first `n` annotated rows (`masks` may be streamed); each draw uses its own generator
+    (seed + draw), so the figure is reproducible and shows the spread of the augmentation.
     """
-    index = torch.nonzero(masks.flatten(1).sum(1) > 0).flatten()[:n]
+    index = torch.nonzero(annotated(masks)).flatten()[:n]
     m = masks[index].float()
     return index, [augment(m, index, cfg, torch.Generator().manual_seed(seed + d), seed) for d in range(draws)]
 
@@ -196,22 +197,23 @@ def corruption_strength(kind: str, strength: float | None) -> float | None:
     return strength
 
 
-def budget_rows(masks: torch.Tensor, budget: int | float | None, seed: int) -> torch.Tensor:
+def budget_rows(masks, budget: int | float | None, seed: int) -> torch.Tensor:
     """Rows (sorted) of the annotated images that keep their mask: a fixed draw from (seed, budget).
 
     A share f keeps round(f · annotated) images (at least one); N larger than the annotated count keeps them all.
     The draw is a seeded permutation of the annotated rows, so a larger budget keeps a superset of a smaller one.
     """
-    annotated = torch.nonzero(masks.flatten(1).amax(1) > 0).flatten()
+    rows = torch.nonzero(annotated(masks)).flatten()
     if budget is None:
-        return annotated
-    n = max(1, round(budget * len(annotated))) if isinstance(budget, float) else int(budget)
+        return rows
+    n = max(1, round(budget * len(rows))) if isinstance(budget, float) else int(budget)
     gen = torch.Generator().manual_seed(seed * 1_000_003 + _BUDGET_SALT)
-    order = torch.randperm(len(annotated), generator=gen)
-    return annotated[order[:n]].sort().values
+    order = torch.randperm(len(rows), generator=gen)
+    return rows[order[:n]].sort().values
 
 
-def corrupt(masks: torch.Tensor, kind: str, strength: float | None, seed: int) -> torch.Tensor:
+def corrupt(masks: torch.Tensor, kind: str, strength: float | None, seed: int, index: torch.Tensor | None = None,
+            n: int | None = None) -> torch.Tensor:
     """Imperfect annotations (uint8 N×H×W in, same out), fixed by the seed: what a sloppy annotator draws.
 
     - `partial`: each mask keeps a share `strength` of its pixels, the part on one side of a straight cut at a
@@ -220,29 +222,35 @@ def corrupt(masks: torch.Tensor, kind: str, strength: float | None, seed: int) -
       directions, wrapping at the border (the right shape in the wrong place);
     - `dilated`: each mask grows by `strength` × the image side in pixels, at least one (an over-wide mask).
 
-    All-zero masks (unannotated images) stay all-zero.
+    All-zero masks (unannotated images) stay all-zero; an annotated one stays annotated. `masks` may be
+    the rows `index` of a split of `n` rows (a streamed split, corrupted batch by batch): each row gets
+    the same draw as when the whole split is corrupted at once.
     """
     if kind == "none":
         return masks
     strength = corruption_strength(kind, strength)
-    n, h, w = masks.shape
+    _, h, w = masks.shape
+    index = torch.arange(len(masks)) if index is None else index
+    n = len(masks) if n is None else n
     gen = torch.Generator().manual_seed(seed * 1_000_003 + _CORRUPT_SALT)
     out = masks.clone()
-    annotated = masks.flatten(1).amax(1) > 0
+    marked = masks.flatten(1).amax(1) > 0
     if kind == "dilated":
         pixels = max(1, round(strength * min(h, w)))
         return dilate(masks.float(), pixels).to(masks.dtype)
     if kind == "shifted":
         dy, dx = max(1, round(strength * h)), max(1, round(strength * w))
         signs = torch.randint(0, 2, (n, 2), generator=gen) * 2 - 1
-        for i in torch.nonzero(annotated).flatten().tolist():
-            out[i] = torch.roll(masks[i], (int(signs[i, 0]) * dy, int(signs[i, 1]) * dx), dims=(0, 1))
+        for i in torch.nonzero(marked).flatten().tolist():
+            j = int(index[i])
+            out[i] = torch.roll(masks[i], (int(signs[j, 0]) * dy, int(signs[j, 1]) * dx), dims=(0, 1))
         return out
     angles = torch.rand(n, generator=gen) * 2 * math.pi  # partial
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
-    for i in torch.nonzero(annotated).flatten().tolist():
+    for i in torch.nonzero(marked).flatten().tolist():
         on = masks[i] > 0
-        along = (ys * math.sin(angles[i]) + xs * math.cos(angles[i]))[on]
+        angle = angles[int(index[i])]
+        along = (ys * math.sin(angle) + xs * math.cos(angle))[on]
         keep = max(1, math.ceil(strength * len(along)))
         chosen = torch.zeros(len(along), dtype=torch.bool)  # the `keep` pixels furthest along the direction
         chosen[along.argsort(descending=True, stable=True)[:keep]] = True
@@ -265,9 +273,30 @@ def annotate(data, split: str, budget=None, corruption: str = "none", strength: 
     rows = budget_rows(part.masks, budget, seed)
     if budget is None and corruption == "none":
         return data, len(rows)
-    masks = torch.zeros_like(part.masks)
-    masks[rows] = part.masks[rows]
-    masks = corrupt(masks, corruption, strength, seed)
+    if part.streamed:
+        masks = Annotations(part.masks, rows, corruption, strength, seed)
+    else:
+        masks = torch.zeros_like(part.masks)
+        masks[rows] = part.masks[rows]
+        masks = corrupt(masks, corruption, strength, seed)
     splits = dict(data.splits)
     splits[split] = Split(part.images, masks, part.labels)
     return dataclasses.replace(data, splits=splits), len(rows)
+
+
+class Annotations(Rows):
+    """The training masks of a streamed split under a budget and a corruption, applied to each batch as it is
+    read: row for row what `annotate` makes of an in-memory split."""
+
+    def __init__(self, masks: Rows, rows: torch.Tensor, corruption: str, strength: float | None, seed: int):
+        super().__init__(masks.shape)
+        self.masks, self.corruption, self.strength, self.seed = masks, corruption, strength, seed
+        self.keep = torch.zeros(len(masks), dtype=torch.bool)
+        self.keep[rows] = True
+
+    def read(self, index: torch.Tensor) -> torch.Tensor:
+        m = self.masks[index] * self.keep[index].view(-1, 1, 1).to(torch.uint8)
+        return corrupt(m, self.corruption, self.strength, self.seed, index=index, n=len(self))
+
+    def annotated(self) -> torch.Tensor:
+        return self.masks.annotated() & self.keep  # a corruption never empties a mask

@@ -19,6 +19,7 @@ class DataOptions:
     download: bool = False  # torchvision sets only: allowed to download
     image_size: int | None = None  # resize folder images (and masks) to this square size
     train_size: int | None = None  # decoy-mnist / decoy-fashion: keep the first N (shuffled) training images
+    loading: str = "auto"  # folder: auto | memory | stream (read from disk on demand; focusml.data.stream)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ class RandomCrop(Method):
 
     def __init__(self, options=None):
         super().__init__(options)
-        self.images: torch.Tensor | None = None
+        self.images = None  # the training images: a tensor, or streamed rows (read here, in the training process)
 
     def prepare(self, ctx: PrepareContext) -> None:
         self.images = ctx.data.split(self.train_split).images
@@ -47,6 +47,10 @@ class RandomCrop(Method):
         src = donors(batch.index, len(self.images), gen)
         if not on.any():
             return batch
-        donor = self.images[src].to(batch.x.dtype).div(255.0)
+        if isinstance(self.images, torch.Tensor):
+            donor = self.images[src].to(batch.x.dtype).div(255.0)
+        else:  # streamed: read only the donors that are used (the others are multiplied by 0)
+            donor = torch.zeros_like(batch.x)
+            donor[on] = self.images[src[on]].to(batch.x.dtype).div(255.0).to(batch.x.device)
         m = (batch.m * on.view(-1, 1, 1).to(batch.m.dtype))[:, None]
         return batch.replace(x=batch.x * (1 - m) + donor * m)

@@ -93,10 +93,15 @@ SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
 
 
 def split_dataset(data, split_name: str, fingerprint: str):
-    """An MLflow dataset for one split: features N×C×H×W (uint8), targets N; digest from the content."""
+    """An MLflow dataset for one split: features N×C×H×W (uint8), targets N; digest from the content.
+
+    A streamed split passes a zero-stride placeholder of the same shape and dtype: MLflow records only
+    the schema and the shapes, and nothing is decoded."""
     split = data.split(split_name)
     digest = hashlib.sha256(f"{fingerprint}:{split_name}".encode()).hexdigest()[:12]
-    return mlflow.data.from_numpy(features=split.images.numpy(), targets=split.labels.numpy(),
+    features = (np.broadcast_to(np.zeros((), np.uint8), tuple(split.images.shape)) if split.streamed
+                else split.images.numpy())
+    return mlflow.data.from_numpy(features=features, targets=split.labels.numpy(),
                                   name=f"{data.name}-{split_name}", digest=digest)
 
 
