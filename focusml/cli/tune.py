@@ -7,12 +7,8 @@ resumed by running the same command again); with it, it adds that many trials.
 from __future__ import annotations
 
 import click
-import optuna
-from tqdm.auto import tqdm
 
-from focusml import tracking
 from focusml.cli._common import echo_table, interactive
-from focusml.tune import load_spec, run_study
 
 
 @click.command()
@@ -43,6 +39,12 @@ def tune(study_file, n_trials, study_name, storage, workers, register, overrides
       focusml tune studies/pas.yaml --set epochs=3 --set dataset=symbols --n-trials 4
       focusml tune studies/rrr.yaml --storage postgresql://user:pw@db/optuna --register rrr-digits
     """
+    import optuna  # Optuna, MLflow and torch: imported when the command runs, not for --help
+    from tqdm.auto import tqdm
+
+    from focusml import tracking
+    from focusml.tune import load_spec, run_study
+
     spec = load_spec(study_file, overrides)
     n = spec.n_trials if n_trials is None else n_trials  # the bar's total until run_study says how many are missing
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the bar below replaces Optuna's per-trial lines
