@@ -1,7 +1,8 @@
-"""What `focusml methods` and `focusml datasets list` print, answered without importing torch.
+"""What `focusml methods`, `focusml datasets list` and `focusml train --help` show, without importing torch.
 
 The method and dataset registries are filled by importing every method and loader module, which
-imports torch (seconds). Their listings are stored in `catalog.json` beside this file together
+imports torch (seconds). Their listings and the options `focusml train` builds from them (run
+defaults, mask augmentation, every method's params) are stored in `catalog.json` beside this file together
 with a digest of the sources they were read from. `listing` returns the stored rows while the
 digest still matches the sources, and otherwise (a method or loader was edited since) reads the
 registries themselves, so the answer is never stale, only slower. `python -m focusml.catalog`
@@ -16,29 +17,43 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).parent
 CATALOG = PACKAGE / "catalog.json"
-SOURCES = ("methods", "data")  # the packages whose modules fill the registries
+SOURCES = ("methods", "data", "config.py")  # the modules the registries and the run options are read from
 
 
 def sources_digest() -> str:
     """A hash of every module the registries are built from (paths and contents)."""
     h = hashlib.sha256()
-    for path in sorted(p for pkg in SOURCES for p in (PACKAGE / pkg).rglob("*.py")):
+    for path in sorted(p for src in SOURCES for p in ((PACKAGE / src).rglob("*.py") if (PACKAGE / src).is_dir()
+                                                     else [PACKAGE / src])):
         h.update(path.relative_to(PACKAGE).as_posix().encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 
-def build() -> dict[str, list[dict[str, str]]]:
-    """The listings, read from the registries (imports torch)."""
+def build() -> dict[str, list | dict]:
+    """The listings and run options, read from the registries (imports torch)."""
+    from dataclasses import fields
+
+    from focusml.config import MaskAugment, RunConfig
     from focusml.data import DATASETS
-    from focusml.methods import METHODS
+    from focusml.methods import METHODS, all_params
 
     methods = [{"method": name, "family": cls.family,
                 "options (default)": ", ".join(f"{p.name}={p.default}" for p in cls.params) or "—",
                 "what changes": cls.summary} for name, cls in METHODS.items()]
     datasets = [{"dataset": d.name, "kind": "built-in" if d.builtin else "needs --data-root",
                  "shortcut": d.shortcut, "what": d.description} for d in DATASETS.values()]
-    return {"methods": methods, "datasets": datasets}
+    run = RunConfig()
+    options = {
+        "defaults": {f.name: getattr(run, f.name) for f in fields(RunConfig)
+                     if isinstance(getattr(run, f.name), (str, int, float, bool))},
+        "mask_augment": [{"name": f.name, "type": type(f.default).__name__, "default": f.default}
+                         for f in fields(MaskAugment)],
+        "method_params": [{"name": p.name, "type": "str" if p.auto else p.type.__name__, "help": p.help,
+                           "defaults": {n: q.default for n, c in METHODS.items() for q in c.params if q.name == p.name}}
+                          for p in all_params().values()],
+    }
+    return {"methods": methods, "datasets": datasets, "train_options": options}
 
 
 def stored() -> dict | None:
@@ -50,8 +65,8 @@ def stored() -> dict | None:
     return saved if saved.get("digest") == sources_digest() else None
 
 
-def listing(kind: str) -> list[dict[str, str]]:
-    """The rows of `kind` ("methods" or "datasets"): stored if current, else read from the registries."""
+def listing(kind: str) -> list | dict:
+    """`kind` ("methods", "datasets" or "train_options"): stored if current, else read from the registries."""
     saved = stored()
     return saved[kind] if saved is not None else build()[kind]
 

@@ -7,24 +7,26 @@ lost server) in the same MLflow run, with the run's own options (`tracking.resum
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import fields
+from types import SimpleNamespace
 
 import click
 
-from focusml import FocusmlError, methods, tracking
+from focusml import FocusmlError
+from focusml.catalog import listing
 from focusml.cli._common import ProgressBars, echo_table
-from focusml.config import MaskAugment, RunConfig, load_yaml
 
-_TYPES = {float: float, int: int, str: str}
+_TYPES = {"float": float, "int": int, "str": str}
 
 
 def run_options(fn):
     """Every RunConfig field, mask-augmentation field and method option as a click option.
 
     Defaults are None so that a value given on the command line can be told apart from one in
-    `--config FILE.yaml`; the effective defaults are RunConfig's and each method's.
+    `--config FILE.yaml`; the effective defaults are RunConfig's and each method's. Built from the
+    stored catalog (`focusml.catalog`), so `focusml train --help` imports no torch.
     """
-    defaults = RunConfig()
+    stored = listing("train_options")
+    defaults = SimpleNamespace(**stored["defaults"])
     opts = [
         click.option("--method", default=None, help=f"training method (default {defaults.method}); see `focusml methods`"),
         click.option("--dataset", default=None, help=f"dataset name (default {defaults.dataset}); see `focusml datasets list`"),
@@ -80,14 +82,14 @@ def run_options(fn):
         "scale": "random mask scale in [1−S, 1+S]", "blur": "Gaussian sigma for soft masks",
         "keep_fraction": "share of training images that keep their mask",
     }
-    for f in fields(MaskAugment):
-        opts.append(click.option(f"--{f.name.replace('_', '-')}", type=_TYPES[type(f.default)], default=None,
-                                 help=f"mask augmentation: {aug_help[f.name]} (default {f.default})"))
-    for p in methods.all_params().values():
-        owners = {n: q for n, c in methods.METHODS.items() for q in c.params if q.name == p.name}
-        text = p.help if len(owners) == 1 else p.help.split(" (")[0]
-        defaults = ", ".join(f"{n} {q.default}" for n, q in owners.items())
-        opts.append(click.option(f"--{p.name.replace('_', '-')}", type=str if p.auto else _TYPES[p.type],
+    for f in stored["mask_augment"]:
+        opts.append(click.option(f"--{f['name'].replace('_', '-')}", type=_TYPES[f["type"]], default=None,
+                                 help=f"mask augmentation: {aug_help[f['name']]} (default {f['default']})"))
+    for p in stored["method_params"]:
+        owners = p["defaults"]
+        text = p["help"] if len(owners) == 1 else p["help"].split(" (")[0]
+        defaults = ", ".join(f"{n} {d}" for n, d in owners.items())
+        opts.append(click.option(f"--{p['name'].replace('_', '-')}", type=_TYPES[p["type"]],
                                  default=None, help=f"{text} [default: {defaults}]"))
     opts.append(click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
                              help="YAML file with the same keys; options given here win"))
@@ -96,7 +98,10 @@ def run_options(fn):
     return fn
 
 
-def config_from_options(options: dict) -> RunConfig:
+def config_from_options(options: dict):
+    """The RunConfig of the given options over `--config FILE.yaml` (imports the library: torch)."""
+    from focusml.config import RunConfig, load_yaml
+
     config_file = options.pop("config_file", None)
     values = load_yaml(config_file) if config_file else {}
     values = {k.replace("-", "_"): v for k, v in values.items()}
@@ -135,6 +140,8 @@ def train(resume_id=None, **options):
       focusml train --resume 3f2a9c0d…          # continue a stopped run
       focusml train --dataset folder --data-root my-data --method pas --system-metrics
     """
+    from focusml import tracking  # MLflow and torch: imported when the command runs, not for --help
+
     if resume_id:
         return _resume(resume_id, options)
     config = config_from_options(options).validate()
@@ -174,6 +181,9 @@ def _report(result) -> None:
 
 
 def _resume(run_id: str, options: dict) -> None:
+    from focusml import tracking
+    from focusml.config import load_yaml
+
     device = options.pop("device", None)
     config_file = options.pop("config_file", None)
     given = {k: v for k, v in (load_yaml(config_file) if config_file else {}).items()}
