@@ -17,6 +17,7 @@ import optuna
 
 from focusml import FocusmlError, tracking
 from focusml.config import RunConfig
+from focusml.run import keep_data
 from focusml.callbacks import Callbacks
 from focusml.tune.report import log_setup, summarise
 from focusml.tune.results import StudyResult, TrialRecord
@@ -93,7 +94,9 @@ def run_study(spec: StudySpec, *, n_trials: int | None = None, study_name: str |
         with ParentBeat(study, parent_id):
             if workers == 1:
                 report = (lambda s, t: on_trial(TrialRecord.of(t))) if on_trial else None
-                study.optimize(make_objective(ctx, trial_callbacks), n_trials=n, callbacks=[report] if report else None)
+                with keep_data():
+                    study.optimize(make_objective(ctx, trial_callbacks), n_trials=n,
+                                   callbacks=[report] if report else None)
             else:
                 storage_arg = storage or str(Path.cwd() / DEFAULT_JOURNAL)
                 run_workers(ctx, storage_arg, study, n, workers, n_before, uri, on_trial)
