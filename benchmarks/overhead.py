@@ -316,7 +316,7 @@ def main(argv=None) -> int:
                         rows.append({"epochs": n, "case": name, "repeat": r, "seconds": fn(n)})
                         print(f"repeat {r + 1}/{args.repeats}, {n} epochs, {name}: {rows[-1]['seconds']:.2f} s",
                               file=sys.stderr)
-            table = stats(rows)
+            table = stats(rows) if rows else None
             tune_rows = []
             if args.tune_trials:
                 for r in range(args.repeats):
@@ -334,7 +334,8 @@ def main(argv=None) -> int:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"## Overhead of tracking ({cores} cores, load average {load:.1f} at the end; "
           f"medians of {args.repeats} interleaved repeats; `focusml train` against sqlite:///<tmp>/mlflow.db)\n")
-    print(table.to_markdown(index=False, floatfmt=".2f"))
+    if table is not None:
+        print(table.to_markdown(index=False, floatfmt=".2f"))
     if tune_rows:
         frame = pd.DataFrame(tune_rows)
         per = frame.groupby("workers")["trials/hour"].agg(median="median", mean="mean", std="std").reset_index()
