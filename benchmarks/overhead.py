@@ -137,7 +137,7 @@ class Bench:
         from focusml.models import build_model
         from focusml.train import fit
 
-        config = RunConfig_replace(self.config, epochs=epochs)
+        config = with_epochs(self.config, epochs)
         method = methods.get(config.method)(config.method_params)
         torch.manual_seed(config.seed)
         c, h, w = self.data.image_shape
@@ -161,10 +161,11 @@ class Bench:
                                 dict(self.env, MLFLOW_EXPERIMENT_NAME="overhead-tune"), self.tmp)
 
 
-def RunConfig_replace(config, **changes):  # noqa: N802 (a dataclasses.replace that keeps the validated fields)
+def with_epochs(config, epochs: int):
+    """`config` with another epoch count, validated."""
     import dataclasses
 
-    return dataclasses.replace(config, **changes).validate()
+    return dataclasses.replace(config, epochs=epochs).validate()
 
 
 # ---- where the time of one tracked run goes ------------------------------------------------------------

@@ -229,6 +229,11 @@ def test_cam_series_redraws_the_same_image_as_a_fresh_figure_and_keeps_first_and
     assert [s for s in range(1, 21) if cam_due(s, 20, 5)] == [1, 5, 10, 15, 20]
     assert [s for s in range(1, 8) if cam_due(s, 7, 3)] == [1, 3, 6, 7]
     assert all(cam_due(s, 20, 1) for s in range(1, 21))
+    from focusml import FocusmlError
+    from focusml.config import RunConfig
+
+    with pytest.raises(FocusmlError, match="--cam-every"):
+        RunConfig(cam_every=0).validate()
 
 
 # -- compare: warnings and panels ----------------------------------------------------------------------
