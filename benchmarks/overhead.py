@@ -21,7 +21,7 @@ call with its own journal storage, and prints trials per hour (subprocess wall t
 included). `--phases` prints where the time of one tracked run goes (timers around each part).
 
 Examples:
-    python benchmarks/overhead.py                                   # 5 and 20 epochs, 3 repeats, tune 4 trials
+    python benchmarks/overhead.py                                   # 5 and 20 epochs, 3 repeats, tune 6 trials
     python benchmarks/overhead.py --epochs 5 --repeats 5 --tune-trials 0 --phases
     python benchmarks/overhead.py --epochs 1 --repeats 1 --tune-trials 2 --tune-epochs 1   # toy size
 """
@@ -281,7 +281,8 @@ def main(argv=None) -> int:
     ap.add_argument("--server", action="store_true", help="also time `focusml train` against a local mlflow server")
     ap.add_argument("--compare-tree", type=Path, default=None, metavar="DIR",
                     help="also time `focusml train` from another checkout (e.g. before a change), side by side")
-    ap.add_argument("--tune-trials", type=int, default=4, help="trials per `focusml tune` call (0: skip; default 4)")
+    ap.add_argument("--tune-trials", type=int, default=6,
+                    help="trials per `focusml tune` call (0: skip; default 6: even, so 2 workers share them evenly)")
     ap.add_argument("--tune-epochs", type=int, default=5, help="epochs per trial (default 5)")
     ap.add_argument("--no-warm-up", action="store_true",
                     help="skip the untimed first run that creates the SQLite store (toy runs only: the first timed run pays it)")
