@@ -55,6 +55,7 @@ class RunConfig:
     run_name: str | None = None
     log_model: bool = True
     system_metrics: bool = False  # MLflow's CPU/memory/GPU sampling during the run
+    cam_every: int = 1  # the cam_grid_val image series: every N epochs (the first and last always)
     mask_budget: int | float | str | None = None  # N annotated training images, a share in (0, 1), or all
     mask_corruption: str = "none"  # none | partial | shifted | dilated (data/masks.py)
     corruption_strength: float | None = None  # None: the corruption's default
@@ -70,6 +71,8 @@ class RunConfig:
             raise FocusmlError(f"unknown model '{self.model}'. Known models: {', '.join(MODELS)}.")
         if not isinstance(self.epochs, int) or self.epochs <= 0:
             raise FocusmlError(f"--epochs is {self.epochs}; it must be a whole number ≥ 1.")
+        if not isinstance(self.cam_every, int) or self.cam_every < 1:
+            raise FocusmlError(f"--cam-every is {self.cam_every}; it must be a whole number ≥ 1 (1: every epoch).")
         if self.batch_size <= 0:
             raise FocusmlError(f"--batch-size is {self.batch_size}; it must be ≥ 1.")
         if not (self.lr > 0 and math.isfinite(self.lr)):

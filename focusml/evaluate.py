@@ -10,8 +10,8 @@
   when the masked content comes from an image of another class. They need only masks, so they
   can be computed on `val`, and they are what selection uses by default.
 
-`Evaluator` builds the counterfactual splits once per run, so the per-epoch validation pays only
-for the forward passes.
+`Evaluator` uses counterfactual splits built once per split (`counterfactuals`), so the per-epoch
+validation and the final test pay only for the forward passes.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
 
 from focusml import FocusmlError, counterfactual
 from focusml.cam import cam_from_features, cam_in_mask, evidence_in_mask, evidence_share, region_evidence, upsample, \
@@ -54,6 +53,29 @@ def select_metric(select: str, data: Dataset) -> str:
         raise FocusmlError(f"--select acc/val_clean needs a clean validation split, and dataset '{data.name}' has "
                            "none (a folder dataset needs a clean/ tree). Use --select acc/val_cf, acc/val or last.")
     return select
+
+
+def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
+    """Rows: true class, columns: predicted class, counts (scikit-learn's layout)."""
+    return np.bincount(num_classes * labels.astype(np.int64) + preds, minlength=num_classes ** 2).reshape(
+        num_classes, num_classes)
+
+
+def balanced_accuracy(labels: np.ndarray, preds: np.ndarray) -> float:
+    """Mean recall over the classes present in `labels` (scikit-learn's `balanced_accuracy_score`)."""
+    classes = np.unique(labels)
+    return float(np.mean([(preds[labels == c] == c).mean() for c in classes])) if len(classes) else float("nan")
+
+
+def macro_f1(labels: np.ndarray, preds: np.ndarray) -> float:
+    """Mean F1 over the classes in `labels` or `preds`, 0 for a class never right (scikit-learn's
+    `f1_score(average="macro")`). Computed here: importing scikit-learn costs a run about a second."""
+    scores = []
+    for c in np.union1d(labels, preds):
+        tp = np.sum((preds == c) & (labels == c))
+        wrong = np.sum(preds != labels, where=(preds == c) | (labels == c))
+        scores.append(2 * tp / (2 * tp + wrong) if tp + wrong else 0.0)
+    return float(np.mean(scores)) if scores else float("nan")
 
 
 @dataclass
@@ -108,12 +130,21 @@ def attention_metrics(p: Predictions) -> dict[str, float]:
             "evidence_in_mask": evidence_in_mask(p.evidence, p.masks), "cam_dead": dead_share(p.pos_cams)}
 
 
+def counterfactuals(split: Split) -> counterfactual.Counterfactuals:
+    """`counterfactual.build(split)`, made once per split object and kept on it (splits are never
+    changed in place): the validation of every epoch and the final test share one build."""
+    built = split.__dict__.get("_counterfactuals")
+    if built is None:
+        built = split.__dict__["_counterfactuals"] = counterfactual.build(split)
+    return built
+
+
 class Evaluator:
     """The metrics of one dataset, its counterfactual `val` and `test` built once."""
 
     def __init__(self, data: Dataset, device: torch.device):
         self.data, self.device = data, device
-        self.cf = {name: counterfactual.build(data.split(name)) for name in ("val", "test") if name in data.splits}
+        self.cf = {name: counterfactuals(data.split(name)) for name in ("val", "test") if name in data.splits}
 
     def _split_metrics(self, model, name: str) -> tuple[dict[str, float], Predictions]:
         p = predict(model, self.data.split(name), self.device)
@@ -136,12 +167,12 @@ class Evaluator:
     def test(self, model) -> tuple[dict[str, float], np.ndarray, Predictions]:
         """Final metrics on every test split; returns (metrics, confusion matrix on `test`, test predictions)."""
         metrics, p = self._split_metrics(model, "test")
-        metrics["bacc/test"] = float(balanced_accuracy_score(p.labels, p.preds))
-        metrics["f1/test"] = float(f1_score(p.labels, p.preds, average="macro"))
+        metrics["bacc/test"] = balanced_accuracy(p.labels, p.preds)
+        metrics["f1/test"] = macro_f1(p.labels, p.preds)
         for name in ("test_confounded", "test_clean"):
             if name in self.data.splits:
                 metrics[f"acc/{name}"] = predict(model, self.data.splits[name], self.device, cams=False).accuracy
-        cm = confusion_matrix(p.labels, p.preds, labels=list(range(self.data.num_classes)))
+        cm = confusion_matrix(p.labels, p.preds, self.data.num_classes)
         return metrics, cm, p
 
 

@@ -11,7 +11,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
 from focusml.data import Dataset, Split  # noqa: E402
 from focusml.evaluate import predict  # noqa: E402
@@ -42,6 +41,77 @@ def grid_shape(n: int) -> tuple[int, int]:
     return (n + cols - 1) // cols, cols
 
 
+class CamGrid:
+    """A CAM grid of fixed images and masks whose CAMs, predictions and title change (`update`).
+
+    The figure, its layout and the mask outlines are made once; `update` only swaps the overlays
+    and the texts, so a per-epoch series (`cam_grid_val`) costs one draw per epoch instead of a new
+    figure and layout. `image()` renders it for `mlflow.log_image`; `close()` frees it.
+    """
+
+    def __init__(self, images: torch.Tensor, masks: torch.Tensor, labels, classes: list[str], cols: int | None = None):
+        n = len(images)
+        rows, cols = grid_shape(n) if cols is None else ((n + min(cols, n) - 1) // min(cols, n), min(cols, n))
+        self.n, self.cols, self.classes, self.labels = n, cols, classes, [int(y) for y in labels]
+        self.fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.5 * rows + 0.7), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        self.axes = list(axes.flat[:n])
+        self.overlays, self.dead_texts = [], []
+        for i, ax in enumerate(self.axes):
+            img = _display(images[i])
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1 if img.max() <= 1 else 255)
+            self.overlays.append(ax.imshow(np.zeros(img.shape[:2]), cmap="inferno", alpha=0.55, vmin=0, vmax=1))
+            self.dead_texts.append(ax.text(0.5, 0.08, "", transform=ax.transAxes, ha="center", va="bottom",
+                                           fontsize=11, color="black",
+                                           bbox={"facecolor": "#F0E442", "edgecolor": "none", "pad": 2}))
+            self.dead_texts[-1].set_visible(False)
+            if masks[i].sum() > 0:
+                ax.contour(masks[i].numpy(), levels=[0.5], colors="white", linewidths=1.5)
+        self.head_lines = -1  # the suptitle's line count the layout was made for
+        pars = self.fig.subplotpars  # tight_layout starts from these: a redone layout equals a fresh one
+        self.pars = {k: getattr(pars, k) for k in ("left", "right", "bottom", "top", "wspace", "hspace")}
+
+    def update(self, cams: torch.Tensor, preds, title: str | None = None) -> "CamGrid":
+        dead = 0
+        for i, ax in enumerate(self.axes):
+            cam = cams[i].float().numpy()
+            peak = float(cam.max()) if cam.size else 0.0
+            overlay, text = self.overlays[i], self.dead_texts[i]
+            overlay.set_visible(peak > 0)
+            text.set_visible(peak <= 0)
+            text.set_text("dead CAM" if peak <= 0 else "")
+            if peak > 0:
+                overlay.set_data(cam / peak)
+            else:
+                dead += 1
+            y, p = self.classes[self.labels[i]], self.classes[int(preds[i])]
+            ok = y == p
+            ax.set_title(f"{y} ✓" if ok else f"{y} → {p} ✗", fontsize=13 if self.n > 12 else 17,
+                         color=RIGHT if ok else WRONG, fontweight="bold" if not ok else "normal")
+        head = title or ""
+        if dead:
+            head += f"\n{dead} of {self.n} CAMs all zero: dead, no positive evidence" if self.cols < 5 else \
+                f"\n{dead} of {self.n} CAMs are all zero (dead: no positive evidence anywhere)"
+        legend = "true ✓ · true → predicted ✗ · white: mask" if self.cols < 5 else \
+            "label: true ✓ (right) or true → predicted ✗ (wrong) · white: mask · CAM: dark → bright"
+        text = head + ("\n" if head else "") + legend
+        self.fig.suptitle(text, fontsize=12 if self.cols >= 4 else 10)
+        if text.count("\n") != self.head_lines:  # the layout depends on the title's height only
+            self.fig.subplots_adjust(**self.pars)
+            self.fig.tight_layout()
+            self.head_lines = text.count("\n")
+        return self
+
+    def image(self) -> Image.Image:
+        """The figure as it stands, as an RGB image (for an `mlflow.log_image` step series)."""
+        self.fig.canvas.draw()
+        return Image.fromarray(np.asarray(self.fig.canvas.buffer_rgba())[..., :3].copy())
+
+    def close(self) -> None:
+        plt.close(self.fig)
+
+
 def cam_grid(images: torch.Tensor, masks: torch.Tensor, cams: torch.Tensor, labels, preds,
              classes: list[str], cols: int | None = None, title: str | None = None):
     """Each image with its positive CAM overlaid (inferno, scaled to the image's own maximum), the
@@ -49,39 +119,7 @@ def cam_grid(images: torch.Tensor, masks: torch.Tensor, cams: torch.Tensor, labe
     in vermillion when wrong (shape and colour both tell). An all-zero CAM is written `dead CAM`
     instead of being drawn: it is a network that puts no positive evidence anywhere, not a clean one.
     """
-    n = len(images)
-    rows, cols = grid_shape(n) if cols is None else ((n + min(cols, n) - 1) // min(cols, n), min(cols, n))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.5 * rows + 0.7), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    dead = 0
-    for i in range(n):
-        ax = axes.flat[i]
-        img = _display(images[i])
-        ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1 if img.max() <= 1 else 255)
-        cam = cams[i].float().numpy()
-        peak = float(cam.max()) if cam.size else 0.0
-        if peak > 0:
-            ax.imshow(cam / peak, cmap="inferno", alpha=0.55, vmin=0, vmax=1)
-        else:
-            dead += 1
-            ax.text(0.5, 0.08, "dead CAM", transform=ax.transAxes, ha="center", va="bottom", fontsize=11,
-                    color="black", bbox={"facecolor": "#F0E442", "edgecolor": "none", "pad": 2})
-        if masks[i].sum() > 0:
-            ax.contour(masks[i].numpy(), levels=[0.5], colors="white", linewidths=1.5)
-        y, p = classes[int(labels[i])], classes[int(preds[i])]
-        ok = y == p
-        ax.set_title(f"{y} ✓" if ok else f"{y} → {p} ✗", fontsize=13 if n > 12 else 17, color=RIGHT if ok else WRONG,
-                     fontweight="bold" if not ok else "normal")
-    head = title or ""
-    if dead:
-        head += f"\n{dead} of {n} CAMs all zero: dead, no positive evidence" if cols < 5 else \
-            f"\n{dead} of {n} CAMs are all zero (dead: no positive evidence anywhere)"
-    legend = "true ✓ · true → predicted ✗ · white: mask" if cols < 5 else \
-        "label: true ✓ (right) or true → predicted ✗ (wrong) · white: mask · CAM: dark → bright"
-    fig.suptitle(head + ("\n" if head else "") + legend, fontsize=12 if cols >= 4 else 10)
-    fig.tight_layout()
-    return fig
+    return CamGrid(images, masks, labels, classes, cols).update(cams, preds, title).fig
 
 
 def sample_grid(data: Dataset, split_name: str = "train", per_class: int = 4, title: str | None = None):
@@ -121,10 +159,42 @@ def split_cam_grid(model, data: Dataset, split_name: str, index: torch.Tensor, d
     return cam_grid(sub.images, sub.masks, p.pos_cams, p.labels, p.preds, data.classes, cols=cols, title=title)
 
 
+class CamSeries:
+    """The CAM grid of fixed rows of a split, redrawn for each state of a model: a per-epoch image
+    series (`cam_grid_val`) that makes its figure once and pays one draw per step."""
+
+    def __init__(self, data: Dataset, split_name: str, index: torch.Tensor):
+        split = data.split(split_name)
+        self.sub = Split(split.images[index], split.masks[index], split.labels[index])
+        self.grid = CamGrid(self.sub.images, self.sub.masks, self.sub.labels, data.classes)
+
+    def image(self, model, device, title: str) -> Image.Image:
+        p = predict(model, self.sub, device)
+        return self.grid.update(p.pos_cams, p.preds, title).image()
+
+    def close(self) -> None:
+        self.grid.close()
+
+
 def confusion_figure(cm: np.ndarray, classes: list[str], title: str = "confusion matrix (test)"):
+    """The confusion matrix as scikit-learn's `ConfusionMatrixDisplay` draws it (Blues, counts in
+    each cell), drawn here so that a run never imports scikit-learn for one figure."""
     size = max(4.0, 0.45 * len(classes) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
-    ConfusionMatrixDisplay(cm, display_labels=classes).plot(ax=ax, colorbar=False, cmap="Blues")
+    n = cm.shape[0]
+    im = ax.imshow(cm, interpolation="nearest", cmap="Blues")
+    low, high = im.cmap(0), im.cmap(1.0)
+    thresh = (cm.max() + cm.min()) / 2.0 if cm.size else 0
+    for i in range(n):
+        for j in range(n):
+            value = cm[i, j]
+            text = format(value, ".2g")
+            if cm.dtype.kind != "f" and len(format(value, "d")) < len(text):
+                text = format(value, "d")
+            ax.text(j, i, text, ha="center", va="center", color=high if value < thresh else low)
+    ax.set(xticks=np.arange(n), yticks=np.arange(n), xticklabels=classes, yticklabels=classes,
+           ylabel="True label", xlabel="Predicted label")
+    ax.set_ylim((n - 0.5, -0.5))
     ax.set_title(title)
     fig.tight_layout()
     return fig

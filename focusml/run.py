@@ -12,6 +12,7 @@ with an all-zero CAM carries a warning (`RunResult.warnings`) instead of passing
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from focusml import FocusmlError, methods
 from focusml.cache import cache_dir
 from focusml.callbacks import Callbacks
 from focusml.config import RunConfig
-from focusml.data import DataOptions, Dataset, load
+from focusml.data import DATASETS, DataOptions, Dataset, load
 from focusml.data.masks import annotate
 from focusml.evaluate import Predictions, select_metric, test_metrics
 from focusml.methods import Method, PrepareContext
@@ -55,16 +56,37 @@ class RunResult:
     predictions: Predictions | None = None  # per-image test predictions of the evaluated model
 
 
+_kept: dict = {"on": False, "key": None, "data": None}  # `keep_data`: the last built-in dataset loaded
+
+
+@contextmanager
+def keep_data():
+    """While open, `load_data` keeps the last built-in (generated) dataset it made and hands it out
+    again for the same options: a process running many trials (`focusml tune`) generates it once.
+    Datasets are never modified in place (`annotate` and the methods make new splits)."""
+    _kept["on"] = True
+    try:
+        yield
+    finally:
+        _kept.update(on=False, key=None, data=None)
+
+
 def load_data(config: RunConfig) -> Dataset:
     """The dataset a config names, with its data options."""
-    return load(config.dataset, DataOptions(
+    options = DataOptions(
         seed=config.data_seed,
         root=Path(config.data_root) if config.data_root else None,
         download=config.download,
         image_size=config.image_size,
         train_size=config.train_size,
         loading=config.data_loading,
-    ))
+    )
+    if not (_kept["on"] and DATASETS[config.dataset].builtin):
+        return load(config.dataset, options)
+    key = (config.dataset, repr(options))
+    if _kept["key"] != key:
+        _kept.update(key=key, data=load(config.dataset, options))
+    return _kept["data"]
 
 
 def summary(fitted: FitResult) -> dict[str, float]:

@@ -68,3 +68,25 @@ def test_minmax_and_upsample_shapes():
     n = minmax(maps)
     assert n.min() == 0 and n.max() == 1 and math.isclose(float(n[0, 0, 1]), 0.25)
     assert upsample(maps, (8, 8)).shape == (1, 8, 8)
+
+
+def test_test_metrics_match_scikit_learn():
+    """bacc/test, f1/test and the confusion matrix are computed without scikit-learn, to the same values."""
+    import warnings
+
+    import numpy as np
+    from sklearn.metrics import balanced_accuracy_score, confusion_matrix as sk_confusion, f1_score
+
+    from focusml.evaluate import balanced_accuracy, confusion_matrix, macro_f1
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n, k = int(rng.integers(1, 40)), int(rng.integers(1, 6))
+        y, p = rng.integers(0, k, n), rng.integers(0, k, n)
+        if trial % 3 == 0:  # mostly right, some classes never predicted or never present
+            p = np.where(rng.random(n) < 0.7, y, p)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scikit-learn warns about classes that are only predicted
+            assert math.isclose(balanced_accuracy(y, p), balanced_accuracy_score(y, p))
+            assert math.isclose(macro_f1(y, p), f1_score(y, p, average="macro"))
+        assert (confusion_matrix(y, p, k) == sk_confusion(y, p, labels=list(range(k)))).all()

@@ -139,7 +139,10 @@ def test_sigkill_then_resume_finishes_the_same_run_with_the_same_metrics(trackin
 def test_sigterm_and_sigint_end_the_run_killed(tracking_env, cli_env, tmp_path, stopper):
     procs = {}
     for name in ("SIGTERM", "SIGINT"):
-        procs[name] = start(["train", "--epochs", "3", "--experiment", f"faults-{name}", *FAST], cli_env, tmp_path, name)
+        # 50 epochs: both start together and are stopped in turn, so the second must still be running when
+        # the first has ended (it is stopped after its first epoch; the count only bounds a run nobody stops)
+        procs[name] = start(["train", "--epochs", "50", "--experiment", f"faults-{name}", *FAST], cli_env, tmp_path,
+                            name)
         stopper(procs[name])
     for name, sig, code, said in (("SIGTERM", signal.SIGTERM, 143, "Stopped by SIGTERM."),
                                   ("SIGINT", signal.SIGINT, 130, "Aborted.")):

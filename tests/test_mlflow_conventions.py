@@ -212,6 +212,30 @@ def test_cam_grid_is_square_ish_and_says_when_a_cam_is_dead():
     close(fig)
 
 
+def test_cam_series_redraws_the_same_image_as_a_fresh_figure_and_keeps_first_and_last():
+    from focusml.figures import CamGrid, close
+    from focusml.tracking.logger import cam_due
+
+    n = 4
+    images, masks = torch.rand(n, 1, 8, 8), torch.zeros(n, 8, 8)
+    masks[0, 2:5, 2:5] = 1
+    series = CamGrid(images, masks, [0, 1, 0, 1], ["cat", "dog"])
+    for cams, preds in [(torch.rand(n, 8, 8), [0, 1, 1, 1]), (torch.zeros(n, 8, 8), [1, 1, 0, 0])]:
+        fresh = CamGrid(images, masks, [0, 1, 0, 1], ["cat", "dog"]).update(cams, preds, "epoch 2/5")
+        again = series.update(cams, preds, "epoch 2/5")
+        assert np.array_equal(np.asarray(fresh.image()), np.asarray(again.image()))  # pixel for pixel
+        close(fresh.fig)
+    series.close()
+    assert [s for s in range(1, 21) if cam_due(s, 20, 5)] == [1, 5, 10, 15, 20]
+    assert [s for s in range(1, 8) if cam_due(s, 7, 3)] == [1, 3, 6, 7]
+    assert all(cam_due(s, 20, 1) for s in range(1, 21))
+    from focusml import FocusmlError
+    from focusml.config import RunConfig
+
+    with pytest.raises(FocusmlError, match="--cam-every"):
+        RunConfig(cam_every=0).validate()
+
+
 # -- compare: warnings and panels ----------------------------------------------------------------------
 
 

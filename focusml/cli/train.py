@@ -76,6 +76,9 @@ def run_options(fn):
         click.option("--log-model/--no-log-model", default=None, help="log the MLflow model (default on)"),
         click.option("--system-metrics/--no-system-metrics", default=None,
                      help="log CPU, memory, disk, network (and GPU) usage as system/* metrics (default off)"),
+        click.option("--cam-every", type=int, default=None,
+                     help="log the validation CAM grid (cam_grid_val) every N epochs; the untrained network, the "
+                          f"first and the last epoch always (default {defaults.cam_every}: every epoch)"),
     ]
     aug_help = {
         "dilate": "grow masks by N pixels", "jitter": "random mask shift of up to N pixels",

@@ -45,18 +45,33 @@ def add_decoys(images: np.ndarray, shade_class: np.ndarray, rng: np.random.Gener
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits (N×8×8 float values 0..16, labels), read from the file it ships
+    (`sklearn/datasets/data/digits.csv.gz`) as `load_digits` reads it, without importing
+    scikit-learn (seconds) where the file is found."""
+    import gzip
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("sklearn")  # finds the package without running it
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz" if spec else None
+    if path is None or not path.is_file():
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        return digits.images, digits.target
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        data = np.loadtxt(f, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
+
+
 @register(
     "decoy-digits",
     description="scikit-learn's 1,797 8×8 digits upscaled to 28×28 (1000 train / 250 val / 547 test), grey",
     shortcut="4×4 patch in a random corner, shade 255−25·label in train/val, random class in test",
 )
 def load_decoy_digits(options: DataOptions) -> Dataset:
-    # Imported only when this dataset is built: scikit-learn takes seconds to import, and the mask
-    # tool and `focusml datasets` import `focusml.data` without needing it.
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    raw, labels = digits.images, digits.target
+    raw, labels = _digits()
     rng = np.random.default_rng(options.seed)
     order = rng.permutation(len(labels))
     parts = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import tempfile
+import time
 from importlib.metadata import PackageNotFoundError, version
 from importlib.metadata import requires as metadata_requires
 from pathlib import Path
@@ -18,6 +19,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.entities import Metric
 from mlflow.models import infer_signature
 
 import focusml
@@ -47,11 +49,20 @@ def log_params(params: dict[str, Any]) -> None:
 def log_metrics(metrics: dict[str, float], step: int | None = None, datasets: dict[str, Any] | None = None) -> None:
     """Log every value, none dropped: NaN (e.g. WR without masks) is stored as NaN, ±inf as MLflow's SQL
     stores keep it; only None (no value at all) is left out. With `datasets` ({"val": ..., "test":
-    ...}), each metric is linked to the dataset of its split."""
-    if datasets:
-        log_final_metrics(metrics, None, datasets, step=step or 0)
+    ...}, logged as the run's inputs already), each metric is linked to the dataset of its split,
+    and all of them go in one `log_batch` call (one store write per epoch, not one per split)."""
+    values = {k: float(v) for k, v in metrics.items() if v is not None}
+    if not datasets:
+        mlflow.log_metrics(values, step=step)
         return
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None}, step=step)
+    run_id, now = active_run_id(), int(time.time() * 1000)
+    batch = []
+    for key, value in values.items():
+        split = metric_split(key)
+        ds = datasets.get(split) if split else None
+        batch.append(Metric(key, value, now, step or 0, dataset_name=ds.name if ds else None,
+                            dataset_digest=ds.digest if ds else None, run_id=run_id))
+    mlflow.MlflowClient().log_batch(run_id, metrics=batch)
 
 
 def set_tags(tags: dict[str, str]) -> None:

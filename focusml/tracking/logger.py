@@ -3,8 +3,9 @@
 `RunLogger.run_scope` opens the MLflow run once the inputs are accepted (so a refused input
 leaves no run behind) and logs the params, the train/val/test datasets and (when mask
 augmentation is on) its examples and the untrained network's CAM grid (step 0); each epoch logs
-its metrics and a CAM grid of fixed validation images as an image step series, at step = epoch
-counted from 1 (as the progress bar counts);
+its metrics (one batch) and a CAM grid of fixed validation images as an image step series, at step =
+epoch counted from 1 (as the progress bar counts): every epoch, or every `cam_every` epochs and
+always the first and the last (the figure is made once and redrawn, `figures.CamSeries`);
 the end logs the model (an MLflow 3 LoggedModel, at the evaluated epoch's step, so it carries
 that epoch's validation metrics), the final metrics linked to it and to their split's dataset, the figures, the per-image test predictions as a table and the checkpoints.
 Progress hooks are passed on to `inner` (the CLI's progress lines, an Optuna trial), after the
@@ -23,7 +24,7 @@ import torch
 from focusml.callbacks import Callbacks
 from focusml.data.masks import examples
 from focusml.evaluate import Predictions
-from focusml.figures import confusion_figure, mask_augment_grid, sample_indices, split_cam_grid, to_pil
+from focusml.figures import CamSeries, confusion_figure, mask_augment_grid, sample_indices, split_cam_grid
 from focusml.run import RunContext, RunResult
 from focusml.tracking.log import (experiment_name, log_artifact, log_datasets, log_figure, log_final_metrics,
                                   log_image_step, log_metrics, log_model, log_params, log_state_dict, log_table)
@@ -31,6 +32,11 @@ from focusml.tracking.sources import Source, log_lineage
 from focusml.tracking.store import start_run
 
 PREDICTIONS_TABLE = "tables/test_predictions.json"
+
+
+def cam_due(step: int, epochs: int, every: int) -> bool:
+    """Whether epoch `step` (from 1) gets a `cam_grid_val` image: every `every`-th, the first and the last."""
+    return step in (1, epochs) or step % every == 0
 
 
 def epoch_step(epoch: int) -> int:
@@ -50,6 +56,7 @@ class RunLogger(Callbacks):
         self.model_id: str | None = None
         self.ctx: RunContext | None = None
         self.sample: torch.Tensor | None = None
+        self.cams: CamSeries | None = None  # the cam_grid_val figure, made once and redrawn each time
         self.datasets: dict = {}
 
     @contextmanager
@@ -69,17 +76,20 @@ class RunLogger(Callbacks):
             # one validation image per class (two when there are few classes): the MLflow UI shows an
             # image series as a thumbnail of at most 256 px, where fewer, larger panels stay legible
             self.sample = sample_indices(data.split("val").labels, data.num_classes, 1 if data.num_classes > 5 else 2)
+            self.cams = CamSeries(data, "val", self.sample)
             if fresh:
                 log_lineage(self.lineage)
                 if method.uses_masks and config.augment.active:  # without augmentation every row would be the mask
                     _log_mask_examples(ctx)
                 # step 0 of the CAM series: the network before training (steps count epochs from 1, and
                 # the MLflow UI opens an image series at step 0)
-                log_image_step(to_pil(split_cam_grid(ctx.model, data, "val", self.sample, ctx.device,
-                                                     f"{config.method} on {config.dataset}: before training, epoch "
-                                                     f"0/{config.epochs} (val)")), "cam_grid_val", 0)
-            with self.inner.run_scope(ctx):
-                yield
+                log_image_step(self.cams.image(ctx.model, ctx.device, f"{config.method} on {config.dataset}: before "
+                                               f"training, epoch 0/{config.epochs} (val)"), "cam_grid_val", 0)
+            try:
+                with self.inner.run_scope(ctx):
+                    yield
+            finally:
+                self.cams.close()
 
     def log_artifact(self, path: Path, artifact_path: str) -> None:
         log_artifact(path, artifact_path)
@@ -99,9 +109,9 @@ class RunLogger(Callbacks):
         ctx = self.ctx
         step = epoch_step(epoch)
         log_metrics(metrics, step=step, datasets=self.datasets)
-        title = f"{ctx.config.method} on {ctx.config.dataset}: epoch {step}/{ctx.config.epochs} (val)"
-        log_image_step(to_pil(split_cam_grid(model, ctx.data, "val", self.sample, ctx.device, title)),
-                       "cam_grid_val", step)
+        if cam_due(step, ctx.config.epochs, ctx.config.cam_every):
+            title = f"{ctx.config.method} on {ctx.config.dataset}: epoch {step}/{ctx.config.epochs} (val)"
+            log_image_step(self.cams.image(model, ctx.device, title), "cam_grid_val", step)
         self.inner.on_epoch_end(epoch, metrics, model)
 
     def on_run_end(self, ctx: RunContext, result: RunResult) -> None:

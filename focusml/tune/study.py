@@ -18,6 +18,7 @@ import sqlalchemy.exc
 
 from focusml import FocusmlError, tracking
 from focusml.config import RunConfig
+from focusml.run import keep_data
 from focusml.callbacks import Callbacks
 from focusml.tracking.database import reason
 from focusml.tune.report import log_setup, summarise
@@ -108,7 +109,9 @@ def run_study(spec: StudySpec, *, n_trials: int | None = None, study_name: str |
         with ParentBeat(study, parent_id):
             if workers == 1:
                 report = (lambda s, t: on_trial(TrialRecord.of(t))) if on_trial else None
-                study.optimize(make_objective(ctx, trial_callbacks), n_trials=n, callbacks=[report] if report else None)
+                with keep_data():
+                    study.optimize(make_objective(ctx, trial_callbacks), n_trials=n,
+                                   callbacks=[report] if report else None)
             else:
                 storage_arg = storage or str(Path.cwd() / DEFAULT_JOURNAL)
                 run_workers(ctx, storage_arg, study, n, workers, offset, uri, on_trial)

@@ -3,6 +3,11 @@
 `run_worker` is the target of each spawned process, so it must stay importable as
 `focusml.tune.workers.run_worker` (spawn pickles functions by their module path).
 
+Each worker gets its share of the cores: `cores // K` torch threads (intra- and inter-op, and
+`OMP_NUM_THREADS`/`MKL_NUM_THREADS` for the libraries that read them at import), so K workers do
+not fight over the same cores; its trials share one process, hence the imported stack and the
+generated dataset (`run.keep_data`).
+
 Faults: a worker killed by a signal (SIGKILL, the OOM killer) has its running trial failed and
 queued again at once (`recovery.fail_dead_local`) and is replaced by a new worker that runs the
 rest of its share, so the call still ends with exactly its trials. Ctrl-C or SIGTERM to the
@@ -17,11 +22,13 @@ import os
 import signal
 import threading
 import time
+from contextlib import contextmanager
 from typing import Callable
 
 import optuna
 
 from focusml import FocusmlError, Terminated
+from focusml.run import keep_data
 from focusml.tune.recovery import CALL_ATTR, fail_dead_local, on_stale
 from focusml.tune.results import TrialRecord
 from focusml.tune.storage import open_storage, with_heartbeat
@@ -53,9 +60,45 @@ def _watch_parent(parent: int) -> None:
     threading.Thread(target=watch, name="focusml-watch-parent", daemon=True).start()
 
 
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def share_threads(threads: int) -> None:
+    """Use `threads` torch threads in this process (the inter-op pool only where it is not started yet)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # already set, or parallel work already ran: it keeps its size
+        pass
+
+
+@contextmanager
+def _thread_env(threads: int):
+    """OMP/MKL thread counts in the environment the spawned workers inherit (read when they import)."""
+    saved = {k: os.environ.get(k) for k in THREAD_VARS}
+    os.environ.update({k: str(threads) for k in THREAD_VARS})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def run_worker(ctx: TrialContext, storage: str, n_trials: int, seed_offset: int, uri: str, verbosity: int, errors,
-               parent: int | None = None) -> None:
-    """One worker process: load the shared study and run its share of the trials."""
+               parent: int | None = None, threads: int | None = None) -> None:
+    """One worker process: load the shared study and run its share of the trials on `threads` threads."""
+    if threads:
+        share_threads(threads)
     _stop_on_signals()
     if parent is not None:
         _watch_parent(parent)
@@ -66,7 +109,8 @@ def run_worker(ctx: TrialContext, storage: str, n_trials: int, seed_offset: int,
         store = with_heartbeat(open_storage(storage)[0], on_stale)  # explicit, already checked by the parent
         study = optuna.load_study(study_name=ctx.study_name, storage=store,
                                   sampler=ctx.spec.make_sampler(seed_offset), pruner=ctx.spec.make_pruner())
-        study.optimize(make_objective(ctx), n_trials=n_trials)
+        with keep_data():
+            study.optimize(make_objective(ctx), n_trials=n_trials)
     except BaseException as e:  # report to the parent process, which raises it
         errors.put(f"{type(e).__name__}: {e}")
         raise
@@ -89,11 +133,13 @@ def run_workers(ctx: TrialContext, storage: str, study: optuna.Study, n: int, wo
     errors = mpc.Queue()
     shares = [n // workers + (i < n % workers) for i in range(workers)]
     verbosity = optuna.logging.get_verbosity()
+    threads = max(1, cores() // workers)
 
     def spawn(i: int, share: int, offset: int):
         p = mpc.Process(target=run_worker, name=f"focusml-tune-{i}",
-                        args=(ctx, storage, share, offset, uri, verbosity, errors, os.getpid()))
-        p.start()
+                        args=(ctx, storage, share, offset, uri, verbosity, errors, os.getpid(), threads))
+        with _thread_env(threads):
+            p.start()
         return p
 
     slots = {i: (spawn(i, share, seed_offset + i), share, 0) for i, share in enumerate(shares) if share}
