@@ -4,6 +4,8 @@ Mark the shortcut with masks, retrain with a refinement method, and measure agai
 (trained on the shortcut) and an upper bound (trained without it), tracked in MLflow.
 """
 
+from contextlib import contextmanager
+
 __version__ = "0.1.0"
 
 
@@ -40,3 +42,23 @@ def stop_on_sigterm() -> None:
         raise Terminated()
 
     signal.signal(signal.SIGTERM, handler)
+
+
+@contextmanager
+def environment(values: dict[str, str]):
+    """Set these environment variables for a block, then restore each (unset if it was unset).
+
+    Only these keys change: other threads never see the rest of the environment cleared and
+    refilled, as `unittest.mock.patch.dict(os.environ)` would do on exit."""
+    import os
+
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -26,7 +26,7 @@ from typing import Iterator
 
 import mlflow
 
-from focusml import FocusmlError, RunFailed
+from focusml import FocusmlError, RunFailed, environment
 from focusml.tracking.database import is_database, with_driver
 from focusml.tracking.experiment import mark_kind, use_experiment
 
@@ -153,19 +153,9 @@ def _one_line(e: BaseException) -> str:
     return (f"{type(e).__name__}: {text}" if text else type(e).__name__)[:1000]
 
 
-@contextmanager
 def _quick_http():
     """MLflow calls that give up at once (no retries, 3 s): for closing a run after the server was lost."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="3")
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    return environment({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"})
 
 
 def end_active(status: str, tags: dict[str, str] | None = None, quick: bool = False) -> bool:

@@ -10,8 +10,8 @@ the parent runs of dead `tune` calls closed.
   `RetryFailedTrialCallback` writes it), which the next `ask` runs first; at most `MAX_RETRY` times.
   A trial stopped by Ctrl-C or SIGTERM is retried the same way.
 - Every `tune` call records itself as study system attribute `focusml:parent:<run_id>` with a
-  heartbeat (`ParentBeat`); a later call closes the parent runs of calls that stopped beating
-  (KILLED, tag `focusml.killed`) — `close_stale_parents`.
+  heartbeat (`ParentBeat`); a later call closes the parent runs of calls that stopped beating, and
+  their child runs still RUNNING (KILLED, tag `focusml.killed`) — `close_stale_parents`.
 """
 
 from __future__ import annotations
@@ -155,10 +155,14 @@ def close_stale_parents(study: optuna.Study) -> list[str]:
             continue  # a call that is still working (here or elsewhere)
         run_id = key[len(PARENT):]
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(value.get("beat", now))))
+        why = f"the tune process stopped (last heartbeat {when}); the study was resumed later"
         try:
-            if tracking.terminate_run(run_id, "KILLED", {"focusml.killed": f"the tune process stopped (last heartbeat "
-                                                                           f"{when}); the study was resumed later"}):
+            if tracking.terminate_run(run_id, "KILLED", {"focusml.killed": why}):
                 closed.append(run_id)
+            # its workers died with it: a trial run whose closing the kill cut short is closed here
+            for child in tracking.search_runs_where(f"tags.`mlflow.parentRunId` = '{run_id}' and "
+                                                    "attributes.status = 'RUNNING'"):
+                tracking.terminate_run(child, "KILLED", {"focusml.killed": why})
         except Exception as e:
             warnings.warn(f"could not close the MLflow parent run {run_id}: {e}")
             continue

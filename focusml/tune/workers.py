@@ -22,12 +22,11 @@ import os
 import signal
 import threading
 import time
-from contextlib import contextmanager
 from typing import Callable
 
 import optuna
 
-from focusml import FocusmlError, Terminated
+from focusml import FocusmlError, Terminated, environment
 from focusml.run import keep_data
 from focusml.tune.recovery import CALL_ATTR, fail_dead_local, on_stale
 from focusml.tune.results import TrialRecord
@@ -79,19 +78,9 @@ def share_threads(threads: int) -> None:
         pass
 
 
-@contextmanager
 def _thread_env(threads: int):
     """OMP/MKL thread counts in the environment the spawned workers inherit (read when they import)."""
-    saved = {k: os.environ.get(k) for k in THREAD_VARS}
-    os.environ.update({k: str(threads) for k in THREAD_VARS})
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    return environment({k: str(threads) for k in THREAD_VARS})
 
 
 def run_worker(ctx: TrialContext, storage: str, n_trials: int, seed_offset: int, uri: str, verbosity: int, errors,
