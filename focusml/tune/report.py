@@ -43,7 +43,7 @@ def this_call(trials: list[optuna.trial.FrozenTrial], parent_id: str) -> int:
     return sum(t.user_attrs.get(CALL_ATTR) == parent_id for t in trials)
 
 
-def summarise(study: optuna.Study, spec: StudySpec, name: str, shown: str, parent_id: str, n_before: int) -> StudyResult:
+def summarise(study: optuna.Study, spec: StudySpec, name: str, shown: str, parent_id: str) -> StudyResult:
     """Log the study's outcome on the parent run and return it."""
     trials = study.get_trials(deepcopy=False)
     best = choose(study, spec)

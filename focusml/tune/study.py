@@ -115,7 +115,7 @@ def run_study(spec: StudySpec, *, n_trials: int | None = None, study_name: str |
             else:
                 storage_arg = storage or str(Path.cwd() / DEFAULT_JOURNAL)
                 run_workers(ctx, storage_arg, study, n, workers, offset, uri, on_trial)
-        result = summarise(study, spec, name, shown, parent_id, n_before)
+        result = summarise(study, spec, name, shown, parent_id)
         result.wall_s = time.perf_counter() - start
         tracking.log_metrics({"time/study_s": result.wall_s})
         if register:
