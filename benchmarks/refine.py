@@ -11,7 +11,13 @@ single-threaded spawned worker per `--jobs`:
 - `retrain`: per method, fine-tuning the seed's trained baseline (`--init-from` its run) for
   `--refine-epochs` (default 5 = 25% of 20) against training from scratch for `--epochs`:
   accuracy, gap closed and time;
-- `all`: the three.
+- `stages`: the model you have, refined (`focusml refine`): per dataset and seed, the trained
+  baseline's head refit (`head_refit`, seconds), then full refinement (`--full-method`, default
+  random_crop, for `--refine-epochs` at `--refine-lr`) from the refitted model, and what `auto` keeps
+  (the full stage only when its `acc/val_cf` is higher), against the `--methods` trained from scratch:
+  acc/test, gap closed, training and CPU seconds, the time each needs to reach 90% of the gap (on the
+  clean validation split, epoch by epoch), and refinement's gap closed with `--budgets` annotated images;
+- `all`: the first three.
 
 The references (baseline, upper bound for each dataset and seed) and each method's from-scratch
 run with every mask are shared by the studies, and every finished run is appended to `--out`
@@ -28,6 +34,8 @@ Examples:
         --figure budget.png --log-to refine-report                   # 9 methods × 2 datasets × 3 seeds
     python benchmarks/refine.py budget --methods pas,rrr --budgets 10,100,all --seeds 3
     python benchmarks/refine.py retrain --methods pas,random_crop --refine-epochs 5
+    python benchmarks/refine.py stages --methods pas --datasets decoy-digits,symbols,xray-tokens,sketches,decoy-fashion \
+        --seeds 3 --seeds-per-dataset decoy-fashion:1 --budgets all,10,30,100 --jobs 2
 """
 
 from __future__ import annotations
@@ -51,20 +59,22 @@ from focusml.data.masks import CORRUPTION_STRENGTH, parse_budget  # noqa: E402
 from focusml.methods import METHODS  # noqa: E402
 from focusml.run import load_data  # noqa: E402
 
-STUDIES = ("budget", "corrupt", "retrain")
+STUDIES = ("budget", "corrupt", "retrain", "stages")
 REFERENCES = ("baseline", "upper_bound")
 THESIS = ("pas", "pasa", "random_crop", "generative", "selective_dropout")
 PEERS = ("rrr", "rrr_gradcam", "counterexamples", "cdep")
-KEY = ("dataset", "method", "seed", "epochs", "budget", "corruption", "strength", "init")
+KEY = ("dataset", "method", "seed", "epochs", "budget", "corruption", "strength", "init", "lr")
+TRAIN_SIZE = {"decoy-fashion": 10000, "decoy-mnist": 10000}  # real data sets: the README's training size
 
 
-def job(dataset, method, seed, epochs, budget=None, corruption="none", strength=None, init=None, device="auto") -> dict:
+def job(dataset, method, seed, epochs, budget=None, corruption="none", strength=None, init=None, device="auto",
+        lr=None) -> dict:
     return {"dataset": dataset, "method": method, "seed": seed, "epochs": epochs, "budget": budget,
-            "corruption": corruption, "strength": strength, "init": init, "device": device}
+            "corruption": corruption, "strength": strength, "init": init, "device": device, "lr": lr}
 
 
 def job_key(j: dict) -> str:
-    return json.dumps({k: j[k] for k in KEY}, sort_keys=True)
+    return json.dumps({k: j.get(k) for k in KEY}, sort_keys=True)
 
 
 def one_run(j: dict) -> dict:
@@ -89,13 +99,16 @@ def one_run(j: dict) -> dict:
     config = RunConfig(method=j["method"], dataset=j["dataset"], seed=j["seed"], epochs=j["epochs"], device=j["device"],
                        log_model=False, experiment=j["experiment"], mask_budget=j["budget"],
                        mask_corruption=j["corruption"], corruption_strength=j["strength"],
+                       train_size=TRAIN_SIZE.get(j["dataset"]), lr=j.get("lr") or RunConfig.lr,
                        init_from=j.get("init_from"), run_name=j.get("run_name")).validate()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     setup()
     source = resolve_source(config.init_from) if config.init_from else None
     logger = MetricsPerEpoch(tags={"focusml.benchmark": "refine"}, lineage=source)
     result = run_untracked(config, logger, init=source.weights if source else None)
-    return {**j, "run_id": result.run_id, "metrics": result.metrics, "wall_s": time.perf_counter() - start}
+    history = [{k: h[k] for k in ("time/epoch_s", "acc/val_clean", "acc/val_cf") if k in h} for h in result.history]
+    return {**j, "run_id": result.run_id, "metrics": result.metrics, "wall_s": time.perf_counter() - start,
+            "cpu_s": time.process_time() - cpu, "history": history}
 
 
 def parse_corruptions(text: str) -> list[tuple[str, float]]:
@@ -116,8 +129,10 @@ def plan(args) -> tuple[list[dict], list[dict]]:
     if unknown:
         raise SystemExit(f"--methods: {', '.join(unknown)} (choose among {', '.join(m for m in METHODS if m not in REFERENCES)})")
     seeds = [int(s) for s in args.seeds.split(",") if s] if "," in args.seeds else list(range(int(args.seeds)))
-    studies = STUDIES if args.study == "all" else (args.study,)
-    refs = [job(d, m, s, args.epochs, device=args.device) for m in REFERENCES for d in datasets for s in seeds]
+    studies = STUDIES[:3] if args.study == "all" else (args.study,)
+    per = dict(item.split(":") for item in filter(None, args.seeds_per_dataset.split(",")))
+    seeds_of = {d: seeds[: int(per[d])] if d in per else seeds for d in datasets}
+    refs = [job(d, m, s, args.epochs, device=args.device) for m in REFERENCES for d in datasets for s in seeds_of[d]]
     settings: list[dict] = [{}]  # from scratch with every mask: in every study
     if "retrain" in studies:
         settings.append({"init": "baseline", "epochs": args.refine_epochs})
@@ -126,7 +141,13 @@ def plan(args) -> tuple[list[dict], list[dict]]:
     if "corrupt" in studies:
         settings += [{"corruption": k, "strength": s} for k, s in parse_corruptions(args.corruptions)]
     jobs = [job(d, m, s, **{"epochs": args.epochs, **setting, "device": args.device})
-            for setting in settings for m in methods for d in datasets for s in seeds]
+            for setting in settings for m in methods for d in datasets for s in seeds_of[d]]
+    if "stages" in studies:  # each budget: the head refit of the baseline, then the full stage from it
+        for b in [parse_budget(b) for b in args.budgets.split(",")]:
+            for stage in ("head", "full"):
+                jobs += [job(d, "head_refit", s, 1, budget=b, init="baseline", device=args.device) if stage == "head"
+                         else job(d, args.full_method, s, args.refine_epochs, budget=b, init="head",
+                                  device=args.device, lr=args.refine_lr) for d in datasets for s in seeds_of[d]]
     return refs, jobs
 
 
@@ -137,12 +158,16 @@ def execute(jobs: list[dict], done: dict, args) -> None:
         return
     baselines = {(r["dataset"], r["seed"]): r["run_id"] for r in done.values()
                  if r["method"] == "baseline" and r["init"] is None and r["budget"] is None and r["corruption"] == "none"}
+    heads = {(r["dataset"], r["seed"], r["budget"]): r["run_id"] for r in done.values() if r["method"] == "head_refit"}
     for j in todo:
         j["experiment"] = args.experiment
         j["run_name"] = f"{j['method']}-{j['dataset']}-s{j['seed']}-{label(j).replace(' ', '')}"
         if j["init"] == "baseline":
             j["init_from"] = baselines[(j["dataset"], j["seed"])]
-    warm_caches([{**j, "train_size": None} for j in todo if j["budget"] is None and j["corruption"] == "none"])
+        elif j["init"] == "head":
+            j["init_from"] = heads[(j["dataset"], j["seed"], j["budget"])]
+    warm_caches([{**j, "train_size": TRAIN_SIZE.get(j["dataset"])} for j in todo
+                 if j["budget"] is None and j["corruption"] == "none"])
     run_pool(todo, one_run, args.jobs, args.out, done, job_key,
              lambda row: f"{label(row)} acc/test {row['metrics']['acc/test']:.3f} ({row['wall_s']:.0f}s)")
 
@@ -151,6 +176,10 @@ def execute(jobs: list[dict], done: dict, args) -> None:
 
 
 def label(row: dict) -> str:
+    if row["method"] == "head_refit":
+        return "head refit" + (f" budget {row['budget']}" if row["budget"] is not None else "")
+    if row["init"] == "head":
+        return f"full {row['epochs']} ep" + (f" budget {row['budget']}" if row["budget"] is not None else "")
     if row["init"]:
         return f"refined {row['epochs']} ep"
     if row["budget"] is not None:
@@ -175,6 +204,9 @@ def tidy(rows: list[dict], annotated: dict[str, int]) -> pd.DataFrame:
         "annotated": annotated_count(r["budget"], annotated[r["dataset"]]),
         "acc": r["metrics"]["acc/test"], "wr": r["metrics"].get("wr/test", np.nan),
         "train_s": r["metrics"]["time/epoch_s_mean"] * r["epochs"], "wall_s": r["wall_s"], "run_id": r["run_id"],
+        "cpu_s": r.get("cpu_s", np.nan), "val_cf": r["metrics"].get("selected/acc/val_cf", np.nan),
+        "val_clean": r["metrics"].get("selected/acc/val_clean", np.nan), "history": r.get("history", []),
+        "stage": "head" if r["method"] == "head_refit" else "full" if r["init"] == "head" else "",
     } for r in rows])
     refs = frame[frame["method"].isin(REFERENCES)].pivot_table(index=["dataset", "seed"], columns="method", values="acc")
     idx = pd.MultiIndex.from_frame(frame[["dataset", "seed"]])
@@ -242,6 +274,84 @@ def retrain_table(frame: pd.DataFrame, dataset: str) -> str:
     return markdown_table(rows)
 
 
+def auto_choice(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset, seed and budget, the stage `focusml refine --stages auto` keeps: the full stage only when its
+    selected acc/val_cf is higher than the head refit's (validation only), with the time both stages took."""
+    rows = []
+    stages = frame[frame["stage"] != ""]
+    for (d, s, b), g in stages.groupby(["dataset", "seed", stages["budget"].astype(str)], sort=False):
+        head, full = g[g["stage"] == "head"], g[g["stage"] == "full"]
+        if head.empty:
+            continue
+        keep = full.iloc[0] if len(full) and full.iloc[0]["val_cf"] > head.iloc[0]["val_cf"] else head.iloc[0]
+        both = g["train_s"].sum()
+        rows.append({**keep.to_dict(), "stage": "auto", "train_s": both, "cpu_s": g["cpu_s"].sum(),
+                     "wall_s": g["wall_s"].sum(), "kept": keep["stage"]})
+    return pd.DataFrame(rows)
+
+
+def seconds_to_gap(row, refs: pd.DataFrame, share: float = 0.9, before: float = 0.0) -> float:
+    """Training seconds until the gap closed on the clean validation split reaches `share` (NaN: never)."""
+    base, upper = refs.loc[(row["dataset"], row["seed"])]
+    elapsed = before
+    for h in row["history"]:
+        elapsed += h["time/epoch_s"]
+        if (h.get("acc/val_clean", np.nan) - base) / (upper - base) >= share:
+            return elapsed
+    return np.nan
+
+
+def stages_table(frame: pd.DataFrame, dataset: str) -> str:
+    """From scratch vs head refit vs full refinement vs auto, every annotated image."""
+    g = frame[(frame["dataset"] == dataset) & frame["budget"].isna() & (frame["corruption"] == "none")]
+    refs = g[g["method"].isin(REFERENCES)].pivot_table(index=["dataset", "seed"], columns="method", values="val_clean")
+    refs = refs[["baseline", "upper_bound"]]
+    scratch = g[~g["init"] & ~g["method"].isin(REFERENCES)]
+    head, full = g[g["stage"] == "head"], g[g["stage"] == "full"]
+    auto = auto_choice(g)
+    head_s = dict(zip(head["seed"], head["train_s"]))
+    rows = []
+    for name, part in [*((f"{m} from scratch", p) for m, p in scratch.groupby("method", sort=False)),
+                       ("head refit", head), ("head refit + full", full), ("auto (kept by acc/val_cf)", auto)]:
+        if part.empty:
+            continue
+        if name == "head refit + full":  # its time includes the head refit it starts from
+            to90 = [seconds_to_gap(r, refs, before=head_s.get(r["seed"], 0.0)) for _, r in part.iterrows()]
+            train = part["train_s"] + part["seed"].map(head_s)
+        elif name.startswith("auto"):
+            to90 = [np.nan] * len(part)
+            train = part["train_s"]
+        else:
+            to90 = [seconds_to_gap(r, refs) for _, r in part.iterrows()]
+            train = part["train_s"]
+        reached = [t for t in to90 if np.isfinite(t)]
+        rows.append({
+            "model": name, "runs": str(len(part)),
+            "acc/test": fmt_mean_std(part["acc"].mean(), part["acc"].std()), "gap closed": pct(part["gap"]),
+            "train s": fmt_mean_std(train.mean(), train.std(), digits=1),
+            "CPU s (whole run)": fmt_mean_std(part["cpu_s"].mean(), part["cpu_s"].std(), digits=1),
+            "s to 90% of gap (val_clean)": "" if name.startswith("auto") else
+            (f"{np.mean(reached):.1f}" + ("" if len(reached) == len(to90) else f" ({len(reached)}/{len(to90)} reach it)")
+             if reached else "never"),
+            "kept": ", ".join(f"{k} {n}" for k, n in part["kept"].value_counts().items()) if "kept" in part else "",
+        })
+    return markdown_table(rows)
+
+
+def stages_budget_table(frame: pd.DataFrame) -> str:
+    """Gap closed by the head refit and by auto refinement with N annotated training images, per dataset."""
+    g = frame[frame["stage"] != ""]
+    auto = auto_choice(g)
+    rows = []
+    for dataset in dict.fromkeys(g["dataset"]):
+        for name, part in (("head refit", g[g["stage"] == "head"]), ("auto", auto)):
+            part = part[part["dataset"] == dataset]
+            cols = sorted(part["annotated"].unique())
+            rows.append({"dataset": dataset, "refinement": name,
+                         **{f"{n} images": pct(part[part["annotated"] == n]["gap"]) for n in cols}})
+    return markdown_table(rows)
+
+
 def budget_figure(frame: pd.DataFrame, path: Path) -> None:
     from focusml.figures import close, plt
 
@@ -279,6 +389,10 @@ def report(frame: pd.DataFrame, studies: tuple[str, ...], args) -> str:
             parts += [f"### Gap closed with imperfect masks: {dataset}", corruption_table(frame, dataset)]
         if "retrain" in studies:
             parts += [f"### Refine the trained baseline vs train from scratch: {dataset}", retrain_table(frame, dataset)]
+        if "stages" in studies:
+            parts += [f"### Head refit and full refinement vs from scratch: {dataset}", stages_table(frame, dataset)]
+    if "stages" in studies:
+        parts += ["### Refinement with N annotated training images (gap closed)", stages_budget_table(frame)]
     return "\n\n".join(parts) + "\n"
 
 
@@ -290,6 +404,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="3", help="number of seeds (0..N−1) or a comma list")
     ap.add_argument("--epochs", type=int, default=RunConfig().epochs, help="from-scratch epochs (default 20)")
     ap.add_argument("--refine-epochs", type=int, default=5, help="epochs of refining the baseline (default 5)")
+    ap.add_argument("--refine-lr", type=float, default=3e-4, help="stages: the full stage's learning rate")
+    ap.add_argument("--full-method", default="random_crop", help="stages: the full stage's method")
+    ap.add_argument("--seeds-per-dataset", default="", help="DATASET:N,... fewer seeds for a (large) dataset")
     ap.add_argument("--budgets", default="all,10,100,30,300", help="annotated training images (all = every mask)")
     ap.add_argument("--corruptions", default="partial:0.5,shifted:0.25,dilated:0.1", help="KIND[:STRENGTH],...")
     ap.add_argument("--device", default="auto")
@@ -320,11 +437,12 @@ def main(argv=None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if not args.no_run:
         execute(refs, done, args)  # the refined runs start from these baselines
-        execute(jobs, done, args)
+        execute([j for j in jobs if j["init"] != "head"], done, args)
+        execute([j for j in jobs if j["init"] == "head"], done, args)  # full refinement starts from the head refit
 
-    studies = STUDIES if args.study == "all" else (args.study,)
-    annotated = {d: int((load_data(RunConfig(dataset=d)).split("train").masks.flatten(1).amax(1) > 0).sum())
-                 for d in args.datasets.split(",") if d}
+    studies = STUDIES[:3] if args.study == "all" else (args.study,)
+    annotated = {d: int((load_data(RunConfig(dataset=d, train_size=TRAIN_SIZE.get(d))).split("train").masks
+                         .flatten(1).amax(1) > 0).sum()) for d in args.datasets.split(",") if d}
     frame = tidy([done[job_key(j)] for j in refs + jobs if job_key(j) in done], annotated)
     text = report(frame, studies, args)
     print(text)

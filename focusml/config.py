@@ -118,6 +118,11 @@ class RunConfig:
         if (self.mask_budget is not None or self.mask_corruption != "none") and not cls.uses_masks:
             raise FocusmlError(f"--mask-budget/--mask-corruption do not apply to method '{self.method}': it uses no "
                                "masks. Drop those options or pick a mask-based method.")
+        if cls.needs_init and not self.init_from:
+            raise FocusmlError(f"method '{self.method}' refines a trained model: pass --init-from RUN_ID, "
+                               "models:/NAME@ALIAS or a local state-dict file.")
+        if cls.replaces_training:
+            self.epochs = 1  # it has no training loop: one step of the run's history
         self.method_params = cls.resolve_options(self.method_params)
         return self
 

@@ -59,7 +59,7 @@ class Counterfactuals:
     valid: torch.Tensor  # bool: the image changed (u non-empty), counted in the metrics
 
 
-def _blend(images: torch.Tensor, masks: torch.Tensor, donor_images: torch.Tensor, donor_masks: torch.Tensor,
+def blend(images: torch.Tensor, masks: torch.Tensor, donor_images: torch.Tensor, donor_masks: torch.Tensor,
            has: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(x_cf as uint8, u) for rows of images and masks and their donors' rows."""
     m = masks.float()
@@ -77,7 +77,7 @@ class Blended(Rows):
 
     def read(self, index: torch.Tensor) -> torch.Tensor:
         s, src = self.split, self.src[index]
-        return _blend(s.images[index], s.masks[index], s.images[src], s.masks[src], self.has[index])[0]
+        return blend(s.images[index], s.masks[index], s.images[src], s.masks[src], self.has[index])[0]
 
 
 def build(split: Split, seed: int = SEED) -> Counterfactuals:
@@ -88,7 +88,7 @@ def build(split: Split, seed: int = SEED) -> Counterfactuals:
     if split.streamed:  # u is non-empty where the image or its donor has a mask
         valid = has & (split.annotated | split.annotated[src])
         return Counterfactuals(Split(Blended(split, src, has), split.masks, split.labels), d, valid)
-    images, u = _blend(split.images, split.masks, split.images[src], split.masks[src], has)
+    images, u = blend(split.images, split.masks, split.images[src], split.masks[src], has)
     valid = u.flatten(1).amax(1) > 0
     return Counterfactuals(Split(images, split.masks, split.labels), d, valid)
 

@@ -1,5 +1,5 @@
 """Generate the `MLproject` file from the method registry: one entry point per method, plus
-`tune` and `compare`. `make mlproject` rewrites it; a test checks the committed file is current.
+`tune`, `refine` and `compare`. `make mlproject` rewrites it; a test checks the committed file is current.
 
 MLproject parameter types are string/float/path/uri, so whole numbers are typed `string`.
 """
@@ -39,7 +39,7 @@ def entry_points() -> dict:
                 params[f.name] = _param(f.default)
                 flags.append(f"--{f.name.replace('_', '-')} {{{f.name}}}")
         for p in cls.params:
-            params[p.name] = _param(p.default, "float" if p.type is float else "string")
+            params[p.name] = _param(p.default, "float" if p.type is float and not p.auto else "string")
             flags.append(f"--{p.name.replace('_', '-')} {{{p.name}}}")
         eps[name] = {"parameters": params, "command": f"python -m focusml train --method {name} " + " ".join(flags)}
     eps["tune"] = {
@@ -47,6 +47,13 @@ def entry_points() -> dict:
                        "n_trials": {"type": "string", "default": 20},
                        "register": {"type": "string", "default": ""}},
         "command": "python -m focusml tune {study} --n-trials {n_trials} --register {register}",
+    }
+    eps["refine"] = {
+        "parameters": {"source": {"type": "string"}, "stages": _param("auto"), "method": _param("random_crop"),
+                       "epochs": _param("5"), "lr": _param(3e-4), "mask_budget": _param(None), "l2": _param("auto"),
+                       "copies": _param("auto"), "device": _param("auto")},
+        "command": "python -m focusml refine {source} --stages {stages} --method {method} --epochs {epochs} --lr {lr} "
+                   "--mask-budget {mask_budget} --l2 {l2} --copies {copies} --device {device}",
     }
     eps["compare"] = {
         "parameters": {"experiment": {"type": "string", "default": "focusml"},

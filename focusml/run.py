@@ -29,7 +29,7 @@ from focusml.evaluate import Predictions, select_metric, test_metrics
 from focusml.methods import Method, PrepareContext
 from focusml.models import InitWeights, build_model, load_init_state, read_init_file, source_kind
 from focusml.precision import Precision
-from focusml.train import FitResult, fit, resolve_device
+from focusml.train import FitResult, fit, refit, resolve_device
 
 
 @dataclass
@@ -171,7 +171,8 @@ def run(config: RunConfig, callbacks: Callbacks | None = None, init: InitWeights
         method.prepare(PrepareContext(data=data, config=config, model=model, cache_dir=cache_dir(), device=device,
                                       log_artifact=callbacks.log_artifact, log_params=callbacks.log_params,
                                       progress=callbacks.on_prepare))
-        fitted = fit(model, data, method, config, device, callbacks, resume=resume)
+        fitted = (refit(model, data, method, config, device, callbacks) if method.replaces_training
+                  else fit(model, data, method, config, device, callbacks, resume=resume))
         last_state = None
         if fitted.selected_state is not None:
             last_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

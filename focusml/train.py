@@ -31,8 +31,8 @@ from focusml.evaluate import SELECTABLE, Evaluator, select_metric
 from focusml.methods import Batch, Method
 from focusml.precision import Precision
 
-__all__ = ["Callbacks", "Diverged", "FitResult", "RESUME_FORMAT", "fit", "layer_hooks", "resolve_device", "train_step",
-           "training_state"]
+__all__ = ["Callbacks", "Diverged", "FitResult", "RESUME_FORMAT", "fit", "layer_hooks", "refit", "resolve_device",
+           "train_step", "training_state"]
 
 RESUME_FORMAT = "focusml-resume-1"  # the `format` of a training state; bump when its layout changes
 EXPLODE = 1e4  # a batch loss above EXPLODE × max(first batch's loss, 1) has exploded
@@ -253,3 +253,14 @@ def fit(model, data: Dataset, method: Method, config: RunConfig, device: torch.d
                                                       result.history, guard, device, precision))
         callbacks.on_epoch_end(epoch, metrics, model)
     return selector.finish(result, config.epochs - 1)
+
+
+def refit(model, data: Dataset, method: Method, config: RunConfig, device: torch.device,
+          callbacks: Callbacks | None = None) -> FitResult:
+    """A `replaces_training` method's fit (`head_refit`) as one 'epoch' of the run's history."""
+    callbacks = callbacks or Callbacks()
+    torch.manual_seed(config.seed)
+    metrics = method.fit(model, data, config, device, callbacks, Evaluator(data, device),
+                         select_metric(config.select, data))
+    callbacks.on_epoch_end(0, metrics, model)
+    return FitResult(history=[metrics], select=select_metric(config.select, data), selected_epoch=0)

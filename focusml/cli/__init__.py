@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                 "Rank the last conv layer's filters of RUN_ID by the share of their activation inside the masks."),
     "masks": ("masks", "masks", "Draw irrelevance masks on a folder dataset."),
     "methods": ("methods", "methods", "List every training method with its family and options."),
+    "refine": ("refine", "refine",
+               "Refine a trained model from its masks: head refit, then full refinement if validation says so."),
     "register": ("register", "register",
                  "Register a run's logged model in the MLflow Model Registry and set an alias on it."),
     "server": ("server", "server", "Start the MLflow tracking server and UI on focusml's store."),

@@ -12,7 +12,7 @@ import pkgutil
 from focusml import FocusmlError
 from focusml.methods.base import Batch, Method, Param, PrepareContext
 
-FAMILIES = ("reference", "replacement", "loss", "peer")
+FAMILIES = ("reference", "replacement", "loss", "peer", "refinement")
 
 
 def _discover() -> dict[str, type[Method]]:

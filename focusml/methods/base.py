@@ -10,6 +10,10 @@ Hooks (all optional, called by `focusml.run.run` and `focusml.train.fit`):
 - `transform_batch(batch, gen)`: replace pixels / add examples before the forward pass;
 - `layer_hooks(batch)`: {module name: fn(output) -> output} applied in the training forward only;
 - `penalty(model, batch, features, logits)`: the unweighted extra loss; the loop adds λ·penalty.
+
+A refinement method that replaces the training loop (`replaces_training`, e.g. `head_refit`)
+implements `fit(model, data, config, device, callbacks, evaluator, select)` instead, returning
+the validation metrics of the model it leaves; `needs_init` makes `--init-from` required.
 """
 
 from __future__ import annotations
@@ -153,12 +157,14 @@ class PrepareContext:
 
 class Method:
     name: ClassVar[str] = ""
-    family: ClassVar[str] = ""  # reference | replacement | loss | peer
+    family: ClassVar[str] = ""  # reference | replacement | loss | peer | refinement
     summary: ClassVar[str] = ""
     params: ClassVar[tuple[Param, ...]] = ()
     uses_masks: ClassVar[bool] = True
     train_split: ClassVar[str] = "train"
     needs_input_grad: ClassVar[bool] = False
+    needs_init: ClassVar[bool] = False  # works on a trained model only: --init-from is required
+    replaces_training: ClassVar[bool] = False  # `fit` replaces the training loop (no epochs)
 
     def __init__(self, options: dict[str, Any] | None = None):
         self.options = self.resolve_options(options or {})
@@ -194,3 +200,8 @@ class Method:
 
     def penalty(self, model, batch: Batch, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
         return None
+
+    def fit(self, model, data: Any, config: Any, device: torch.device, callbacks: Any, evaluator: Any,
+            select: str) -> dict[str, float]:
+        """A `replaces_training` method's whole fit: change `model` in place; return its validation metrics."""
+        raise NotImplementedError(f"method '{self.name}' trains with the training loop")

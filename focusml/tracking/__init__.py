@@ -24,6 +24,7 @@ from focusml.tracking.log import (active_run_id, experiment_name, log_artifact, 
                                   log_state_dict, log_table, set_tags)
 from focusml.tracking.keeper import RunKeeper, run_dir
 from focusml.tracking.logger import RunLogger
+from focusml.tracking.refine import Refinement, refine
 from focusml.tracking.registry import Registered, register, register_version
 from focusml.tracking.runs import load_run_data, load_run_model, run_info, search_runs
 from focusml.tracking.sources import Source
@@ -33,6 +34,7 @@ from focusml.tracking.store import (DEFAULT_STORE, StopRun, TrackingLost, check_
 from focusml.tracking.tracked import resume, resume_config, run
 
 __all__ = [
+    "Refinement", "refine",
     "DEFAULT_EXPERIMENT", "DEFAULT_STORE", "Registered", "RunKeeper", "RunLogger", "Source", "StopRun", "TrackingLost", "active_run_id",
     "check_connects", "check_reachable", "default_uri", "experiment_name", "load_run_data", "load_run_model", "log_artifact", "log_artifacts_to",
     "log_datasets", "log_dict", "log_figure", "log_image_step", "log_metrics", "log_model", "log_params", "log_state_dict",

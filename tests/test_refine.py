@@ -1,0 +1,145 @@
+"""Refining the model you have: `head_refit` on a hand-made case where only the head reads the shortcut,
+and `focusml refine` end to end (two tracked stages, lineage, the kept run registrable)."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+import torch
+from mlflow import MlflowClient
+from torch import nn
+
+from focusml import FocusmlError
+from focusml.cli import main
+from focusml.config import RunConfig
+from focusml.data.base import Dataset, Split
+from focusml.methods import METHODS
+from focusml.methods.head_refit import fit_path, swap_donors, temperature
+from focusml.models import CamNet
+from focusml.train import refit
+
+SIZE = 8
+
+
+def shortcut_split(n: int, follows: bool, seed: int) -> Split:
+    """Two-channel 8×8 images: channel 0 holds the object (brightness 60 for class 0, 200 for class 1) on
+    the left half; channel 1 holds the shortcut (the same code) in a 2×2 corner patch that the mask marks.
+    `follows`: the shortcut shows the label (train, val) or a random class (test)."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.randint(2, (n,), generator=gen)
+    shortcut = labels if follows else torch.randint(2, (n,), generator=gen)
+    code = torch.tensor([60, 200], dtype=torch.uint8)
+    images = torch.zeros(n, 2, SIZE, SIZE, dtype=torch.uint8)
+    images[:, 0, :, : SIZE // 2] = code[labels].view(-1, 1, 1)
+    images[:, 1, :2, -2:] = code[shortcut].view(-1, 1, 1)
+    masks = torch.zeros(n, SIZE, SIZE, dtype=torch.uint8)
+    masks[:, :2, -2:] = 1
+    return Split(images, masks, labels)
+
+
+def shortcut_reader() -> CamNet:
+    """Identity features (a ReLU over the two channels); a head that reads the shortcut channel only."""
+    conv = nn.Conv2d(2, 2, 1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.eye(2).view(2, 2, 1, 1))
+        conv.bias.zero_()
+    model = CamNet(nn.Sequential(conv, nn.ReLU()), 2, 2)
+    with torch.no_grad():  # GAP of the 2×2 patch over 64 cells: ~0.06 (class 0 code) or ~0.05 (class 1)
+        model.classifier.weight.copy_(torch.tensor([[0.0, -400.0], [0.0, 400.0]]))
+        model.classifier.bias.copy_(torch.tensor([8.0, -8.0]))
+    return model
+
+
+@pytest.fixture
+def shortcut_data() -> Dataset:
+    splits = {"train": shortcut_split(200, True, 0), "val": shortcut_split(100, True, 1),
+              "test": shortcut_split(200, False, 2)}
+    return Dataset("hand-made", ["dark", "bright"], splits)
+
+
+def accuracy(model, split: Split) -> float:
+    with torch.no_grad():
+        return float((model(split.batch(torch.arange(len(split)))[0]).argmax(1) == split.labels).float().mean())
+
+
+def test_head_refit_moves_a_shortcut_reading_head_to_the_object(shortcut_data):
+    model = shortcut_reader()
+    features = {k: v.clone() for k, v in model.features.state_dict().items()}
+    assert accuracy(model, shortcut_data.split("val")) == 1.0  # right for the wrong reason
+    assert accuracy(model, shortcut_data.split("test")) < 0.7  # ... which the broken shortcut shows
+    method = METHODS["head_refit"]({})
+    config = RunConfig(method="head_refit", init_from="x.pt")
+    fitted = refit(model, shortcut_data, method, config, torch.device("cpu"))
+    assert accuracy(model, shortcut_data.split("test")) == 1.0
+    weight = model.classifier.weight.detach()
+    assert weight[:, 0].abs().min() > 10 * weight[:, 1].abs().max()  # the object channel carries the decision
+    assert all(torch.equal(features[k], v) for k, v in model.features.state_dict().items())  # features untouched
+    metrics = fitted.history[0]
+    assert metrics["acc/val_cf"] == 1.0 and metrics["source_acc/val_cf"] < 0.6 and metrics["l2"] > 0
+
+
+def test_swap_donors_are_other_annotated_rows_of_every_class():
+    masks = torch.zeros(6, 4, 4, dtype=torch.uint8)
+    masks[[0, 1, 2, 4], 0, 0] = 1
+    rows, donors = swap_donors(masks, copies=50, seed=0)
+    assert set(rows.tolist()) == {0, 1, 2, 4} and len(rows) == 200
+    assert (rows != donors).all() and set(donors.tolist()) == {0, 1, 2, 4}
+    one = torch.zeros(3, 4, 4, dtype=torch.uint8)
+    one[0, 0, 0] = 1
+    assert len(swap_donors(one, 3, 0)[0]) == 0  # a single annotated image has no one to swap with
+
+
+def test_l2_path_shrinks_the_head_and_temperature_keeps_predictions():
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(300, 5, generator=gen) + 3.0
+    y = (z[:, 0] > 3.0).long()
+    heads = list(fit_path(z, y, 2, (1e-4, 1e-1, 1.0)))
+    assert [l2 for l2, _, _ in heads] == [1.0, 1e-1, 1e-4]  # strongest first, each warm-starting the next
+    norms = [float(w.norm()) for _, w, _ in heads]
+    assert norms[0] < norms[1] < norms[2]
+    _, w, b = heads[-1]
+    assert float(((z @ w.T + b).argmax(1) == y).float().mean()) > 0.95  # logits on the raw features
+    t = temperature(w, b, z, y)
+    assert t > 0 and torch.equal(((z @ w.T + b) / t).argmax(1), (z @ w.T + b).argmax(1))
+
+
+def test_head_refit_needs_a_trained_model_and_two_masks(shortcut_data):
+    with pytest.raises(FocusmlError, match="refines a trained model: pass --init-from"):
+        RunConfig(method="head_refit").validate()
+    bare = Dataset("bare", ["a", "b"], {**shortcut_data.splits, "train": Split(
+        shortcut_data.split("train").images, torch.zeros_like(shortcut_data.split("train").masks),
+        shortcut_data.split("train").labels)})
+    with pytest.raises(FocusmlError, match="0 annotated training image"):
+        METHODS["head_refit"]({}).check(shortcut_reader(), bare, torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_focusml_refine_runs_two_tracked_stages_from_a_trained_run(tracking_env, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "refine-cli")
+    main_ok(["train", "--method", "baseline", "--dataset", "decoy-digits", "--epochs", "2", "--seed", "1",
+             "--cam-every", "2"])
+    source = capsys.readouterr().out.split("run_id: ")[1].split()[0]
+    main_ok(["refine", source, "--epochs", "1", "--stages", "full"])
+    out = capsys.readouterr().out
+    kept = out.split("run_id: ")[1].split()[0]
+    assert "source" in out and "head" in out and "full (kept)" in out
+    client = MlflowClient()
+    exp = mlflow.get_experiment_by_name("refine-cli")
+    runs = {r.data.tags.get("focusml.refine_stage"): r for r in client.search_runs([exp.experiment_id])
+            if "focusml.refine_stage" in r.data.tags}
+    head, full = runs["head"], runs["full"]
+    assert head.info.status == full.info.status == "FINISHED"
+    assert head.data.tags["focusml.init_from"] == source and full.data.tags["focusml.init_from"] == head.info.run_id
+    assert full.info.run_id == kept and full.data.tags["focusml.refine_chosen"] == "true"
+    assert head.data.params["dataset"] == "decoy-digits" and head.data.params["seed"] == "1"  # the source's
+    assert full.data.params["lr"] == "0.0003" and full.data.params["method"] == "random_crop"
+    assert "acc/test" in head.data.metrics and head.outputs.model_outputs  # evaluated and logged like any run
+    main_ok(["register", kept, "--name", "refined-digits", "--alias", "champion"])
+    assert "registered refined-digits version 1" in capsys.readouterr().out
+
+
+def main_ok(argv):
+    try:
+        main(argv)
+    except SystemExit as e:
+        assert e.code in (0, None), argv
