@@ -4,42 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import mlflow
 import numpy as np
 from mlflow import MlflowClient
-from PIL import Image
-
-CLASSES = ("cat", "dog")
-SIZE = 12
-
-
-def make_folder(root: Path, per_class: dict[str, int], annotated: dict[str, float]) -> Path:
-    """Tiny greyscale images, class = a bright bar's orientation, a shortcut patch in a corner that follows the
-    label; a mask file (the patch) for the share `annotated[split]` of a split's images, none for the rest."""
-    rng = np.random.default_rng(0)
-    for split, n in per_class.items():
-        rows = [(cls, i) for i in range(n) for cls in CLASSES]
-        masked = set(rng.permutation(len(rows))[:round(annotated.get(split, 0) * len(rows))])
-        for k, (cls, i) in enumerate(rows):
-            img = (rng.random((SIZE, SIZE)) * 60).astype(np.uint8)
-            if cls == "cat":
-                img[5:7, 2:10] = 220
-            else:
-                img[2:10, 5:7] = 220
-            corner = (slice(0, 3), slice(0, 3)) if cls == "cat" else (slice(0, 3), slice(9, 12))
-            img[corner] = 255
-            path = root / "images" / split / cls / f"{cls}{i}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img).save(path)
-            if k in masked:
-                mask = np.zeros((SIZE, SIZE), np.uint8)
-                mask[corner] = 255
-                mpath = root / "masks" / split / cls / f"{cls}{i}.png"
-                mpath.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(mask).save(mpath)
-    return root
 
 
 def train(args, env, cwd):
@@ -55,7 +23,7 @@ def the_run(experiment: str, method: str):
 
 
 def test_cli_trains_baseline_pas_and_random_crop_with_masks_on_a_tenth_of_the_images(tracking_env, cli_env,
-                                                                                      tmp_path):
+                                                                                      tmp_path, make_folder):
     root = make_folder(tmp_path / "data", {"train": 20, "val": 10, "test": 10}, {"train": 0.1, "val": 0.1})
     assert len(list((root / "masks" / "train").rglob("*.png"))) == 4
     assert len(list((root / "masks" / "val").rglob("*.png"))) == 2
@@ -72,7 +40,8 @@ def test_cli_trains_baseline_pas_and_random_crop_with_masks_on_a_tenth_of_the_im
         assert "focusml.warning" not in r.data.tags or "--select auto" not in r.data.tags["focusml.warning"]
 
 
-def test_cli_trains_a_baseline_on_a_folder_without_masks_and_says_how_it_selected(tracking_env, cli_env, tmp_path):
+def test_cli_trains_a_baseline_on_a_folder_without_masks_and_says_how_it_selected(tracking_env, cli_env, tmp_path,
+                                                                                   make_folder):
     root = make_folder(tmp_path / "data", {"train": 6, "val": 3, "test": 3}, {})
     assert not (root / "masks").exists()
     res = train(["--method", "baseline", "--data-root", str(root), "--experiment", "no-masks"], cli_env, tmp_path)

@@ -48,7 +48,7 @@ REQUIRED_SPLITS = ("train", "val", "test")
 GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 MASK_MODES = {"1", "L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 # What PIL raises for unreadable files: not an image, truncated, bad chunk, bad zlib stream, bomb.
-_READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError,
+READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError,
                 Image.DecompressionBombError)
 
 
@@ -83,7 +83,7 @@ def _open(path: Path, what: str) -> Image.Image:
         img = Image.open(path)
         img.load()
         return img
-    except _READ_ERRORS as e:
+    except READ_ERRORS as e:
         raise FocusmlError(
             f"folder dataset: {what} {path} is not a readable image ({type(e).__name__}: {e}). "
             "Remove it or replace it with a valid PNG/JPEG."
@@ -174,7 +174,9 @@ def _eight_bit(img: Image.Image, mode: str) -> Image.Image:
     return img.convert(mode)
 
 
-def _image_array(img: Image.Image, mode: str, size: tuple[int, int]) -> np.ndarray:
+def image_array(img: Image.Image, mode: str, size: tuple[int, int]) -> np.ndarray:
+    """`img` as the dataset stores it: 8-bit `mode` ('L' or 'RGB'), resized (bilinear) to `size` (w, h), uint8 C×H×W.
+    The logged model applies the same to the images it is given (`focusml.preprocess`)."""
     img = _eight_bit(img, mode)
     if img.size != size:
         img = img.resize(size, Image.BILINEAR)
@@ -240,7 +242,7 @@ def _load_split(root: Path, split: str, classes: list[str], mode: str, size: tup
         img = _open(path, "image")
         if img.size != size and not resize:
             raise _size_error(path, img.size, size, "image")
-        images.append(_image_array(img, mode, size))
+        images.append(image_array(img, mode, size))
         masks.append(_load_mask(mask_path(root, split, cls, path.name), path, img.size, size))
         labels.append(classes.index(cls))
     return Split(torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks)),
@@ -284,7 +286,7 @@ def _load_clean(root: Path, split: str, classes: list[str], reference: list[tupl
         img = _open(twin, "clean image")
         if img.size != size and not resize:
             raise _size_error(twin, img.size, size, "clean image")
-        arrays.append(_image_array(img, mode, size))
+        arrays.append(image_array(img, mode, size))
     return Split(torch.from_numpy(np.stack(arrays)), torch.zeros((len(arrays), size[1], size[0]), dtype=torch.uint8),
                  labels)
 
@@ -304,7 +306,7 @@ def _peek(path: Path, what: str) -> tuple[tuple[int, int], Image.Image]:
     try:
         with Image.open(path) as img:
             return img.size, img
-    except _READ_ERRORS as e:
+    except READ_ERRORS as e:
         raise FocusmlError(
             f"folder dataset: {what} {path} is not a readable image ({type(e).__name__}: {e}). "
             "Remove it or replace it with a valid PNG/JPEG."
@@ -324,7 +326,7 @@ def _inside(path: str, real_root: str) -> Path:
 
 def _read_image(real_root: str, mode: str, size: tuple[int, int], what: str, path: str) -> np.ndarray:
     """One streamed image row, decoded exactly as an in-memory one."""
-    return _image_array(_open(_inside(path, real_root), what), mode, size)
+    return image_array(_open(_inside(path, real_root), what), mode, size)
 
 
 def _read_mask(real_root: str, size: tuple[int, int], path: str | None, image_path: str,

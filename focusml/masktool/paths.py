@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from focusml import FocusmlError
-from focusml.data.folder import _READ_ERRORS, IMAGE_EXTENSIONS
+from focusml.data.folder import IMAGE_EXTENSIONS, READ_ERRORS
 
 
 class UnsafePath(FocusmlError):
@@ -49,7 +49,7 @@ def open_image(path: Path, rel: str, what: str = "image", header_only: bool = Fa
         if not header_only:
             img.load()
         return img
-    except _READ_ERRORS as e:
+    except READ_ERRORS as e:
         raise BrokenImage(f"the {what} of {rel} is not a readable image ({type(e).__name__}: {e}); replace or "
                           "remove the file") from None
 
