@@ -18,8 +18,10 @@ Choices (docs/methods.md states them for users):
   run on a dataset is judged on the same counterfactual set;
 - soft masks (values in (0, 1)) blend the two images; the result is rounded back to uint8 like
   the stored images;
-- an image whose `u` is empty (neither it nor its donor is annotated) would be unchanged, so it
-  is left out of both metrics; with no such image at all they are NaN.
+- only annotated images (a non-empty mask of their own) count in both metrics: an unannotated
+  image would keep its own shortcut, unmarked, next to the donor's, so its x_cf says nothing;
+  with no annotated image at all (or a single class) they are NaN. `Counterfactuals.valid`
+  marks the rows counted (the run logs their number on `val` and `test` as `cf_images_*`).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class Counterfactuals:
 
     split: Split
     donors: torch.Tensor  # row of each image's donor, -1 if none
-    valid: torch.Tensor  # bool: the image changed (u non-empty), counted in the metrics
+    valid: torch.Tensor  # bool: the image has its own mask and a donor, counted in the metrics
 
 
 def blend(images: torch.Tensor, masks: torch.Tensor, donor_images: torch.Tensor, donor_masks: torch.Tensor,
@@ -85,11 +87,10 @@ def build(split: Split, seed: int = SEED) -> Counterfactuals:
     d = donors(split.labels, split.masks, seed)
     has = d >= 0
     src = torch.where(has, d, torch.arange(len(d)))
-    if split.streamed:  # u is non-empty where the image or its donor has a mask
-        valid = has & (split.annotated | split.annotated[src])
+    valid = has & split.annotated  # annotated images only (the module's docstring says why)
+    if split.streamed:
         return Counterfactuals(Split(Blended(split, src, has), split.masks, split.labels), d, valid)
-    images, u = blend(split.images, split.masks, split.images[src], split.masks[src], has)
-    valid = u.flatten(1).amax(1) > 0
+    images, _ = blend(split.images, split.masks, split.images[src], split.masks[src], has)
     return Counterfactuals(Split(images, split.masks, split.labels), d, valid)
 
 

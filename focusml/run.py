@@ -25,7 +25,7 @@ from focusml.callbacks import Callbacks
 from focusml.config import RunConfig
 from focusml.data import DATASETS, DataOptions, Dataset, load
 from focusml.data.masks import annotate
-from focusml.evaluate import Predictions, select_metric, test_metrics
+from focusml.evaluate import Predictions, counterfactuals, select_metric, test_metrics
 from focusml.methods import Method, PrepareContext
 from focusml.models import InitWeights, build_model, load_init_state, read_init_file, source_kind
 from focusml.precision import Precision
@@ -115,14 +115,37 @@ def health_warnings(data: Dataset, fitted: FitResult, test_pos_cams: torch.Tenso
     return out
 
 
+def selection_warnings(select: str, selected: str, data: Dataset) -> list[str]:
+    """`--select auto` that fell back to the last epoch because no validation image has a mask: said, not hidden."""
+    if select != "auto" or selected != "last" or data.num_classes < 2:
+        return []
+    return [f"no validation image of dataset '{data.name}' has a mask, so --select auto evaluated the last epoch "
+            "(acc/val_cf needs annotated val images): draw masks on some of them (focusml masks serve) or pass "
+            "--select acc/val or last"]
+
+
+def counterfactual_counts(data: Dataset) -> dict[str, int]:
+    """`cf_images_val`, `cf_images_test`: how many images the counterfactual metrics of each split count
+    (its annotated images; `focusml.counterfactual`). Built once per split, shared with the evaluation."""
+    return {f"cf_images_{name}": int(counterfactuals(data.split(name)).valid.sum())
+            for name in ("val", "test") if name in data.splits}
+
+
 def training_data(config: RunConfig, data: Dataset) -> tuple[Dataset, int | None]:
     """The dataset as training sees it: `--mask-budget` and `--mask-corruption` applied to the training split of
-    a mask-based method (once, before training); and the number of annotated training images (None: no masks)."""
+    a mask-based method (once, before training); and the number of annotated training images (None: no masks).
+
+    A mask-based method on a training split without a single mask is refused: it would train a baseline."""
     method_cls = methods.get(config.method)
     if not method_cls.uses_masks:
         return data, None
-    return annotate(data, method_cls.train_split, config.mask_budget, config.mask_corruption,
-                    config.corruption_strength, config.seed)
+    out, annotated = annotate(data, method_cls.train_split, config.mask_budget, config.mask_corruption,
+                              config.corruption_strength, config.seed)
+    if annotated == 0:
+        raise FocusmlError(f"--method {config.method} learns from masks, and no image of the {method_cls.train_split} "
+                           f"split of dataset '{data.name}' has one (a folder dataset: no mask file, or an all-black "
+                           "one). Draw some with `focusml masks serve DATA_ROOT`, or use --method baseline.")
+    return out, annotated
 
 
 def init_weights(config: RunConfig, init: InitWeights | None) -> InitWeights | None:
@@ -152,7 +175,7 @@ def run(config: RunConfig, callbacks: Callbacks | None = None, init: InitWeights
     data = load_data(config)
     data.split(method_cls.train_split)  # refuse early (e.g. upper_bound without a clean split)
     data, annotated = training_data(config, data)
-    select_metric(config.select, data)  # refuse early a selection metric the data cannot compute
+    selected = select_metric(config.select, data)  # refuse early a selection metric the data cannot compute
     method = method_cls(config.method_params)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
@@ -167,6 +190,7 @@ def run(config: RunConfig, callbacks: Callbacks | None = None, init: InitWeights
     with callbacks.run_scope(ctx):
         if annotated is not None:
             callbacks.log_params({"annotated_images": annotated})
+        callbacks.log_params(counterfactual_counts(data))
         callbacks.log_params(precision.params)  # what --amp and --channels-last resolved to on this device
         method.prepare(PrepareContext(data=data, config=config, model=model, cache_dir=cache_dir(), device=device,
                                       log_artifact=callbacks.log_artifact, log_params=callbacks.log_params,
@@ -180,6 +204,7 @@ def run(config: RunConfig, callbacks: Callbacks | None = None, init: InitWeights
         metrics, cm, preds = test_metrics(model, data, device)
         metrics.update(summary(fitted))
         result = RunResult(metrics, None, fitted.history, model, fitted, confusion=cm, last_state=last_state,
-                           warnings=health_warnings(data, fitted, preds.pos_cams), predictions=preds)
+                           warnings=selection_warnings(config.select, selected, data)
+                           + health_warnings(data, fitted, preds.pos_cams), predictions=preds)
         callbacks.on_run_end(ctx, result)
     return result

@@ -163,6 +163,43 @@ def cli_env(tmp_path):
     return env
 
 
+def _make_folder(root: Path, per_class: dict[str, int], annotated: dict[str, float] | None = None) -> Path:
+    """A folder dataset of tiny 12×12 greyscale PNGs, classes cat and dog (a bright bar's orientation) with a
+    shortcut patch in a corner that follows the label; a mask file (the patch) for the share `annotated[split]`
+    of a split's images (drawn with a fixed seed), no mask file for the others."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in per_class.items():
+        rows = [(cls, i) for i in range(n) for cls in ("cat", "dog")]
+        masked = set(rng.permutation(len(rows))[:round((annotated or {}).get(split, 0) * len(rows))].tolist())
+        for k, (cls, i) in enumerate(rows):
+            img = (rng.random((12, 12)) * 60).astype(np.uint8)
+            if cls == "cat":
+                img[5:7, 2:10] = 220
+            else:
+                img[2:10, 5:7] = 220
+            corner = (slice(0, 3), slice(0, 3)) if cls == "cat" else (slice(0, 3), slice(9, 12))
+            img[corner] = 255
+            files = [(root / "images" / split / cls / f"{cls}{i}.png", img)]
+            if k in masked:
+                mask = np.zeros((12, 12), np.uint8)
+                mask[corner] = 255
+                files.append((root / "masks" / split / cls / f"{cls}{i}.png", mask))
+            for path, arr in files:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(arr).save(path)
+    return root
+
+
+@pytest.fixture(scope="session")
+def make_folder():
+    """`make_folder(root, {"train": 20, "val": 10, "test": 10}, {"train": 0.1})`: a tiny folder dataset (that
+    many images per class and split) with mask files for the given share of a split's images."""
+    return _make_folder
+
+
 @pytest.fixture(scope="session")
 def postgres():
     """A throwaway PostgreSQL cluster (tests/postgres.py), started once; `postgres.createdb(name)` gives a

@@ -15,7 +15,7 @@ HEAVY = ("torch", "mlflow", "sklearn", "optuna", "pandas")
 # Each of these must answer from the lazy group, the stored catalog and click alone.
 LIGHT = [["--help"], ["methods"], ["datasets", "list"], ["datasets", "--help"], ["datasets", "show", "--help"],
          ["compare", "--help"], ["register", "--help"], ["server", "--help"], ["masks", "serve", "--help"],
-         ["filters", "--help"], ["tune", "--help"], ["train", "--help"]]
+         ["filters", "--help"], ["tune", "--help"], ["train", "--help"], ["predict", "--help"]]
 
 
 def test_catalog_is_current():

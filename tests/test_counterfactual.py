@@ -93,3 +93,14 @@ def test_evidence_share_sees_negative_evidence_and_ignores_a_common_shift():
     assert evidence_share(inside, outside).item() == 0.5
     assert evidence_in_mask(evidence_share(inside, outside), m) == 0.5
     assert math.isnan(evidence_in_mask(torch.tensor([0.3]), torch.zeros(1, 4, 4)))
+
+
+def test_only_annotated_images_count_even_when_their_donor_has_a_mask():
+    # 1 of 4 images annotated (a folder dataset with few masks): the other three get the annotated donor's
+    # region pasted, but they keep their own unmarked shortcut, so they are left out of the metrics.
+    masks = torch.zeros(4, 2, 2, dtype=torch.uint8)
+    masks[2, 0, 0] = 1
+    split = _split(masks=masks.tolist(), labels=[0, 0, 1, 1], values=[0, 10, 100, 110])
+    cf = counterfactual.build(split)
+    assert cf.donors[0] == 2 and cf.split.images[0, 0, 0, 0] == 100  # pasted all the same
+    assert cf.valid.tolist() == [False, False, True, False]

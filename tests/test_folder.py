@@ -158,11 +158,28 @@ def test_mask_of_another_size_is_refused_even_when_resizing(tmp_path, image_size
     refused(root, f"mask {bad} is 10×6 but its image", image_size=image_size)
 
 
-def test_missing_mask(tmp_path):
+@pytest.mark.parametrize("loading", ["memory", "stream"])
+def test_a_missing_mask_file_means_not_annotated(tmp_path, loading):
     root = make_tree(tmp_path)
-    gone = root / "masks" / "test" / "dog" / "dog1.png"
-    gone.unlink()
-    refused(root, f"mask {gone} is missing (its image: {root / 'images' / 'test' / 'dog' / 'dog1.png'})")
+    (root / "masks" / "test" / "dog" / "dog1.png").unlink()
+    (root / "masks" / "val" / "cat" / "cat0.png").unlink()
+    data = load_folder(root, loading=loading)
+    assert data.split("test").annotated.tolist() == [True, True, True, False]
+    assert data.split("val").annotated.tolist() == [False, True, True, True]
+    assert data.split("test").masks[3].sum() == 0 and data.split("test").masks[2].sum() == 2
+    assert data.split("train").annotated.all()
+
+
+@pytest.mark.parametrize("loading", ["memory", "stream"])
+def test_no_masks_folder_at_all_means_nothing_is_annotated(tmp_path, loading):
+    root = make_tree(tmp_path, clean=True)
+    for p in sorted((root / "masks").rglob("*"), reverse=True):
+        p.unlink() if p.is_file() else p.rmdir()
+    (root / "masks").rmdir()
+    data = load_folder(root, loading=loading)
+    for name in ("train", "val", "test"):
+        split = data.split(name)
+        assert len(split) == 4 and not split.annotated.any() and split.masks[:].sum() == 0
 
 
 @pytest.mark.parametrize("stray,match", [

@@ -172,6 +172,43 @@ def test_save_mask_writes_png_atomically(served):
     np.testing.assert_array_equal(np.frombuffer(base64.b64decode(got["data"]), np.uint8).reshape(H, W), m)
 
 
+def test_one_broken_image_or_mask_is_marked_and_the_class_still_lists(served):
+    root, url = served
+    (root / "images" / "train" / "a" / "img1.png").write_bytes(b"not a png at all")
+    (root / "masks" / "train" / "a" / "img2.png").write_bytes(b"\x89PNG junk")
+    status, body = _req(url + "/api/list?split=train&class=a")
+    assert status == 200, body
+    images = {im["name"]: im for im in json.loads(body)["images"]}
+    assert sorted(images) == ["img0.png", "img1.png", "img2.png"]
+    assert "broken" not in images["img0.png"] and images["img0.png"]["annotated"] is True
+    assert "the image of train/a/img1.png is not a readable image" in images["img1.png"]["broken"]
+    assert "the mask of train/a/img2.png is not a readable image" in images["img2.png"]["broken"]
+    status, body = _req(url + "/api/image?path=train%2Fa%2Fimg1.png")  # that file alone: one clear error
+    assert status == 422 and "not a readable image" in json.loads(body)["error"]
+    # a rectangle on the class skips the unreadable image and masks the rest
+    status, body = _req(url + "/api/apply_rect", {"split": "train", "class": "a", "rect": {"x": 0, "y": 0, "w": 2, "h": 2}})
+    assert status == 422  # img2's mask cannot be read to add to: refused, nothing written
+    (root / "masks" / "train" / "a" / "img2.png").unlink()
+    status, body = _req(url + "/api/apply_rect", {"split": "train", "class": "a", "rect": {"x": 0, "y": 0, "w": 2, "h": 2}})
+    assert status == 200 and json.loads(body)["skipped"] == ["train/a/img1.png"], body
+    assert sorted(p.name for p in (root / "masks" / "train" / "a").iterdir()) == ["img0.png", "img2.png"]
+
+
+def test_only_drawn_masks_are_written(served):
+    root, url = served
+    empty = base64.b64encode(np.zeros(W * H, np.uint8).tobytes()).decode()
+    status, body = _req(url + "/api/mask", {"path": "val/a/img0.png", "width": W, "height": H, "data": empty})
+    assert status == 200 and json.loads(body)["annotated"] is False
+    assert not (root / "masks" / "val").exists()  # an untouched image gets no (empty) mask file
+    # erasing a rectangle on a class writes nothing where there was no mask
+    assert _req(url + "/api/apply_rect", {"split": "test", "class": None, "rect": {"x": 0, "y": 0, "w": 3, "h": 3},
+                                          "erase": True})[0] == 200
+    assert not (root / "masks" / "test").exists()
+    # an existing mask erased to nothing is kept as the all-zero mask it now is
+    status, _ = _req(url + "/api/mask", {"path": "train/a/img0.png", "width": W, "height": H, "data": empty})
+    assert status == 200 and _mask_on_disk(root, "train/a/img0.png").max() == 0
+
+
 def _bright_model() -> CamNet:
     """CAM of class 0 = the image itself (1×1 conv of weight 1), and class 0 always wins."""
     conv = nn.Conv2d(1, 1, 1)
@@ -345,10 +382,6 @@ def test_cli_serves_with_a_runs_cam(dataset, tracking_env, cli_env, tiny_config)
 
     from focusml.tracking import run
 
-    for img in (dataset / "images").rglob("*.png"):  # the folder loader wants a mask for every image
-        mask = dataset / "masks" / img.relative_to(dataset / "images")
-        if not mask.exists():
-            _write_png(mask, np.zeros((H, W), np.uint8))
     rid = run(tiny_config(dataset="folder", data_root=str(dataset), experiment="masktool-test")).run_id
     proc = subprocess.Popen([str(Path(sys.executable).parent / "focusml"), "masks", "serve", str(dataset),
                              "--run", rid, "--port", "0"], env=cli_env, stderr=subprocess.PIPE, text=True)

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                 "Rank the last conv layer's filters of RUN_ID by the share of their activation inside the masks."),
     "masks": ("masks", "masks", "Draw irrelevance masks on a folder dataset."),
     "methods": ("methods", "methods", "List every training method with its family and options."),
+    "predict": ("predict", "predict", "Predict the class of image files with a logged model: one row per file."),
     "refine": ("refine", "refine",
                "Refine a trained model from its masks: head refit, then full refinement if validation says so."),
     "register": ("register", "register",

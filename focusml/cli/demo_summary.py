@@ -34,7 +34,7 @@ def main(experiment: str) -> None:
             row["gap closed"] = f"{float(gap_closed(row['acc/test'], acc['baseline'], acc['upper_bound'])):.0%}"
     click.echo("\nResults on decoy-digits (test = shortcut broken; acc/test_cf: validation-free counterfactual accuracy):")
     echo_table(rows, ["method", "acc/test", "gap closed", *COLUMNS[1:], "run_id"])
-    click.echo(f"\nOpen the MLflow UI: .venv/bin/focusml server   then browse http://127.0.0.1:5000 "
+    click.echo(f"\nOpen the MLflow UI: {tracking.ui_link(server='.venv/bin/focusml server')} "
                f"(experiment '{experiment}': CAM grids under Artifacts → figures, per-epoch grids in the image tab).")
 
 

@@ -71,4 +71,4 @@ def refine(source, stages, method, extra, **options):
             click.secho(f"Warning ({name}): {warning}", fg="yellow", err=True)
     click.echo(f"run_id: {done.result.run_id}")
     click.echo(f"Register it: focusml register {done.result.run_id} --name NAME --alias champion", err=True)
-    click.echo("See it in the UI: `focusml server`, then open http://127.0.0.1:5000", err=True)
+    click.echo(f"See it in the UI: {tracking.ui_link(done.result.run_id)}", err=True)

@@ -176,11 +176,13 @@ class Announced(ProgressBars):
 
 
 def _report(result) -> None:
+    from focusml import tracking
+
     echo_table([{"metric": k, "value": result.metrics.get(k)} for k in SUMMARY_KEYS if k in result.metrics])
     for warning in result.warnings:
         click.secho(f"Warning: {warning}", fg="yellow", err=True)
     click.echo(f"run_id: {result.run_id}")
-    click.echo("See it in the UI: `focusml server`, then open http://127.0.0.1:5000", err=True)
+    click.echo(f"See it in the UI: {tracking.ui_link(result.run_id)}", err=True)
 
 
 def _resume(run_id: str, options: dict) -> None:

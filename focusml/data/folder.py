@@ -3,9 +3,9 @@
 Layout (every path below ROOT; `focusml datasets export NAME DIR` writes an example)::
 
     ROOT/images/<split>/<class>/<name>.<png|jpg|jpeg|bmp|gif|tif|tiff|webp>
-    ROOT/masks/<split>/<class>/<name>.png     same relative path, extension .png;
-                                              single channel, non-zero = irrelevant,
-                                              all black = not annotated
+    ROOT/masks/<split>/<class>/<name>.png     optional per image: same relative path, extension
+                                              .png; single channel, non-zero = irrelevant; no
+                                              file (or no masks/ at all) or all black = not annotated
     ROOT/clean/<split>/<class>/<name>.<ext>   optional: the image without the shortcut
 
 Splits `train`, `val` and `test` are required, `test_confounded` is optional; the classes are the
@@ -15,7 +15,7 @@ images are scaled to 8 bits (÷257). With `image_size`, images are resized (bili
 with them (nearest neighbour, so a mask stays binary); without it every image must have the
 size of the first one. A mask must always have its own image's size.
 
-Refused, each with the offending path and the fix: a missing split or mask, an empty split, a
+Refused, each with the offending path and the fix: a missing split, an empty split, a
 class with no images in any split (every class of images/train needs images in train, val, test
 and test_confounded when present), a symbolic link (file or folder) that resolves outside the
 dataset root (links that stay inside it are followed), a file that is not a readable image (corrupt, truncated, not an image at all), a mask that is not
@@ -48,7 +48,7 @@ REQUIRED_SPLITS = ("train", "val", "test")
 GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 MASK_MODES = {"1", "L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 # What PIL raises for unreadable files: not an image, truncated, bad chunk, bad zlib stream, bomb.
-_READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError,
+READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError,
                 Image.DecompressionBombError)
 
 
@@ -83,7 +83,7 @@ def _open(path: Path, what: str) -> Image.Image:
         img = Image.open(path)
         img.load()
         return img
-    except _READ_ERRORS as e:
+    except READ_ERRORS as e:
         raise FocusmlError(
             f"folder dataset: {what} {path} is not a readable image ({type(e).__name__}: {e}). "
             "Remove it or replace it with a valid PNG/JPEG."
@@ -174,19 +174,14 @@ def _eight_bit(img: Image.Image, mode: str) -> Image.Image:
     return img.convert(mode)
 
 
-def _image_array(img: Image.Image, mode: str, size: tuple[int, int]) -> np.ndarray:
+def image_array(img: Image.Image, mode: str, size: tuple[int, int]) -> np.ndarray:
+    """`img` as the dataset stores it: 8-bit `mode` ('L' or 'RGB'), resized (bilinear) to `size` (w, h), uint8 C×H×W.
+    The logged model applies the same to the images it is given (`focusml.preprocess`)."""
     img = _eight_bit(img, mode)
     if img.size != size:
         img = img.resize(size, Image.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-
-
-def _missing_mask(path: Path, image_path: Path) -> FocusmlError:
-    return FocusmlError(
-        f"folder dataset: mask {path} is missing (its image: {image_path}). Draw it with `focusml masks serve`, "
-        "or save an all-black single-channel PNG of the image's size there to mean 'no annotation'."
-    )
 
 
 def _check_mask(m: Image.Image, path: Path, image_path: Path, image_size: tuple[int, int]) -> None:
@@ -203,10 +198,12 @@ def _check_mask(m: Image.Image, path: Path, image_path: Path, image_size: tuple[
         )
 
 
-def _load_mask(path: Path, image_path: Path, image_size: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
-    """The binary mask of an image of `image_size`, taken to `size` by nearest neighbour."""
-    if not path.is_file():
-        raise _missing_mask(path, image_path)
+def _load_mask(path: Path | None, image_path: Path, image_size: tuple[int, int],
+               size: tuple[int, int]) -> np.ndarray:
+    """The binary mask of an image of `image_size`, taken to `size` by nearest neighbour; all zero (not
+    annotated) when the image has no mask file (`path` None or missing)."""
+    if path is None or not path.is_file():
+        return np.zeros((size[1], size[0]), dtype=np.uint8)
     m = _open(path, "mask")
     _check_mask(m, path, image_path, image_size)
     arr = (np.asarray(m) > 0).astype(np.uint8)
@@ -245,7 +242,7 @@ def _load_split(root: Path, split: str, classes: list[str], mode: str, size: tup
         img = _open(path, "image")
         if img.size != size and not resize:
             raise _size_error(path, img.size, size, "image")
-        images.append(_image_array(img, mode, size))
+        images.append(image_array(img, mode, size))
         masks.append(_load_mask(mask_path(root, split, cls, path.name), path, img.size, size))
         labels.append(classes.index(cls))
     return Split(torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks)),
@@ -289,7 +286,7 @@ def _load_clean(root: Path, split: str, classes: list[str], reference: list[tupl
         img = _open(twin, "clean image")
         if img.size != size and not resize:
             raise _size_error(twin, img.size, size, "clean image")
-        arrays.append(_image_array(img, mode, size))
+        arrays.append(image_array(img, mode, size))
     return Split(torch.from_numpy(np.stack(arrays)), torch.zeros((len(arrays), size[1], size[0]), dtype=torch.uint8),
                  labels)
 
@@ -309,7 +306,7 @@ def _peek(path: Path, what: str) -> tuple[tuple[int, int], Image.Image]:
     try:
         with Image.open(path) as img:
             return img.size, img
-    except _READ_ERRORS as e:
+    except READ_ERRORS as e:
         raise FocusmlError(
             f"folder dataset: {what} {path} is not a readable image ({type(e).__name__}: {e}). "
             "Remove it or replace it with a valid PNG/JPEG."
@@ -329,13 +326,14 @@ def _inside(path: str, real_root: str) -> Path:
 
 def _read_image(real_root: str, mode: str, size: tuple[int, int], what: str, path: str) -> np.ndarray:
     """One streamed image row, decoded exactly as an in-memory one."""
-    return _image_array(_open(_inside(path, real_root), what), mode, size)
+    return image_array(_open(_inside(path, real_root), what), mode, size)
 
 
-def _read_mask(real_root: str, size: tuple[int, int], path: str, image_path: str,
+def _read_mask(real_root: str, size: tuple[int, int], path: str | None, image_path: str,
                image_size: tuple[int, int]) -> np.ndarray:
-    """One streamed mask row, decoded exactly as an in-memory one."""
-    return _load_mask(_inside(path, real_root), Path(image_path), image_size, size)
+    """One streamed mask row, decoded exactly as an in-memory one (`path` None: the image had no mask file
+    when the split was loaded, an all-zero row)."""
+    return _load_mask(None if path is None else _inside(path, real_root), Path(image_path), image_size, size)
 
 
 def _stream_split(root: Path, split: str, classes: list[str], mode: str, size: tuple[int, int], resize: bool,
@@ -347,12 +345,11 @@ def _stream_split(root: Path, split: str, classes: list[str], mode: str, size: t
         if got != size and not resize:
             raise _size_error(path, got, size, "image")
         mp = mask_path(root, split, cls, path.name)
-        if not mp.is_file():
-            raise _missing_mask(mp, path)
-        _, header = _peek(mp, "mask")
-        _check_mask(header, mp, path, got)
+        if mp.is_file():
+            _, header = _peek(mp, "mask")
+            _check_mask(header, mp, path, got)
         image_rows.append((os.fspath(path),))
-        mask_rows.append((os.fspath(mp), os.fspath(path), got))
+        mask_rows.append((os.fspath(mp) if mp.is_file() else None, os.fspath(path), got))
         labels.append(classes.index(cls))
     real_root = _real(root)
     images = FileRows(image_rows, (_channels(mode), size[1], size[0]),

@@ -31,11 +31,27 @@ import numpy as np
 from PIL import Image
 
 from focusml import FocusmlError
-from focusml.data.folder import IMAGE_EXTENSIONS
+from focusml.data.folder import IMAGE_EXTENSIONS, READ_ERRORS
 
 
 class UnsafePath(FocusmlError):
     """A path that is malformed or would leave the dataset root."""
+
+
+class BrokenImage(FocusmlError):
+    """An image or mask file that cannot be decoded: that one file is refused (HTTP 422), listings mark it."""
+
+
+def open_image(path: Path, rel: str, what: str = "image", header_only: bool = False) -> Image.Image:
+    """The image at `path` (decoded, or only its header); BrokenImage naming `rel` when it is not a readable image."""
+    try:
+        img = Image.open(path)
+        if not header_only:
+            img.load()
+        return img
+    except READ_ERRORS as e:
+        raise BrokenImage(f"the {what} of {rel} is not a readable image ({type(e).__name__}: {e}); replace or "
+                          "remove the file") from None
 
 
 def check_part(part: str) -> str:
@@ -133,7 +149,8 @@ class DatasetTree:
         return self.inside("masks", split, cls, Path(name).stem + ".png")
 
     def image_size(self, rel: str) -> tuple[int, int]:
-        with Image.open(self.image_file(rel)) as img:
+        """From the file's header; BrokenImage when it is not an image."""
+        with open_image(self.image_file(rel), rel, header_only=True) as img:
             return img.size
 
     def read_mask(self, rel: str) -> np.ndarray:
@@ -146,22 +163,26 @@ class DatasetTree:
         path = self.mask_file(rel)
         if not path.is_file():
             return np.zeros((h, w), dtype=np.uint8)
-        with Image.open(path) as m:
+        with open_image(path, rel, "mask") as m:
             m = m.convert("L")
             if m.size != (w, h):
                 m = m.resize((w, h), Image.NEAREST)
             return (np.asarray(m) > 0).astype(np.uint8)
 
-    def write_mask(self, rel: str, mask: np.ndarray) -> Path:
+    def write_mask(self, rel: str, mask: np.ndarray) -> Path | None:
         """Save `mask` (H×W, non-zero = irrelevant) as a single-channel 0/255 PNG, atomically.
 
-        Refused (UnsafePath) when the mask file or a folder above it in masks/ is a symbolic link.
+        An all-zero mask of an image that has no mask file writes nothing (None): no file already
+        means "not annotated", so only drawn masks reach the disk. Refused (UnsafePath) when the mask
+        file or a folder above it in masks/ is a symbolic link.
         """
         w, h = self.image_size(rel)
         if mask.shape != (h, w):
             raise ValueError(f"mask is {mask.shape[1]}×{mask.shape[0]}, image {rel} is {w}×{h}")
         split, cls, name = split_rel(rel)
         self.check_writable(rel)
+        if not mask.any() and self.backup(rel) is None:
+            return None
         return atomic_write_png(self, (split, cls, Path(name).stem + ".png"), (mask > 0).astype(np.uint8) * 255)
 
     def check_writable(self, rel: str) -> None:

@@ -16,7 +16,9 @@ still reads the answer.
 
 API (paths are '<split>/<class>/<file>' relative to ROOT/images):
   GET  /api/info                          splits, their classes, whether a model gives CAMs
-  GET  /api/list?split=S&class=C          the class's images with `annotated` flags
+  GET  /api/list?split=S&class=C          the class's images with `annotated` flags; a file that is
+                                          no image (or whose mask is not) is listed with `broken`:
+                                          the reason (its header is read, not its pixels)
   GET  /api/image?path=P                  the image as PNG
   GET  /api/mask?path=P                   {width, height, data}: base64 of H·W bytes in {0, 1}
   GET  /api/cam?path=P                    {width, height, data, pred, prob}: the predicted
@@ -46,7 +48,7 @@ import numpy as np
 from PIL import Image
 
 from focusml import FocusmlError
-from focusml.masktool.paths import DatasetTree, UnsafePath, split_rel
+from focusml.masktool.paths import BrokenImage, DatasetTree, UnsafePath, open_image, split_rel
 
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/index.html": ("index.html", "text/html; charset=utf-8"),
@@ -140,16 +142,19 @@ class MaskToolApp:
         images = []
         for rel in self.tree.images(split, cls):
             mask_file = self.tree.mask_file(rel)
-            annotated = False
-            if mask_file.is_file():
-                with Image.open(mask_file) as m:
-                    annotated = m.convert("L").getbbox() is not None
-            images.append({"path": rel, "name": rel.rsplit("/", 1)[1], "has_mask": mask_file.is_file(),
-                           "annotated": annotated})
+            item = {"path": rel, "name": rel.rsplit("/", 1)[1], "has_mask": mask_file.is_file(), "annotated": False}
+            try:  # one unreadable file is marked, the rest of the class still lists
+                self.tree.image_size(rel)
+                if mask_file.is_file():
+                    with open_image(mask_file, rel, "mask") as m:
+                        item["annotated"] = m.convert("L").getbbox() is not None
+            except BrokenImage as e:
+                item["broken"] = str(e)
+            images.append(item)
         return {"split": split, "class": cls, "images": images}
 
     def image_png(self, rel: str) -> bytes:
-        with Image.open(self.tree.image_file(rel)) as img:
+        with open_image(self.tree.image_file(rel), rel) as img:
             img = img.convert("RGB")
             buf = io.BytesIO()
             img.save(buf, format="PNG")
@@ -167,7 +172,7 @@ class MaskToolApp:
         if self.cam_model is None:
             raise ApiError(HTTPStatus.NOT_FOUND, "no model: start the tool with --run RUN_ID to see CAMs")
         cm = self.cam_model
-        with Image.open(self.tree.image_file(rel)) as img:
+        with open_image(self.tree.image_file(rel), rel) as img:
             size = img.size
             img = img.convert("L" if cm.in_channels == 1 else "RGB")
             if cm.image_size and img.size != (cm.image_size, cm.image_size):
@@ -216,7 +221,13 @@ class MaskToolApp:
         classes = [cls] if cls is not None else self.tree.classes(split)
         if cls is not None and cls not in self.tree.classes(split):
             raise ApiError(HTTPStatus.NOT_FOUND, f"no class {cls!r} in split {split!r}")
-        paths = [p for c in classes for p in self.tree.images(split, c)]
+        paths, skipped = [], []
+        for rel in (p for c in classes for p in self.tree.images(split, c)):
+            try:  # an unreadable image gets no mask; the others still do
+                self.tree.image_size(rel)
+                paths.append(rel)
+            except BrokenImage:
+                skipped.append(rel)
         backup: dict[str, bytes | None] = {}
         with self._write_lock:
             for rel in paths:  # refuse before the first write, not half way through the class
@@ -236,7 +247,7 @@ class MaskToolApp:
                         pass
                 raise
             self._last_apply = backup
-        return {"written": len(paths), "erase": erase}
+        return {"written": len(paths), "erase": erase, "skipped": skipped}
 
     def undo_apply(self) -> dict:
         with self._write_lock:
@@ -300,6 +311,8 @@ def _handler(app: MaskToolApp, allowed_hosts: set[str] | None, request_timeout: 
                 fn()
             except UnsafePath as e:
                 self._json(HTTPStatus.FORBIDDEN, {"error": str(e)})
+            except BrokenImage as e:
+                self._json(HTTPStatus.UNPROCESSABLE_ENTITY, {"error": str(e)})
             except ApiError as e:
                 self._json(e.status, {"error": str(e)})
             except FileNotFoundError as e:

@@ -7,7 +7,9 @@
 - `experiment`: which experiment a run goes to (`--experiment`, `MLFLOW_EXPERIMENT_NAME`, ...),
   tagged so the UI opens the classic ML view;
 - `log`: what a run logs (params, metrics, figures, tables, files, the datasets, the model);
-- `pyfunc`: the logged model, a pyfunc giving class probabilities and the predicted class name;
+- `pyfunc`: the logged model, a pyfunc giving class probabilities and the predicted class name
+  for images as a user has them (paths, bytes, arrays of any size);
+- `predict`: `predict_files`, a logged model's predictions on image files (`focusml predict`);
 - `logger`: `RunLogger`, a run's logging as `Callbacks` plugged into the core `focusml.run.run`;
 - `keeper`: `RunKeeper`, a run's local folder, per-epoch resumable checkpoint and server loss;
 - `tracked`: `run`, the tracked run that the CLI, the MLproject and the tuner call, and
@@ -24,13 +26,14 @@ from focusml.tracking.log import (active_run_id, experiment_name, log_artifact, 
                                   log_state_dict, log_table, set_tags)
 from focusml.tracking.keeper import RunKeeper, run_dir
 from focusml.tracking.logger import RunLogger
+from focusml.tracking.predict import predict_files
 from focusml.tracking.refine import Refinement, refine
 from focusml.tracking.registry import Registered, register, register_version
 from focusml.tracking.runs import load_run_data, load_run_model, run_info, search_runs
 from focusml.tracking.sources import Source
 from focusml.tracking.sources import resolve as resolve_source
 from focusml.tracking.store import (DEFAULT_STORE, StopRun, TrackingLost, check_reachable, default_uri, setup,
-                                    search_runs_where, start_run, terminate_run, tracking_uri)
+                                    search_runs_where, start_run, terminate_run, tracking_uri, ui_link)
 from focusml.tracking.tracked import resume, resume_config, run
 
 __all__ = [
@@ -38,6 +41,6 @@ __all__ = [
     "DEFAULT_EXPERIMENT", "DEFAULT_STORE", "Registered", "RunKeeper", "RunLogger", "Source", "StopRun", "TrackingLost", "active_run_id",
     "check_connects", "check_reachable", "default_uri", "experiment_name", "load_run_data", "load_run_model", "log_artifact", "log_artifacts_to",
     "log_datasets", "log_dict", "log_figure", "log_image_step", "log_metrics", "log_model", "log_params", "log_state_dict",
-    "log_table", "register", "register_version", "resolve_experiment", "resolve_source", "resume", "resume_config", "run", "run_dir", "run_info", "redact", "retry_unique",
-    "search_runs", "search_runs_where", "set_tags", "setup", "start_run", "terminate_run", "tracking_uri", "with_driver", "is_database",
+    "log_table", "predict_files", "register", "register_version", "resolve_experiment", "resolve_source", "resume", "resume_config", "run", "run_dir", "run_info", "redact", "retry_unique",
+    "search_runs", "search_runs_where", "set_tags", "setup", "start_run", "terminate_run", "tracking_uri", "ui_link", "with_driver", "is_database",
 ]

@@ -20,10 +20,11 @@ import numpy as np
 import pandas as pd
 import torch
 from mlflow.entities import Metric
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature, infer_signature
 
 import focusml
 from focusml.figures import close
+from focusml.preprocess import ACCEPTED
 from focusml.tracking.database import retry_unique
 from focusml.tracking.pyfunc import frame
 
@@ -197,6 +198,9 @@ def log_model(model: torch.nn.Module, example: torch.Tensor, classes: list[str],
     x = example.cpu().numpy().astype(np.float32)
     with torch.no_grad():
         out = frame(torch.softmax(model(example.cpu()), dim=1).numpy(), classes)
+    # The example is what a user has: uint8 images N×H×W×C. The signature describes the output only: the
+    # input (paths, bytes or arrays of any size) is checked by the model itself, and `metadata` says what it takes.
+    pixels = (example.cpu() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "weights.pt"
         torch.save(model.state_dict(), weights)
@@ -205,8 +209,9 @@ def log_model(model: torch.nn.Module, example: torch.Tensor, classes: list[str],
             python_model=str(Path(__file__).with_name("pyfunc_model.py")),  # models from code: nothing pickled
             model_config={"classes": list(classes), "arch": dict(arch)},
             artifacts={"weights": str(weights)},
-            signature=infer_signature(x, out),
-            input_example=x,
+            signature=ModelSignature(outputs=infer_signature(x, out).outputs),
+            input_example=pixels,
+            metadata={"input": ACCEPTED, "input_shape": list(x.shape[1:])},
             pip_requirements=requirements(),
             code_paths=[str(Path(focusml.__file__).parent)],
             step=step,

@@ -124,7 +124,7 @@ class RunLogger(Callbacks):
             c, h, w = data.image_shape
             info = log_model(ctx.model, x, data.classes,
                              {"model": config.model, "in_channels": c, "num_classes": data.num_classes,
-                              "image_size": max(h, w)},
+                              "image_size": max(h, w), "input_shape": [c, h, w]},
                              step=selected,
                              tags={"focusml.method": config.method, "focusml.dataset": config.dataset,
                                    "focusml.selected_epoch": str(selected)})

@@ -1,12 +1,16 @@
-"""The logged MLflow model: a pyfunc that turns an image batch into class probabilities and the class name.
+"""The logged MLflow model: a pyfunc that turns images into class probabilities and the class name.
 
-`CamClassifier` is what `mlflow.pyfunc.load_model("models:/NAME@champion").predict(x)` runs:
-`x` is a float32 array N×C×H×W with values in [0, 1] (as focusml feeds its networks), the
-result a pandas DataFrame with one column per class (softmax probabilities, named after the
-classes) and `prediction` (the most probable class's name). The network itself is kept as a
-plain state dict (`weights.pt`, loaded with `torch.load(weights_only=True)`) and rebuilt from
-its architecture, so no pickled torch code runs on load; `unwrap_python_model().network` gives
-the `torch.nn.Module` (with `forward_features`, for CAMs).
+`CamClassifier` is what `mlflow.pyfunc.load_model("models:/NAME@champion").predict(x)` runs. `x`
+is what a user has (`focusml.preprocess.ACCEPTED`): image file paths, PNG/JPEG bytes, uint8
+arrays of any size and channel count (H×W, H×W×C, N×H×W×C), a list or a one-column DataFrame of
+those, or the network's own float input N×C×H×W in [0, 1]. The model applies the training
+preprocessing itself (channels, resize, scale to [0, 1]) and refuses anything else with one line.
+The result is a pandas DataFrame with one column per class (softmax probabilities, named after
+the classes) and `prediction` (the most probable class's name), one row per image.
+
+The network is kept as a plain state dict (`weights.pt`, loaded with `torch.load(weights_only=True)`)
+and rebuilt from its architecture, so no pickled torch code runs on load;
+`unwrap_python_model().network` gives the `torch.nn.Module` (with `forward_features`, for CAMs).
 """
 
 from __future__ import annotations
@@ -19,10 +23,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from focusml import FocusmlError
+from focusml.preprocess import to_batch
+
 PREDICTION = "prediction"
 
 # MLflow suggests type hints on `predict` (a warning at class creation, shown even under filters);
-# the model has an explicit tensor signature instead, so the suggestion is not shown.
+# the inputs are checked by `focusml.preprocess` instead (no MLflow schema can say "paths, bytes or
+# arrays of any size"), so the suggestion is not shown.
 _show, warnings.showwarning = warnings.showwarning, lambda *args, **kwargs: None
 
 
@@ -32,7 +40,7 @@ class CamClassifier(mlflow.pyfunc.PythonModel):
 
     def __init__(self, classes: list[str] | None = None, arch: dict[str, Any] | None = None):
         self.classes = list(classes or [])
-        self.arch = dict(arch or {})  # model, in_channels, num_classes, image_size
+        self.arch = dict(arch or {})  # model, in_channels, num_classes, image_size, input_shape [C, H, W]
         self.network = None
 
     def load_context(self, context):
@@ -46,15 +54,17 @@ class CamClassifier(mlflow.pyfunc.PythonModel):
         net.load_state_dict(torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True))
         self.network = net.eval()
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """C×H×W of the training images (models logged before `input_shape` was kept: square `image_size`)."""
+        a = self.arch
+        return tuple(a.get("input_shape") or (a["in_channels"], a["image_size"], a["image_size"]))
+
     def probabilities(self, x) -> np.ndarray:
-        """Softmax over the classes for an N×C×H×W batch in [0, 1] (numpy or DataFrame of one tensor column)."""
-        if isinstance(x, pd.DataFrame):
-            x = np.stack(x.iloc[:, 0].to_numpy())
-        arr = np.asarray(x)
-        if arr.dtype == np.uint8:  # images as stored on disk: bring them to [0, 1]
-            arr = arr.astype(np.float32) / 255.0
+        """Softmax over the classes, one row per image of `x` (see the module docstring for what `x` may be)."""
+        batch = to_batch(_cells(x), self.input_shape)
         with torch.no_grad():
-            logits = self.network(torch.as_tensor(arr, dtype=torch.float32))
+            logits = self.network(batch)
         return torch.softmax(logits, dim=1).numpy()
 
     def predict(self, context, model_input, params=None):
@@ -62,6 +72,21 @@ class CamClassifier(mlflow.pyfunc.PythonModel):
 
 
 warnings.showwarning = _show
+
+
+def _cells(x):
+    """A one-column DataFrame (or Series) as its cells: paths, bytes, or image arrays (float ones stacked)."""
+    if isinstance(x, pd.Series):
+        x = x.to_frame()
+    if not isinstance(x, pd.DataFrame):
+        return x
+    if x.shape[1] != 1:
+        raise FocusmlError(f"the model takes one column of images (paths, bytes or arrays); got a DataFrame with "
+                           f"{x.shape[1]} columns {[str(c) for c in x.columns[:5]]}")
+    cells = x.iloc[:, 0].tolist()
+    if cells and all(isinstance(c, np.ndarray) and c.dtype.kind == "f" for c in cells):
+        return np.stack(cells)
+    return cells
 
 
 def frame(probs: np.ndarray, classes: list[str]) -> pd.DataFrame:

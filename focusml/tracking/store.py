@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,6 +45,26 @@ def default_uri() -> str:
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
+
+
+#: Where `focusml server` serves the UI by default.
+LOCAL_UI = "http://127.0.0.1:5000"
+
+
+def ui_link(run_id: str | None = None, uri: str | None = None, server: str = "focusml server") -> str:
+    """How to see the runs of `uri` (default: the tracking URI) in the MLflow UI, as a phrase to print.
+
+    An http(s) URI is the UI itself: "open URL" (credentials left out). Any other store (SQLite,
+    PostgreSQL) needs a server first: "`focusml server`, then open http://127.0.0.1:5000". With
+    `run_id`, the link is the run's page.
+    """
+    uri = uri or tracking_uri()
+    page = f"/#/runs/{run_id}" if run_id else ""
+    if is_remote(uri):
+        parts = urllib.parse.urlsplit(uri)
+        base = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query="", fragment=""))
+        return f"open {base.rstrip('/')}{page}"
+    return f"`{server}`, then open {LOCAL_UI}{page}"
 
 
 #: MLflow's HTTP client limits unless the environment sets them: 15 s per request, 3 retries with

@@ -280,6 +280,7 @@ function renderList() {
     li.textContent = im.name;
     li.dataset.path = im.path;
     if (im.annotated) li.classList.add("annotated");
+    if (im.broken) { li.classList.add("broken"); li.title = im.broken; }
     if (i === state.pos) li.classList.add("current");
     li.addEventListener("click", () => loadImage(i).catch((e) => status(e.message, "error")));
     ul.appendChild(li);
