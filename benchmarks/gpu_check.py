@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     ap.add_argument("--amp", default="auto", help="the precision compared with off: auto, bf16 or fp16 (default auto)")
-    ap.add_argument("--methods", default="all", help="comma-separated methods (default all: `focusml methods`)")
+    ap.add_argument("--methods", default="all", help="comma-separated methods (default all that train: `focusml methods`)")
     ap.add_argument("--dataset", default="decoy-digits", help="a built-in dataset (default decoy-digits)")
     ap.add_argument("--model", default="small", help="network (default small)")
     ap.add_argument("--image-size", type=int, default=None, help="upscale the images to N×N (default: as built)")
@@ -101,7 +101,8 @@ def main(argv=None) -> int:
     images, batch = (TOY["images"], TOY["batch_size"]) if args.toy else (args.images, args.batch_size)
     if args.toy:  # the built-in inpainter of `generative`: a few steps, not 600
         Generative.settings = inpainter.InpainterSettings(steps=TOY["inpainter_steps"], batch_size=8, width=8)
-    names = list(METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    trained = [m for m, cls in METHODS.items() if not cls.replaces_training]  # head_refit has no training step
+    names = trained if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
     base = dict(dataset=args.dataset, model=args.model, epochs=args.epochs, batch_size=batch, device=args.device,
                 channels_last=args.channels_last, log_model=False, select="last")
     try:

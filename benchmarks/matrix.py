@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     ap.add_argument("--datasets", default=",".join(BUILTIN), help="comma list (default: every built-in dataset)")
     ap.add_argument("--fashion", action="store_true", help="add decoy-fashion (real Fashion-MNIST images)")
     ap.add_argument("--train-size", type=int, default=None, help="decoy-fashion's training images (default: all 55,000)")
-    ap.add_argument("--methods", default="", help="comma list (default: every registered method)")
+    ap.add_argument("--methods", default="", help="comma list (default: every method that trains from scratch)")
     ap.add_argument("--seeds", default="3", help="number of seeds (0..N−1) or a comma list (default 3)")
     ap.add_argument("--epochs", type=int, default=RunConfig().epochs)
     ap.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
@@ -192,7 +192,8 @@ def main(argv=None) -> int:
         print("\n\n".join(f"### {d}\n\n{markdown_table(init_scale(d))}" for d in datasets))
         return 0
     seeds = list(range(int(args.seeds))) if "," not in args.seeds else [int(s) for s in args.seeds.split(",") if s]
-    chosen = [m for m in args.methods.split(",") if m] or list(METHODS)
+    # every method that trains from scratch (head_refit refines a trained model: benchmarks/refine.py stages)
+    chosen = [m for m in args.methods.split(",") if m] or [m for m, c in METHODS.items() if not c.needs_init]
     unknown = [m for m in chosen + datasets if m not in METHODS and m not in DATASETS]
     if unknown:
         raise SystemExit(f"unknown: {', '.join(unknown)} (methods: {', '.join(METHODS)}; datasets: {', '.join(DATASETS)})")

@@ -106,9 +106,8 @@ def fit_path(z: torch.Tensor, y: torch.Tensor, classes: int, grid):
 
 def temperature(w: torch.Tensor, b: torch.Tensor, z: torch.Tensor, y: torch.Tensor) -> float:
     """The T > 0 that minimises the validation NLL of logits (W·z + b)/T (temperature scaling, Guo et al.
-    2017). Predictions do not change; the logits' scale does. A weakly penalised head on nearly separable
-    features has huge logits, and the full stage's cross-entropy and logit penalties (pas) then start with
-    gradients that wreck the features in the first epoch (docs/methods.md)."""
+    2017). Predictions do not change; the logits' scale does: a weakly penalised head on nearly separable
+    features has huge logits, a poor start for a full refinement whose cross-entropy begins from them."""
     logits = (z @ w.T + b).double()
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
