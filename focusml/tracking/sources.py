@@ -30,6 +30,7 @@ from mlflow.entities import LoggedModelInput
 
 from focusml import FocusmlError
 from focusml.models import InitWeights, read_init_file, read_state_dict, source_kind
+from focusml.tracking.runs import resolve_run_id
 
 CHECKPOINTS = "checkpoints"
 
@@ -132,9 +133,10 @@ def resolve(source: str) -> Source:
     model_id = None
     artifact = None
     if kind == "run":
-        run_id = source
+        run_id = resolve_run_id(source, f"--init-from {source}")
     elif kind == "runs":
         run_id, _, path = source[len("runs:/"):].partition("/")
+        run_id = resolve_run_id(run_id, f"--init-from {source}")
         if path.endswith(".pt"):
             artifact = path  # one named checkpoint file
     else:

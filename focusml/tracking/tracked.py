@@ -22,7 +22,7 @@ from focusml.run import RunResult
 from focusml.run import run as run_untracked
 from focusml.tracking.keeper import RESUME_FILE, RunKeeper, RunLock, load_state, run_dir
 from focusml.tracking.logger import RunLogger
-from focusml.tracking.runs import run_info
+from focusml.tracking.runs import resolve_run_id, run_info
 from focusml.tracking.sources import resolve
 from focusml.tracking.store import setup, terminate_run
 
@@ -47,6 +47,7 @@ def resume_config(run_id: str, given: dict | None = None, device: str | None = N
     differ from the run's; `device` may differ (the run continues on it)."""
     setup()
     info = run_info(run_id)
+    run_id = info.info.run_id
     status, params, tags = info.info.status, info.data.params, info.data.tags
     if status == "FINISHED":
         raise FocusmlError(f"run {run_id} is FINISHED: there is nothing to resume. Start a new run instead.")
@@ -109,6 +110,8 @@ def resume(run_id: str, *, callbacks: Callbacks | None = None, given: dict | Non
     server lacks are sent first. Refused (FocusmlError, the run untouched): a FINISHED run, a
     run with no checkpoint, options that differ from the run's, a run still running here.
     """
+    setup()
+    run_id = resolve_run_id(run_id, f"--resume {run_id}")
     config, params = resume_config(run_id, given, device)
     lock = RunLock(run_dir(run_id))
     lock.acquire(run_id)  # refuses a run that a live process here is still working on

@@ -1,0 +1,101 @@
+"""Bad input at the edges and faults that must leave a truthful state (issues 22 and 26), through the CLI
+in this process (`focusml.cli.main`: exit status 2 and one `Error:` line) on tiny data and a SQLite store:
+short run ids, register's name and alias, `runs:/` paths, a taken port, dataset export, types in
+configs and study files, a corrupt resume checkpoint, store and storage URIs.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import mlflow
+import pytest
+
+from focusml import tracking
+from test_folder import make_tree
+from test_safety_runs import _module_store, assert_refused, cli, runs_in, store, tiny, tiny_data  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def trained(_module_store, tmp_path_factory):
+    """One finished 1-epoch run with its logged model in the module's store (the source for the tests here)."""
+    root = make_tree(tmp_path_factory.mktemp("data") / "ds", per_class=8, size=(16, 16))
+    mp = pytest.MonkeyPatch()
+    uri = f"sqlite:///{_module_store}"
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        result = tracking.run(tiny(root, epochs=1, log_model=True, experiment="edges-source"))
+    finally:
+        mp.undo()
+    return result.run_id, root
+
+
+def _fabricated_run(experiment: str, run_id: str) -> str:
+    """A run with a chosen id (MLflow draws ids with uuid4: the store's draw is replaced for one call)."""
+    import mlflow.store.tracking.sqlalchemy_store as sql_store
+
+    real = sql_store.uuid
+    sql_store.uuid = type("U", (), {"uuid4": staticmethod(lambda: uuid.UUID(run_id))})
+    try:
+        exp = mlflow.get_experiment_by_name(experiment) or mlflow.get_experiment(mlflow.create_experiment(experiment))
+        return mlflow.MlflowClient().create_run(exp.experiment_id).info.run_id
+    finally:
+        sql_store.uuid = real
+
+
+# ---- A. short run ids ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_unique_prefix_is_accepted_wherever_a_run_id_is(trained, store, capsys, tmp_path):
+    run_id, root = trained
+    short = run_id[:8]
+    code, out, err = cli(["register", short, "--name", "edges-short", "--alias", "champion"], capsys)
+    assert code == 0, err
+    version = mlflow.MlflowClient().get_model_version_by_alias("edges-short", "champion")
+    assert version.tags["source_run_id"] == run_id
+
+    for source in (short, f"runs:/{short}/checkpoints/last.pt"):
+        code, out, err = cli(["train", "--dataset", "folder", "--data-root", str(root), "--epochs", "1",
+                              "--batch-size", "8", "--device", "cpu", "--no-log-model", "--experiment", store,
+                              "--init-from", source], capsys)
+        assert code == 0, err
+        new = next(line.split()[-1] for line in out.splitlines() if line.startswith("run_id:"))
+        assert mlflow.get_run(new).data.tags["focusml.init_from"] == run_id
+
+    code, out, err = cli(["filters", short[:6], "--no-log", "--out", str(tmp_path / "f"), "--figures", "1"], capsys)
+    assert code == 0, err
+
+
+def test_an_ambiguous_unknown_or_too_short_prefix_is_refused(store, capsys):
+    a = _fabricated_run(store, "abcdef12" + "0" * 24)
+    b = _fabricated_run(store, "abcdef34" + "0" * 24)
+    code, out, err = cli(["register", "abcdef", "--name", "edges-amb"], capsys)
+    line = assert_refused(code, out, err, "run id abcdef is ambiguous", a, b, "Give more characters")
+    code, out, err = cli(["train", "--resume", "ABCDEF5"], capsys)
+    assert_refused(code, out, err, "--resume ABCDEF5: no run id starts with abcdef5 in sqlite:///")
+    code, out, err = cli(["train", "--init-from", "fedcba98", "--epochs", "1", "--device", "cpu"], capsys)
+    assert_refused(code, out, err, "--init-from fedcba98: no run id starts with fedcba98 in sqlite:///")
+    code, out, err = cli(["register", "abcde", "--name", "edges-amb"], capsys)
+    assert_refused(code, out, err, "run id abcde is too short: give at least 6 characters")
+    assert "edges-amb" not in [m.name for m in mlflow.MlflowClient().search_registered_models()], line
+
+
+# ---- B. register: name and alias checked before a version exists ---------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, needles", [
+    (["--name", "edges-reg", "--alias", "v1"], ["--alias 'v1' cannot be used", "Version alias name 'v1' is reserved"]),
+    (["--name", "edges-reg", "--alias", "Latest"], ["--alias 'Latest' cannot be used", "reserved"]),
+    (["--name", "edges-reg", "--alias", "my alias"], ["--alias 'my alias' cannot be used", "alphanumerics"]),
+    (["--name", "a/b"], ["--name 'a/b' is not a valid registered model name", "cannot contain '/'"]),
+    (["--name", ""], ["--name '' is not a valid registered model name"]),
+])
+def test_register_refuses_a_bad_name_or_alias_before_creating_a_version(trained, store, capsys, args, needles):
+    run_id, _ = trained
+    code, out, err = cli(["register", run_id, *args], capsys)
+    assert_refused(code, out, err, *needles)
+    client = mlflow.MlflowClient()
+    assert not [m for m in client.search_registered_models() if m.name in ("edges-reg", "a/b")]
