@@ -99,3 +99,27 @@ def test_register_refuses_a_bad_name_or_alias_before_creating_a_version(trained,
     assert_refused(code, out, err, *needles)
     client = mlflow.MlflowClient()
     assert not [m for m in client.search_registered_models() if m.name in ("edges-reg", "a/b")]
+
+
+# ---- C. runs:/RUN/PATH stays inside the run's artifacts, and is honoured or refused ----------------------
+
+
+@pytest.mark.slow
+def test_a_runs_uri_path_is_confined_to_the_run_and_never_ignored(trained, store, capsys, tmp_path):
+    run_id, root = trained
+    train = ["train", "--dataset", "folder", "--data-root", str(root), "--epochs", "1", "--batch-size", "8",
+             "--device", "cpu", "--no-log-model", "--experiment", store, "--init-from"]
+    for path in ("../../../x.pt", "checkpoints/../../x.pt", "/etc/passwd"):
+        code, out, err = cli([*train, f"runs:/{run_id}/{path}"], capsys)
+        assert_refused(code, out, err, "must stay inside the run's artifacts (no '..', no absolute path)")
+    code, out, err = cli([*train, f"runs:/{run_id}/last.pth"], capsys)
+    assert_refused(code, out, err, f"run {run_id} has no artifact file last.pth (its files: ", "checkpoints/last.pt")
+    assert mlflow.search_runs(experiment_names=[store], output_format="list") == []
+
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/last.pt", dst_path=str(tmp_path))
+    (tmp_path / "last.pth").write_bytes(open(local, "rb").read())
+    mlflow.MlflowClient().log_artifact(run_id, str(tmp_path / "last.pth"))
+    code, out, err = cli([*train, f"runs:/{run_id[:8]}/last.pth"], capsys)
+    assert code == 0, err
+    (new,) = mlflow.search_runs(experiment_names=[store], output_format="list")
+    assert new.data.tags["focusml.init_from_checkpoint"] == "last.pth"
