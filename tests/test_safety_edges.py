@@ -6,6 +6,10 @@ configs and study files, a corrupt resume checkpoint, store and storage URIs.
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import uuid
 
 import mlflow
@@ -123,3 +127,27 @@ def test_a_runs_uri_path_is_confined_to_the_run_and_never_ignored(trained, store
     assert code == 0, err
     (new,) = mlflow.search_runs(experiment_names=[store], output_format="list")
     assert new.data.tags["focusml.init_from_checkpoint"] == "last.pth"
+
+
+# ---- D. a taken port, a port out of range --------------------------------------------------------------
+
+
+@pytest.mark.server
+def test_server_refuses_a_taken_port_naming_it_and_its_holder(tmp_path, free_port):
+    port = free_port()
+    with socket.socket() as other:  # another program listening on the port
+        other.bind(("127.0.0.1", port))
+        other.listen()
+        res = subprocess.run([sys.executable, "-m", "focusml", "server", "--port", str(port)], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2, res.stderr
+    (line,) = res.stderr.strip().splitlines()
+    assert line.startswith(f"Error: port {port} on 127.0.0.1 is taken (held by pid {os.getpid()}: "), line
+    assert "another --port" in line and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("args", [["server", "--port", "70000"], ["server", "--port", "0"],
+                                  ["masks", "serve", ".", "--port", "-1"], ["masks", "serve", ".", "--port", "70000"]])
+def test_a_port_out_of_range_is_one_line(args, capsys):
+    code, out, err = cli(args, capsys)
+    assert_refused(code, out, err, "Invalid value for '--port'", "is not in the range")
