@@ -6,10 +6,13 @@ configs and study files, a corrupt resume checkpoint, store and storage URIs.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 
 import mlflow
@@ -151,3 +154,42 @@ def test_server_refuses_a_taken_port_naming_it_and_its_holder(tmp_path, free_por
 def test_a_port_out_of_range_is_one_line(args, capsys):
     code, out, err = cli(args, capsys)
     assert_refused(code, out, err, "Invalid value for '--port'", "is not in the range")
+
+
+# ---- E. dataset export: atomic, never over someone else's folder --------------------------------------
+
+
+def test_export_refuses_a_foreign_folder_and_replaces_only_with_force(tiny_data, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("my notes")
+    export = ["datasets", "export", "folder", str(out), "--data-root", str(tiny_data)]
+    code, o, err = cli(export, capsys)
+    assert_refused(code, o, err, f"{out} is not empty: it holds files that are not a focusml export", "--force")
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+
+    code, o, err = cli([*export, "--force"], capsys)
+    assert code == 0, err
+    record = json.loads((out / ".focusml-export.json").read_text())
+    assert record["dataset"] == "folder" and record["data_seed"] == 0 and len(record["fingerprint"]) == 16
+    assert not (out / "mine.txt").exists() and (out / "masks" / "train").is_dir()
+    code, o, err = cli(export, capsys)  # the same export again: accepted
+    assert code == 0, err
+    code, o, err = cli([*export, "--data-seed", "3"], capsys)
+    assert_refused(code, o, err, "it holds an export of folder (data seed 0, fingerprint")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_export_leaves_no_half_written_folder(tmp_path):
+    out = tmp_path / "digits"
+    proc = subprocess.Popen([sys.executable, "-m", "focusml", "datasets", "export", "decoy-digits", str(out)],
+                            cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not any(tmp_path.glob(".digits.partial-*/images/train/*/*.png")):
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else ""
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    assert proc.stderr.read().strip().splitlines()[-1] == "Aborted."
+    assert list(tmp_path.iterdir()) == []  # neither the target nor the temporary folder
