@@ -14,13 +14,14 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import mlflow
 import pytest
 
 from focusml import tracking
 from test_folder import make_tree
-from test_safety_runs import _module_store, assert_refused, cli, runs_in, store, tiny, tiny_data  # noqa: F401
+from test_safety_runs import _module_store, assert_refused, cli, sqlite_tracking, store, tiny, tiny_data  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -193,3 +194,50 @@ def test_ctrl_c_mid_export_leaves_no_half_written_folder(tmp_path):
     assert proc.wait(timeout=60) == 130
     assert proc.stderr.read().strip().splitlines()[-1] == "Aborted."
     assert list(tmp_path.iterdir()) == []  # neither the target nor the temporary folder
+
+
+# ---- F. types checked at the edge: config files, --set, study files ------------------------------------
+
+
+@pytest.mark.parametrize("yaml_text, needle", [
+    ("batch_size: 2.5", "--batch-size is 2.5; give a whole number."),
+    ("lr: fast", "--lr is 'fast'; give a number."),
+    ("seed: abc", "--seed is 'abc'; give a whole number."),
+    ("epochs: true", "--epochs is true; give a whole number."),
+    ("method: pas\ndilate: 1.5", "--dilate is 1.5; give a whole number."),
+    ("method: pas\nlam: [1]", "--lam for method 'pas' is [1]; give a number."),
+    ("log_model: 1", "--log-model is 1; give true or false."),
+])
+def test_a_config_value_of_the_wrong_type_is_refused_before_any_run(yaml_text, needle, sqlite_tracking, tmp_path, capsys):
+    (tmp_path / "run.yaml").write_text(yaml_text + "\n")
+    code, out, err = cli(["train", "--config", str(tmp_path / "run.yaml"), "--device", "cpu"], capsys)
+    assert_refused(code, out, err, needle)
+    assert not sqlite_tracking.exists()
+
+
+def test_a_seed_too_large_for_torch_is_refused(sqlite_tracking, capsys):
+    code, out, err = cli(["train", "--seed", str(2**70), "--device", "cpu"], capsys)
+    assert_refused(code, out, err, f"--seed is {2**70}; give a whole number from 0 to 4294967295.")
+    assert not sqlite_tracking.exists()
+
+
+@pytest.mark.parametrize("change, args, needle", [
+    ({}, ["--set", "batch_size=2.5"], "fixed options do not make a valid run: --batch-size is 2.5; give a whole number."),
+    ({"enqueue": [{"lam": "fast"}]}, [], "enqueue[0].lam is 'fast'; give a number."),
+    ({"enqueue": [{"lam": 1e9}]}, [], "enqueue[0].lam is 1000000000.0; it must lie in search.lam's range"),
+    ({"sampler": {"name": "tpe", "n_startup_trials": 2.5}}, [], "sampler.n_startup_trials is 2.5; give a whole number."),
+    ({"sampler": {"name": "tpe", "multivariate": 1}}, [], "sampler.multivariate is 1; give true or false."),
+    ({}, ["--register", "a/b"], "--name 'a/b' is not a valid registered model name"),
+    ({}, ["--register", ""], "--name '' is not a valid registered model name"),
+])
+def test_a_study_value_of_the_wrong_type_is_refused_before_the_study(change, args, needle, sqlite_tracking, tmp_path,
+                                                                      capsys, monkeypatch):
+    import yaml
+
+    study = yaml.safe_load(open(Path(__file__).parents[1] / "studies" / "pas.yaml"))
+    study.update(change)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(["tune", "s.yaml", "--n-trials", "1", *args], capsys)
+    assert_refused(code, out, err, needle)
+    assert not sqlite_tracking.exists() and not (tmp_path / "optuna.db").exists()

@@ -24,7 +24,7 @@ from focusml.tracking.log import (active_run_id, experiment_name, log_artifact, 
                                   log_state_dict, log_table, set_tags)
 from focusml.tracking.keeper import RunKeeper, run_dir
 from focusml.tracking.logger import RunLogger
-from focusml.tracking.registry import Registered, register, register_version
+from focusml.tracking.registry import Registered, check_registry_names, register, register_version
 from focusml.tracking.runs import load_run_data, load_run_model, resolve_run_id, run_info, search_runs
 from focusml.tracking.sources import Source
 from focusml.tracking.sources import resolve as resolve_source
@@ -34,7 +34,7 @@ from focusml.tracking.tracked import resume, resume_config, run
 
 __all__ = [
     "DEFAULT_EXPERIMENT", "DEFAULT_STORE", "Registered", "RunKeeper", "RunLogger", "Source", "StopRun", "TrackingLost", "active_run_id",
-    "check_connects", "check_reachable", "default_uri", "experiment_name", "load_run_data", "load_run_model", "log_artifact", "log_artifacts_to",
+    "check_connects", "check_registry_names", "check_reachable", "default_uri", "experiment_name", "load_run_data", "load_run_model", "log_artifact", "log_artifacts_to",
     "log_datasets", "log_dict", "log_figure", "log_image_step", "log_metrics", "log_model", "log_params", "log_state_dict",
     "log_table", "register", "register_version", "resolve_experiment", "resolve_run_id", "resolve_source", "resume", "resume_config", "run", "run_dir", "run_info", "redact", "retry_unique",
     "search_runs", "search_runs_where", "set_tags", "setup", "start_run", "terminate_run", "tracking_uri", "with_driver", "is_database",

@@ -118,7 +118,7 @@ def _describe(run, metrics: dict[str, float], refs: dict[str, float], gap: float
     return "\n".join(lines)
 
 
-def check_names(name: str, alias: str | None) -> None:
+def check_registry_names(name: str, alias: str | None) -> None:
     """Refuse (FocusmlError) a model name or alias MLflow would refuse, before any version is created:
     otherwise the version exists and only setting its alias fails."""
     try:
@@ -139,8 +139,8 @@ def check_names(name: str, alias: str | None) -> None:
 def register_version(run_id: str, name: str, alias: str | None = "champion", artifact: str = "model") -> Registered:
     """Register a run's logged model as a new version of `name`, describe and tag it, set `alias` on it.
 
-    The name and alias are checked first (`check_names`), so a version is created only when its alias can be set."""
-    check_names(name, alias)
+    The name and alias are checked first (`check_registry_names`), so a version is created only when its alias can be set."""
+    check_registry_names(name, alias)
     client = mlflow.MlflowClient()
     run_id = resolve_run_id(run_id)
     try:
