@@ -20,6 +20,7 @@ import mlflow
 import pytest
 
 from focusml import tracking
+from focusml.callbacks import Callbacks
 from test_folder import make_tree
 from test_safety_runs import _module_store, assert_refused, cli, sqlite_tracking, store, tiny, tiny_data  # noqa: F401
 
@@ -241,3 +242,35 @@ def test_a_study_value_of_the_wrong_type_is_refused_before_the_study(change, arg
     code, out, err = cli(["tune", "s.yaml", "--n-trials", "1", *args], capsys)
     assert_refused(code, out, err, needle)
     assert not sqlite_tracking.exists() and not (tmp_path / "optuna.db").exists()
+
+
+# ---- G. resume: a damaged local checkpoint, the end tags of a resumed run -------------------------------
+
+
+class _StopAfterFirstEpoch(Callbacks):
+    def on_epoch_end(self, epoch, metrics, model):
+        raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["truncated", "random bytes"])
+def test_a_damaged_local_checkpoint_falls_back_to_the_uploaded_one(tiny_data, store, capsys, damage):
+    with pytest.raises(KeyboardInterrupt):
+        tracking.run(tiny(tiny_data, epochs=2, experiment=store), callbacks=_StopAfterFirstEpoch())
+    (killed,) = [r for r in mlflow.search_runs(experiment_names=[store], output_format="list")
+                 if r.info.status == "KILLED"]
+    rid = killed.info.run_id
+    local = tracking.run_dir(rid) / "resume.pt"
+    data = local.read_bytes()
+    local.write_bytes(data[: len(data) // 2] if damage == "truncated" else os.urandom(len(data)))
+
+    code, out, err = cli(["train", "--resume", rid[:8]], capsys)
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("Warning:") and "unreadable" in line]
+    assert len(warnings) == 1, err
+    warning = warnings[0]
+    assert f"{local} is unreadable (" in warning and "resuming from the uploaded checkpoint instead (after epoch 1)" in warning
+    run = mlflow.get_run(rid)
+    assert run.info.status == "FINISHED" and run.data.tags["focusml.resumed"] == "after epoch 1"
+    assert "focusml.killed" not in run.data.tags and "focusml.failure" not in run.data.tags
+    assert run.data.tags["focusml.resumed_from"] == "KILLED: SIGINT"

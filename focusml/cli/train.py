@@ -197,5 +197,6 @@ def _resume(run_id: str, options: dict) -> None:
     config, _ = tracking.resume_config(run_id, given, device)
     where = tracking.redact(tracking.tracking_uri())
     line = f"Resuming run {run_id}: {config.method} on {config.dataset} (seed {config.seed}) → {where}"
-    result = tracking.resume(run_id, callbacks=Announced(config.epochs, line), given=given, device=device)
+    result = tracking.resume(run_id, callbacks=Announced(config.epochs, line), given=given, device=device,
+                             on_warning=lambda text: click.secho(f"Warning: {text}", fg="yellow", err=True))
     _report(result)
