@@ -274,3 +274,39 @@ def test_a_damaged_local_checkpoint_falls_back_to_the_uploaded_one(tiny_data, st
     assert run.info.status == "FINISHED" and run.data.tags["focusml.resumed"] == "after epoch 1"
     assert "focusml.killed" not in run.data.tags and "focusml.failure" not in run.data.tags
     assert run.data.tags["focusml.resumed_from"] == "KILLED: SIGINT"
+
+
+# ---- H. stores and storages that cannot work: one line, nothing created -----------------------------------
+
+
+@pytest.mark.parametrize("uri, needle", [
+    ("foo://bar", "MLFLOW_TRACKING_URI is 'foo://bar': MLflow does not know the scheme 'foo://'"),
+    ("{tmp}/runs", "MLFLOW_TRACKING_URI is '{tmp}/runs', a path: MLflow 3 keeps runs in a database or a server"),
+    ("sqlite:///{tmp}/notes.txt", "{tmp}/notes.txt is not a SQLite database"),
+    ("sqlite:///{tmp}", "{tmp} is a folder; give a database file"),
+    ("sqlite:///{tmp}/missing/mlflow.db", "the folder {tmp}/missing does not exist; create it (mkdir -p {tmp}/missing)"),
+])
+@pytest.mark.parametrize("command", [["register", "abcdef12", "--name", "m"], ["train", "--epochs", "1", "--device", "cpu"]])
+def test_a_tracking_uri_that_cannot_work_is_one_line(uri, needle, command, tmp_path, capsys, monkeypatch):
+    (tmp_path / "notes.txt").write_text("not a database\n")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri.format(tmp=tmp_path))
+    before = sorted(tmp_path.rglob("*"))
+    code, out, err = cli(command, capsys)
+    assert_refused(code, out, err, needle.format(tmp=tmp_path))
+    assert sorted(tmp_path.rglob("*")) == before  # no folder, no database created
+
+
+@pytest.mark.parametrize("storage, needle", [
+    ("{tmp}", "--storage {tmp} is a folder; give a journal file, e.g. --storage {tmp}/optuna.journal"),
+    ("{tmp}/missing/optuna.journal", "the folder {tmp}/missing does not exist"),
+    ("sqlite:///{tmp}/missing/optuna.db", "the folder {tmp}/missing does not exist"),
+    ("sqlite:///{tmp}/notes.txt", "{tmp}/notes.txt is not a SQLite database"),
+])
+def test_a_tune_storage_that_cannot_work_is_one_line(storage, needle, sqlite_tracking, tmp_path, capsys, monkeypatch):
+    (tmp_path / "notes.txt").write_text("not a database\n")
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    code, out, err = cli(["tune", str(Path(__file__).parents[1] / "studies" / "pas.yaml"), "--n-trials", "1",
+                          "--storage", storage.format(tmp=tmp_path)], capsys)
+    assert_refused(code, out, err, needle.format(tmp=tmp_path))
+    assert sorted(tmp_path.rglob("*")) == before

@@ -61,11 +61,13 @@ def check_port_free(host: str, port: int) -> None:
 def server(host, port, backend_store_uri, artifacts_destination, allowed_hosts, workers):
     """Start the MLflow tracking server and UI on focusml's store."""
     # MLflow: imported when the command runs, not for --help
-    from focusml.tracking import check_connects, default_uri, is_database, redact, with_driver
+    from focusml.tracking import check_connects, check_uri, default_uri, is_database, redact, with_driver
 
     env_uri = os.environ.get("MLFLOW_TRACKING_URI", "")
     store = backend_store_uri or (env_uri if env_uri and not env_uri.startswith("http") else default_uri())
     shown = redact(store)
+    check_uri(store, "--backend-store-uri" if backend_store_uri else "MLFLOW_TRACKING_URI" if store == env_uri
+              else "the default store")
     if is_database(store):  # a missing driver or an unreachable database: one line here, not MLflow's traceback
         store = with_driver(store, "--backend-store-uri")
         check_connects(store, "--backend-store-uri", shown=shown)

@@ -44,9 +44,12 @@ def tune(study_file, n_trials, study_name, storage, workers, register, overrides
 
     from focusml import tracking
     from focusml.tune import load_spec, run_study
+    from focusml.tune.storage import check_storage
 
     spec = load_spec(study_file, overrides)
-    if register is not None:  # refused before the first line is printed
+    tracking.setup()  # these refuse a bad store, storage or name before the first line is printed
+    check_storage(storage, workers)
+    if register is not None:
         tracking.check_registry_names(register, "champion")
     n = spec.n_trials if n_trials is None else n_trials  # the bar's total until run_study says how many are missing
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the bar below replaces Optuna's per-trial lines
