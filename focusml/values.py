@@ -21,28 +21,21 @@ def coerce(flag: str, value: Any, kind: str) -> Any:
     """`value` as `kind` ("bool", "int", "float" or "str"), or FocusmlError naming `flag`, the value and the type.
 
     A bool is never a number; an int takes whole numbers (2.0 → 2, "32" → 32), a float any finite
-    or non-finite number or numeric text ("3e-3": YAML 1.1 reads it as a string); a str takes text
-    a path, or a number (`experiment: 2024`). Range checks stay with the option.
+    or non-finite number or numeric text ("3e-3": YAML 1.1 reads it as a string); a str takes text,
+    a path or a number (`experiment: 2024`). Range checks stay with the option.
     """
+    if kind not in _WANT:
+        return value
     if kind == "bool":
         if isinstance(value, bool):
             return value
-    elif kind == "int":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
+    elif kind in ("int", "float") and not isinstance(value, bool):
+        cast = int if kind == "int" else float
+        if isinstance(value, int) or (isinstance(value, float) and (kind == "float" or value.is_integer())):
+            return cast(value)
         if isinstance(value, str):
             try:
-                return int(value.strip())
-            except ValueError:
-                pass
-    elif kind == "float":
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
+                return cast(value.strip())
             except ValueError:
                 pass
     elif kind == "str":
@@ -52,8 +45,6 @@ def coerce(flag: str, value: Any, kind: str) -> Any:
             return os.fspath(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-    else:
-        return value
     shown = "true" if value is True else "false" if value is False else repr(value)
     raise FocusmlError(f"{flag} is {shown}; give {_WANT[kind]}.")
 
