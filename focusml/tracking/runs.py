@@ -15,8 +15,8 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-from mlflow.entities import ViewType
 import torch
+from mlflow.entities import ViewType
 from torch import nn
 
 from focusml import FocusmlError
@@ -55,6 +55,8 @@ def resolve_run_id(run_id: str, what: str = "") -> str:
     if re.fullmatch(r"[0-9a-fA-F]{1,%d}" % (MIN_PREFIX - 1), text):
         raise FocusmlError(f"{head}run id {text} is too short: give at least {MIN_PREFIX} characters of it "
                            "(`focusml train` prints the whole id).")
+    if re.fullmatch(r"[0-9a-fA-F]{32}", text):
+        return text.lower()
     if not _PREFIX.fullmatch(text.lower()):
         return text
     prefix = text.lower()

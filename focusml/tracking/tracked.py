@@ -108,7 +108,8 @@ def find_checkpoint(run_id: str, on_warning: Callable[[str], None] | None = None
                                     "epoch ended")
         raise FocusmlError(f"run {run_id} has no resumable checkpoint ({why}). Start a new run.")
     if broken and on_warning is not None:
-        on_warning(f"{'; '.join(broken)}: resuming from the {'uploaded' if local.is_file() else 'local'} "
+        other = "local" if broken[0].startswith("the uploaded") else "uploaded"
+        on_warning(f"{'; '.join(broken)}: resuming from the {other} "
                    f"checkpoint instead (after epoch {max(s['epoch'] for s in found) + 1}).")
     return max(found, key=lambda s: s["epoch"])
 
