@@ -50,7 +50,7 @@ def check_sqlite_file(path: Path, what: str) -> None:
                 head = f.read(len(SQLITE_HEADER))
         except OSError as e:
             raise FocusmlError(f"{what}: cannot read {path} ({e.strerror}).") from None
-        if head and head != SQLITE_HEADER:
+        if not SQLITE_HEADER.startswith(head):  # empty (SQLite makes it a database) or being written is fine
             raise FocusmlError(f"{what}: {path} is not a SQLite database (it holds something else); name a new "
                                "file or an existing database.")
 
