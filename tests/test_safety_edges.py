@@ -310,3 +310,13 @@ def test_a_tune_storage_that_cannot_work_is_one_line(storage, needle, sqlite_tra
                           "--storage", storage.format(tmp=tmp_path)], capsys)
     assert_refused(code, out, err, needle.format(tmp=tmp_path))
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_server_refuses_a_store_in_a_missing_folder(tmp_path, free_port):
+    res = subprocess.run([sys.executable, "-m", "focusml", "server", "--port", str(free_port()), "--backend-store-uri",
+                          f"sqlite:///{tmp_path}/missing/mlflow.db"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 2, res.stderr
+    (line,) = res.stderr.strip().splitlines()
+    assert f"--backend-store-uri sqlite:///{tmp_path}/missing/mlflow.db: the folder {tmp_path}/missing does not exist" in line
+    assert list(tmp_path.iterdir()) == []
