@@ -138,6 +138,7 @@ def test_a_runs_uri_path_is_confined_to_the_run_and_never_ignored(trained, store
 
 
 @pytest.mark.server
+@pytest.mark.slow
 def test_server_refuses_a_taken_port_naming_it_and_its_holder(tmp_path, free_port):
     port = free_port()
     with socket.socket() as other:  # another program listening on the port
@@ -312,6 +313,7 @@ def test_a_tune_storage_that_cannot_work_is_one_line(storage, needle, sqlite_tra
     assert sorted(tmp_path.rglob("*")) == before
 
 
+@pytest.mark.slow
 def test_server_refuses_a_store_in_a_missing_folder(tmp_path, free_port):
     res = subprocess.run([sys.executable, "-m", "focusml", "server", "--port", str(free_port()), "--backend-store-uri",
                           f"sqlite:///{tmp_path}/missing/mlflow.db"], cwd=tmp_path, capture_output=True, text=True,
