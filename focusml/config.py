@@ -21,6 +21,7 @@ from focusml.data.stream import MODES as DATA_LOADING
 from focusml.evaluate import SELECTABLE
 from focusml.models import MODELS
 from focusml.precision import check_amp, check_channels_last, switch
+from focusml.values import check_seed, coerce
 
 LR_SCHEDULES = ("cosine", "constant")
 #: options whose empty value means "not given"
@@ -62,8 +63,25 @@ class RunConfig:
     augment: MaskAugment = field(default_factory=MaskAugment)
     method_params: dict[str, Any] = field(default_factory=dict)
 
+    def check_types(self) -> None:
+        """Each field as its declared type (`focusml.values.coerce`: a bool is no number, an int is whole),
+        mask augmentation's too; seeds in range (`amp`, `channels_last` and `mask_budget` also take YAML's
+        booleans or numbers: `switch` and `parse_budget` check them). Raises FocusmlError naming the option."""
+        untyped = ("augment", "method_params", "mask_budget", "amp", "channels_last")  # checked by their own parsers
+        typed = [(self, f) for f in fields(self) if f.name not in untyped]
+        typed += [(self.augment, f) for f in fields(MaskAugment)]
+        for owner, f in typed:
+            value = getattr(owner, f.name)
+            kinds = str(f.type).replace(" ", "").split("|")
+            if value is None and "None" in kinds:
+                continue
+            setattr(owner, f.name, coerce(f"--{f.name.replace('_', '-')}", value, kinds[0]))
+        check_seed("--seed", self.seed)
+        check_seed("--data-seed", self.data_seed)
+
     def validate(self) -> "RunConfig":
         """Check every field; fill in the method's defaults. Raises FocusmlError."""
+        self.check_types()
         cls = methods.get(self.method)
         if self.dataset not in DATASETS:
             raise FocusmlError(f"unknown dataset '{self.dataset}'. Known datasets: {', '.join(sorted(DATASETS))}.")
@@ -177,10 +195,8 @@ class RunConfig:
             else:
                 allowed = sorted(own | aug_keys | method_keys)
                 raise FocusmlError(f"unknown option '{key}'. Allowed keys: {', '.join(allowed)}.")
-        try:
-            augment = MaskAugment(**{k: type(getattr(MaskAugment(), k))(v) for k, v in aug.items()})
-        except (TypeError, ValueError) as e:
-            raise FocusmlError(f"mask augmentation option has a bad value: {e}")
+        augment = MaskAugment(**{k: coerce(f"--{k.replace('_', '-')}", v, type(getattr(MaskAugment(), k)).__name__)
+                                 for k, v in aug.items()})
         return cls(**run, augment=augment, method_params=mparams)
 
 

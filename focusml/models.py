@@ -372,7 +372,7 @@ def load_pretrained(model: nn.Module, path: Path, name: str | None = None) -> li
 
 # -- --init-from: a whole trained model ------------------------------------------------------------
 
-RUN_ID = re.compile(r"[0-9a-f]{32}")
+RUN_ID = re.compile(r"[0-9a-f]{6,32}")  # a run id, or a unique prefix of it (resolved by the tracker)
 
 
 def source_kind(source: str) -> str:
@@ -389,7 +389,7 @@ def source_kind(source: str) -> str:
     if RUN_ID.fullmatch(text):
         return "run"
     raise FocusmlError(
-        f"--init-from {text!r}: no such file, and not a run id (32 hex digits), runs:/RUN_ID, models:/NAME@ALIAS or "
+        f"--init-from {text!r}: no such file, and not a run id (32 hex digits, or its first 6 or more), runs:/RUN_ID, models:/NAME@ALIAS or "
         "models:/NAME/VERSION. `focusml train` prints the run id; `focusml register` makes a registered model.")
 
 

@@ -98,6 +98,9 @@ def main(argv=None) -> None:
             sys.exit(143)
         click.echo("Aborted.", err=True)
         sys.exit(130)
+    except click.BadParameter as e:  # a bad value (e.g. --port 70000): one line, like every bad input
+        click.secho(f"Error: {e.format_message()}", fg="red", err=True)
+        sys.exit(2)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

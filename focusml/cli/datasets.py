@@ -26,13 +26,18 @@ def list_datasets():
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--data-seed", type=int, default=0, show_default=True)
 @click.option("--data-root", default=None, help="for datasets read from disk")
-def export(name, out_dir, data_seed, data_root):
-    """Write dataset NAME in the folder layout under OUT_DIR (images/, masks/, clean/)."""
+@click.option("--force", is_flag=True, help="replace OUT_DIR even if it holds something other than this export")
+def export(name, out_dir, data_seed, data_root, force):
+    """Write dataset NAME in the folder layout under OUT_DIR (images/, masks/, clean/).
+
+    Atomic: the files appear in OUT_DIR all at once (an interrupted export leaves nothing). A non-empty
+    OUT_DIR is refused unless it is the same export (same dataset, data seed and data) or --force is given.
+    """
     from focusml.data import DataOptions, load  # torch: only when a dataset is read
-    from focusml.data.folder import export as export_folder
+    from focusml.data.exporting import export_dataset
 
     data = load(name, DataOptions(seed=data_seed, root=Path(data_root) if data_root else None))
-    out = export_folder(data, Path(out_dir))
+    out = export_dataset(data, Path(out_dir), name, data_seed, force)
     counts = {k: len(v) for k, v in data.splits.items()}
     click.echo(f"wrote {name} to {out}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     click.echo(f"train on it with: focusml train --dataset folder --data-root {out}")

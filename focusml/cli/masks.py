@@ -15,7 +15,7 @@ def masks():
 @click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--run", "run_id", default=None, help="MLflow run whose model's CAM is overlaid and suggested as a mask")
 @click.option("--host", default="127.0.0.1", show_default=True, help="interface to bind; keep 127.0.0.1 unless you mean to share it")
-@click.option("--port", default=8765, show_default=True, type=int, help="0 picks a free port")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port")
 def serve(dataset_dir, run_id, host, port):
     """Serve the mask tool over DATASET_DIR (ROOT/images/<split>/<class>/<file>).
 

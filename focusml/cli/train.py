@@ -194,8 +194,11 @@ def _resume(run_id: str, options: dict) -> None:
     given = {k: v for k, v in (load_yaml(config_file) if config_file else {}).items()}
     given.update({k: v for k, v in options.items() if v is not None})
     given = {k.replace("-", "_"): v for k, v in given.items()}
+    tracking.setup()
+    run_id = tracking.resolve_run_id(run_id, f"--resume {run_id}")
     config, _ = tracking.resume_config(run_id, given, device)
     where = tracking.redact(tracking.tracking_uri())
     line = f"Resuming run {run_id}: {config.method} on {config.dataset} (seed {config.seed}) → {where}"
-    result = tracking.resume(run_id, callbacks=Announced(config.epochs, line), given=given, device=device)
+    result = tracking.resume(run_id, callbacks=Announced(config.epochs, line), given=given, device=device,
+                             on_warning=lambda text: click.secho(f"Warning: {text}", fg="yellow", err=True))
     _report(result)

@@ -44,8 +44,13 @@ def tune(study_file, n_trials, study_name, storage, workers, register, overrides
 
     from focusml import tracking
     from focusml.tune import load_spec, run_study
+    from focusml.tune.storage import check_storage
 
     spec = load_spec(study_file, overrides)
+    tracking.setup()  # these refuse a bad store, storage or name before the first line is printed
+    check_storage(storage, workers)
+    if register is not None:
+        tracking.check_registry_names(register, "champion")
     n = spec.n_trials if n_trials is None else n_trials  # the bar's total until run_study says how many are missing
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the bar below replaces Optuna's per-trial lines
     click.echo(f"Study {study_name or spec.study_name}: {spec.method} on {spec.dataset}, {n} trials, "
@@ -77,7 +82,7 @@ def tune(study_file, n_trials, study_name, storage, workers, register, overrides
 
     try:
         result = run_study(spec, n_trials=n_trials, study_name=study_name, storage=storage, workers=workers,
-                           register=register or None, on_trial=on_trial, on_plan=on_plan)
+                           register=register, on_trial=on_trial, on_plan=on_plan)
     finally:
         if bar is not None:
             bar.close()

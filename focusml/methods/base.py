@@ -27,6 +27,7 @@ import torch
 
 from focusml import FocusmlError
 from focusml.models import grid_margin
+from focusml.values import coerce
 
 
 @dataclass(frozen=True)
@@ -45,18 +46,10 @@ class Param:
     def validate(self, value: Any, method: str) -> Any:
         if self.auto and str(value) == "auto":
             return "auto"
-        if self.type is float:
-            try:
-                value = float(value)
-            except (TypeError, ValueError):
-                raise FocusmlError(f"--{self.name.replace('_', '-')} for method '{method}' must be a number, got {value!r}.")
+        if self.type in (float, int):  # a bool is no number, an int is whole (focusml.values)
+            value = coerce(f"--{self.name.replace('_', '-')} for method '{method}'", value, self.type.__name__)
             if math.isnan(value) or math.isinf(value):
                 raise FocusmlError(f"--{self.name.replace('_', '-')} for method '{method}' is {value}; give a finite number.")
-        elif self.type is int:
-            try:
-                value = int(value)
-            except (TypeError, ValueError):
-                raise FocusmlError(f"--{self.name.replace('_', '-')} for method '{method}' must be an integer, got {value!r}.")
         else:
             value = None if value is None else str(value)
         flag = f"--{self.name.replace('_', '-')}"

@@ -19,7 +19,7 @@
 - `sources`: `--init-from` (a run, `runs:/`, `models:/` or a file) → weights only, plus lineage tags.
 """
 
-from focusml.tracking.database import check_connects, is_database, redact, retry_unique, with_driver
+from focusml.tracking.database import check_connects, check_sqlite_file, is_database, redact, retry_unique, with_driver
 from focusml.tracking.experiment import DEFAULT_EXPERIMENT, resolve_experiment
 from focusml.tracking.log import (active_run_id, experiment_name, log_artifact, log_artifacts_to, log_datasets,
                                   log_dict, log_figure, log_image_step, log_metrics, log_model, log_params,
@@ -28,19 +28,20 @@ from focusml.tracking.keeper import RunKeeper, run_dir
 from focusml.tracking.logger import RunLogger
 from focusml.tracking.predict import predict_files
 from focusml.tracking.refine import Refinement, refine
-from focusml.tracking.registry import Registered, register, register_version
-from focusml.tracking.runs import load_run_data, load_run_model, run_info, search_runs
+from focusml.tracking.registry import Registered, check_registry_names, register, register_version
+from focusml.tracking.runs import load_run_data, load_run_model, resolve_run_id, run_info, search_runs
 from focusml.tracking.sources import Source
 from focusml.tracking.sources import resolve as resolve_source
-from focusml.tracking.store import (DEFAULT_STORE, StopRun, TrackingLost, check_reachable, default_uri, setup,
-                                    search_runs_where, start_run, terminate_run, tracking_uri, ui_link)
+from focusml.tracking.store import (DEFAULT_STORE, StopRun, TrackingLost, check_reachable, check_uri, default_uri, setup,
+                                    sqlite_path, search_runs_where, start_run, terminate_run, tracking_uri, ui_link)
 from focusml.tracking.tracked import resume, resume_config, run
 
 __all__ = [
     "Refinement", "refine",
     "DEFAULT_EXPERIMENT", "DEFAULT_STORE", "Registered", "RunKeeper", "RunLogger", "Source", "StopRun", "TrackingLost", "active_run_id",
-    "check_connects", "check_reachable", "default_uri", "experiment_name", "load_run_data", "load_run_model", "log_artifact", "log_artifacts_to",
+    "check_connects", "check_registry_names", "check_reachable", "check_sqlite_file", "check_uri", "default_uri", "experiment_name", "load_run_data", "load_run_model", "log_artifact", "log_artifacts_to",
     "log_datasets", "log_dict", "log_figure", "log_image_step", "log_metrics", "log_model", "log_params", "log_state_dict",
-    "log_table", "predict_files", "register", "register_version", "resolve_experiment", "resolve_source", "resume", "resume_config", "run", "run_dir", "run_info", "redact", "retry_unique",
-    "search_runs", "search_runs_where", "set_tags", "setup", "start_run", "terminate_run", "tracking_uri", "ui_link", "with_driver", "is_database",
+    "log_table", "predict_files", "register", "register_version", "resolve_experiment", "resolve_run_id", "resolve_source", "resume",
+    "resume_config", "run", "run_dir", "run_info", "redact", "retry_unique", "search_runs", "search_runs_where", "set_tags", "setup",
+    "sqlite_path", "start_run", "terminate_run", "tracking_uri", "ui_link", "with_driver", "is_database",
 ]

@@ -5,7 +5,9 @@ driver that is installed, and a form that is safe to print.
 driver is one FocusmlError line, not a traceback from deep inside SQLAlchemy. A `postgresql://`
 URL without a driver means psycopg (3) to SQLAlchemy ≥ 2.1 and psycopg2 before; either one that is
 installed is used (`focusml[postgres]` installs psycopg2). `redact` hides a URL's password;
-`retry_unique` makes a write again that lost a unique-key race to another process.
+`retry_unique` makes a write again that lost a unique-key race to another process. `check_sqlite_file`
+refuses a SQLite store that cannot work (a folder, a file that is no database, a missing folder)
+before MLflow or Optuna opens it with a traceback or creates folders nobody asked for.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import time
 import urllib.parse
+from pathlib import Path
 from typing import Callable, TypeVar
 
 from focusml import FocusmlError
@@ -28,6 +31,28 @@ ENGINES = ("postgresql", "mysql", "sqlite", "mssql")  # the databases MLflow's a
 def is_database(url: str | None) -> bool:
     """A SQLAlchemy database URL (not an http(s) server, databricks, a file path or a journal)."""
     return bool(url) and "://" in url and url.split("://")[0].split("+")[0] in ENGINES
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_sqlite_file(path: Path, what: str) -> None:
+    """Refuse (FocusmlError) a SQLite store at `path` that is a folder, a file that is not a SQLite
+    database, or a file in a folder that does not exist (created by nobody but the user)."""
+    if path.is_dir():
+        raise FocusmlError(f"{what}: {path} is a folder; give a database file, e.g. sqlite:///{path / 'mlflow.db'}.")
+    if not path.parent.is_dir():
+        raise FocusmlError(f"{what}: the folder {path.parent} does not exist; create it (mkdir -p {path.parent}) "
+                           "or name a file in an existing folder.")
+    if path.is_file():
+        try:
+            with open(path, "rb") as f:
+                head = f.read(len(SQLITE_HEADER))
+        except OSError as e:
+            raise FocusmlError(f"{what}: cannot read {path} ({e.strerror}).") from None
+        if not SQLITE_HEADER.startswith(head):  # empty (SQLite makes it a database) or being written is fine
+            raise FocusmlError(f"{what}: {path} is not a SQLite database (it holds something else); name a new "
+                               "file or an existing database.")
 
 
 def redact(url: str) -> str:

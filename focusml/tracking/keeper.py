@@ -200,7 +200,8 @@ class RunKeeper(Callbacks):
             return fn(*args)
 
     def _send_missing(self) -> None:
-        """Send the checkpoint's per-epoch metrics the server lacks (each metric and step at most once)."""
+        """Send the checkpoint's per-epoch metrics the server lacks (each metric and step at most once);
+        tag the run resumed, its earlier end tags moved to `focusml.resumed_from`."""
         run_id, history = self.logger.run_id, self.resume["history"]
         client = mlflow.MlflowClient()
         keys = sorted({k for h in history for k in h})
@@ -211,6 +212,7 @@ class RunKeeper(Callbacks):
         for start in range(0, len(missing), 1000):  # MLflow's limit per batch
             client.log_batch(run_id, metrics=missing[start:start + 1000])
         set_tags({"focusml.resumed": f"after epoch {self.resume['epoch'] + 1}"})
+        _move_end_tags(client, run_id)
 
     # ---- the hooks --------------------------------------------------------------------------------
 
@@ -254,6 +256,23 @@ class RunKeeper(Callbacks):
 
     def on_batch_end(self, epoch, step, steps, loss):
         self.logger.on_batch_end(epoch, step, steps, loss)
+
+
+END_TAGS = {"focusml.killed": "KILLED", "focusml.failure": "FAILED"}
+
+
+def _move_end_tags(client: mlflow.MlflowClient, run_id: str) -> None:
+    """A re-attached run drops the tags of how it ended before (they would contradict a FINISHED
+    run), keeping them in `focusml.resumed_from` ("KILLED: SIGINT", earlier resumes first)."""
+    tags = client.get_run(run_id).data.tags
+    ended = [f"{status}: {tags[key]}" for key, status in END_TAGS.items() if key in tags]
+    if not ended:
+        return
+    history = [h for h in (tags.get("focusml.resumed_from"), *ended) if h]
+    client.set_tag(run_id, "focusml.resumed_from", " | ".join(history)[-5000:])
+    for key in END_TAGS:
+        if key in tags:
+            client.delete_tag(run_id, key)
 
 
 def _same(a: float, b: float) -> bool:

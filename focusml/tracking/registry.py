@@ -15,8 +15,11 @@ import math
 from dataclasses import dataclass, field
 
 import mlflow
+from mlflow.utils.validation import (  # MLflow's own rules, so a name it would refuse is refused before anything exists
+    _validate_model_alias_name, _validate_model_alias_name_reserved, _validate_model_name)
 
 from focusml import FocusmlError
+from focusml.tracking.runs import resolve_run_id
 
 #: the metrics shown and written into the description, in this order
 SHOWN = ("acc/test", "acc/test_cf", "flip/test", "evidence_in_mask/test", "wr/test", "cam_in_mask/test",
@@ -115,9 +118,31 @@ def _describe(run, metrics: dict[str, float], refs: dict[str, float], gap: float
     return "\n".join(lines)
 
 
+def check_registry_names(name: str, alias: str | None) -> None:
+    """Refuse (FocusmlError) a model name or alias MLflow would refuse, before any version is created:
+    otherwise the version exists and only setting its alias fails."""
+    try:
+        _validate_model_name(name)
+    except mlflow.exceptions.MlflowException as e:
+        raise FocusmlError(f"--name {name!r} is not a valid registered model name ({e.message.splitlines()[0]}); "
+                           "use e.g. --name digits-pas.") from None
+    if alias is None:
+        return
+    try:
+        _validate_model_alias_name(alias)
+        _validate_model_alias_name_reserved(alias)
+    except mlflow.exceptions.MlflowException as e:
+        raise FocusmlError(f"--alias {alias!r} cannot be used ({e.message.splitlines()[0]}; MLflow reserves 'latest' "
+                           "and v<number>, which name versions); use e.g. --alias champion.") from None
+
+
 def register_version(run_id: str, name: str, alias: str | None = "champion", artifact: str = "model") -> Registered:
-    """Register a run's logged model as a new version of `name`, describe and tag it, set `alias` on it."""
+    """Register a run's logged model as a new version of `name`, describe and tag it, set `alias` on it.
+
+    The name and alias are checked first (`check_registry_names`), so a version is created only when its alias can be set."""
+    check_registry_names(name, alias)
     client = mlflow.MlflowClient()
+    run_id = resolve_run_id(run_id)
     try:
         run = client.get_run(run_id)
     except mlflow.exceptions.MlflowException as e:

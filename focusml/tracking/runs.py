@@ -9,12 +9,14 @@ shared server's runs are not to be trusted); `load_run_data` rebuilds the run's 
 from __future__ import annotations
 
 import pickle
+import re
 import tempfile
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import torch
+from mlflow.entities import ViewType
 from torch import nn
 
 from focusml import FocusmlError
@@ -36,9 +38,45 @@ def search_runs(experiment: str, order_by: list[str] | None = None) -> pd.DataFr
     return mlflow.search_runs(experiment_ids=[exp.experiment_id], order_by=order_by, output_format="pandas")
 
 
+MIN_PREFIX = 6
+_PREFIX = re.compile(r"[0-9a-f]{%d,31}" % MIN_PREFIX)
+
+
+def resolve_run_id(run_id: str, what: str = "") -> str:
+    """The full id of the one run whose id starts with `run_id` (≥ 6 hex characters), in any experiment.
+
+    A full 32-character id, or anything that is not a hex prefix, comes back unchanged (the caller's
+    lookup names what is wrong with it). Needs tracking set up. FocusmlError when no run or several
+    runs start with the prefix (naming the tracking URI, or the candidates); `what` begins the message
+    (e.g. "--init-from abc123").
+    """
+    text = str(run_id).strip()
+    head = f"{what}: " if what else ""
+    if re.fullmatch(r"[0-9a-fA-F]{1,%d}" % (MIN_PREFIX - 1), text):
+        raise FocusmlError(f"{head}run id {text} is too short: give at least {MIN_PREFIX} characters of it "
+                           "(`focusml train` prints the whole id).")
+    if re.fullmatch(r"[0-9a-fA-F]{32}", text):
+        return text.lower()
+    if not _PREFIX.fullmatch(text.lower()):
+        return text
+    prefix = text.lower()
+    found = mlflow.search_runs(search_all_experiments=True, filter_string=f"attributes.run_id LIKE '{prefix}%'",
+                               run_view_type=ViewType.ALL, max_results=6, output_format="list")
+    if not found:
+        raise FocusmlError(f"{head}no run id starts with {prefix} in {mlflow.get_tracking_uri()}. Check the id "
+                           "(`focusml train` prints it) and MLFLOW_TRACKING_URI.")
+    if len(found) > 1:
+        shown = ", ".join(f"{r.info.run_id} ({r.info.run_name})" for r in sorted(found, key=lambda r: r.info.run_id)[:5])
+        more = " and more" if len(found) > 5 else ""
+        raise FocusmlError(f"{head}run id {prefix} is ambiguous: {shown}{more} start with it. Give more characters.")
+    return found[0].info.run_id
+
+
 def run_info(run_id: str):
-    """The MLflow run `run_id` (tracking URI from the environment); FocusmlError if unknown."""
+    """The MLflow run `run_id` (a unique prefix of ≥ 6 characters will do; tracking URI from the environment);
+    FocusmlError if unknown."""
     setup()
+    run_id = resolve_run_id(run_id)
     try:
         return mlflow.MlflowClient().get_run(run_id)
     except mlflow.exceptions.MlflowException as e:
@@ -65,7 +103,7 @@ def load_run_model(run_id: str, image_size: int | None = None) -> nn.Module:
     but tensors, is refused with FocusmlError.
     """
     run = run_info(run_id)
-    params = run.data.params
+    run_id, params = run.info.run_id, run.data.params
     client = mlflow.MlflowClient()
     names = {a.path for a in client.list_artifacts(run_id, "checkpoints")}
     chosen = sorted(n for n in names if n.startswith("checkpoints/selected_epoch"))  # the evaluated weights

@@ -3,8 +3,8 @@
 SOURCE is a local state-dict file, a run id, `runs:/RUN_ID[/PATH]`, `models:/NAME@ALIAS`,
 `models:/NAME/VERSION` or `models:/m-MODEL_ID` (a logged model). A run or a registered model gives
 the weights its run evaluated: `checkpoints/selected_epochN.pt` when `--select` chose an earlier
-epoch, else `checkpoints/last.pt` (`runs:/ID/checkpoints/FILE.pt` names one file). They are read
-with `torch.load(weights_only=True)`: no model is ever unpickled. Everything here happens before
+epoch, else `checkpoints/last.pt`; `runs:/ID/PATH` names one artifact file, which must exist inside
+the run's artifacts. They are read with `torch.load(weights_only=True)`: no model is ever unpickled. Everything here happens before
 the new run starts, so a missing run, model or checkpoint is refused without leaving a run behind;
 the core then checks the architecture (`focusml.models.load_init_state`), also before the run.
 
@@ -30,6 +30,7 @@ from mlflow.entities import LoggedModelInput
 
 from focusml import FocusmlError
 from focusml.models import InitWeights, read_init_file, read_state_dict, source_kind
+from focusml.tracking.runs import resolve_run_id
 
 CHECKPOINTS = "checkpoints"
 
@@ -69,6 +70,39 @@ def evaluated_checkpoint(run_id: str, source: str) -> str:
         return f"{CHECKPOINTS}/last.pt"
     raise FocusmlError(f"--init-from {source}: run {run_id} has no checkpoint ({CHECKPOINTS}/last.pt): it was not logged "
                        "by `focusml train`, or it failed or was pruned before the end. Pick a finished focusml run.")
+
+
+LOGGED_MODEL = "model"  # runs:/ID/model: the run's logged model, whose weights are its evaluated checkpoint
+
+
+def named_artifact(run_id: str, path: str, source: str) -> str | None:
+    """The artifact `runs:/ID/PATH` names (None: the evaluated checkpoint, for no PATH or `model`).
+
+    Confined to the run's artifacts: an absolute PATH or one with `..` is refused, and so is a
+    PATH the run lacks, naming the files it has (a typo is never silently replaced by last.pt).
+    """
+    if path.strip("/") in ("", LOGGED_MODEL):
+        return None
+    parts = path.replace("\\", "/").split("/")
+    if path.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:  # "/etc/x", "a/../../x", "C:/x"
+        raise FocusmlError(f"--init-from {source}: the path after the run id must stay inside the run's artifacts "
+                           "(no '..', no absolute path), e.g. runs:/RUN_ID/checkpoints/last.pt.")
+    path = path.rstrip("/")
+    parent = path.rpartition("/")[0] or None
+    try:
+        listed = _client().list_artifacts(run_id, parent)
+    except (mlflow.exceptions.MlflowException, OSError):
+        listed = []
+    files = {a.path for a in listed if not a.is_dir}
+    if path not in files:
+        try:
+            have = sorted(files | {a.path for a in _client().list_artifacts(run_id, CHECKPOINTS) if not a.is_dir})
+        except (mlflow.exceptions.MlflowException, OSError):
+            have = sorted(files)
+        shown = ", ".join(have[:12]) + (", …" if len(have) > 12 else "") if have else "none"
+        raise FocusmlError(f"--init-from {source}: run {run_id} has no artifact file {path} (its files: {shown}). "
+                           "Name one of them, or give runs:/RUN_ID for its evaluated checkpoint.")
+    return path
 
 
 def _download_state(run_id: str, artifact: str, source: str) -> dict:
@@ -130,17 +164,16 @@ def resolve(source: str) -> Source:
         return Source(read_init_file(source), {"focusml.init_from_file": str(Path(source).resolve())})
     tags: dict[str, str] = {}
     model_id = None
-    artifact = None
+    path = ""
     if kind == "run":
-        run_id = source
+        run_id = resolve_run_id(source, f"--init-from {source}")
     elif kind == "runs":
         run_id, _, path = source[len("runs:/"):].partition("/")
-        if path.endswith(".pt"):
-            artifact = path  # one named checkpoint file
+        run_id = resolve_run_id(run_id, f"--init-from {source}")
     else:
         run_id, tags, model_id = _registry(source)
     run = _get_run(run_id, source)
-    artifact = artifact or evaluated_checkpoint(run_id, source)
+    artifact = named_artifact(run_id, path, source) or evaluated_checkpoint(run_id, source)
     state = _download_state(run_id, artifact, source)
     if model_id is None and run.outputs and run.outputs.model_outputs:
         model_id = run.outputs.model_outputs[0].model_id

@@ -28,7 +28,7 @@ from typing import Iterator
 import mlflow
 
 from focusml import FocusmlError, RunFailed, environment
-from focusml.tracking.database import is_database, with_driver
+from focusml.tracking.database import check_sqlite_file, is_database, redact, with_driver
 from focusml.tracking.experiment import mark_kind, use_experiment
 
 try:
@@ -119,10 +119,34 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         ) from None
 
 
+SCHEMES = ("http", "https", "databricks", "databricks-uc", "uc")  # besides the database URLs (is_database)
+
+
+def check_uri(uri: str, what: str = "MLFLOW_TRACKING_URI") -> None:
+    """Refuse (FocusmlError, one line) a tracking URI MLflow 3 cannot use: an unknown scheme, a plain
+    path or file: URI (MLflow 3 refuses its file store unless MLFLOW_ALLOW_FILE_STORE=true), a SQLite file that cannot be a store."""
+    scheme = uri.split("://")[0].split("+")[0] if "://" in uri else uri if uri in SCHEMES else ""
+    if is_database(uri):
+        path = sqlite_path(uri)
+        if path is not None:
+            check_sqlite_file(path, f"{what} {uri}")
+    elif scheme in ("", "file") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
+        raise FocusmlError(f"{what} is {uri!r}, a path: MLflow 3 keeps runs in a database or a server, not in a "
+                           f"folder. Use sqlite:///{Path(uri.removeprefix('file://')).absolute() / DEFAULT_STORE}, "
+                           "or http://HOST:PORT of `focusml server`.")
+    elif scheme not in (*SCHEMES, "", "file"):
+        raise FocusmlError(f"{what} is {redact(uri)!r}: MLflow does not know the scheme '{scheme}://'. Use sqlite:///PATH, "
+                           "postgresql://…, mysql://… or the http://HOST:PORT of `focusml server`.")
+
+
 def setup(uri: str | None = None) -> str:
-    """Point MLflow at `uri` (default: `tracking_uri()`), after checking it answers (or, for a database, that
-    its driver is installed); bound its HTTP client. Returns the URI as used."""
+    """Point MLflow at `uri` (default: `tracking_uri()`), after checking it is a store MLflow can use
+    (`check_uri`) that answers (or, for a database, that its driver is installed); bound its HTTP client.
+    Returns the URI as used."""
+    given = uri is not None
     uri = uri or tracking_uri()
+    check_uri(uri, "the tracking URI" if given else "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI")
+              else "the default store")
     if is_database(uri):
         uri = with_driver(uri, "the tracking store")
     bound_http()

@@ -8,21 +8,21 @@ after checking that the tracking store answers (so a wrong URI never leaves a ha
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import mlflow
 
-from focusml import FocusmlError
+from focusml import FocusmlError, environment
 from focusml.callbacks import Callbacks
 from focusml.config import RunConfig
 from focusml.run import RunResult
 from focusml.run import run as run_untracked
 from focusml.tracking.keeper import RESUME_FILE, RunKeeper, RunLock, load_state, run_dir
 from focusml.tracking.logger import RunLogger
-from focusml.tracking.runs import run_info
+from focusml.tracking.runs import resolve_run_id, run_info
 from focusml.tracking.sources import resolve
 from focusml.tracking.store import setup, terminate_run
 
@@ -47,6 +47,7 @@ def resume_config(run_id: str, given: dict | None = None, device: str | None = N
     differ from the run's; `device` may differ (the run continues on it)."""
     setup()
     info = run_info(run_id)
+    run_id = info.info.run_id
     status, params, tags = info.info.status, info.data.params, info.data.tags
     if status == "FINISHED":
         raise FocusmlError(f"run {run_id} is FINISHED: there is nothing to resume. Start a new run instead.")
@@ -72,48 +73,63 @@ def resume_config(run_id: str, given: dict | None = None, device: str | None = N
     return config.validate(), params
 
 
-def find_checkpoint(run_id: str) -> dict:
-    """The run's latest training state: its local `resume.pt` or its `checkpoints/resume.pt`, whichever is later."""
-    found = []
+def _unreadable(e: BaseException) -> str:
+    first = " ".join(str(e).split()).split(". ")[0]  # torch's zip errors go on for lines
+    return f"{type(e).__name__}: {first[:160]}"
+
+
+def find_checkpoint(run_id: str, on_warning: Callable[[str], None] | None = None) -> dict:
+    """The run's latest training state: its local `resume.pt` or its `checkpoints/resume.pt`, whichever is later.
+
+    A local file that cannot be read (truncated, overwritten) is passed over for the uploaded one,
+    saying so through `on_warning`; FocusmlError when neither can be read.
+    """
+    found, broken = [], []
     local = run_dir(run_id) / RESUME_FILE
     if local.is_file():
-        found.append(load_state(local))
+        try:
+            found.append(load_state(local))
+        except Exception as e:  # whatever torch.load makes of a damaged file
+            broken.append(f"{local} is unreadable ({_unreadable(e)})")
     try:
         names = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "checkpoints")}
     except Exception:
         names = set()
     if f"checkpoints/{RESUME_FILE}" in names:
-        quiet = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
         try:
-            with tempfile.TemporaryDirectory() as tmp:
+            with environment({"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}), tempfile.TemporaryDirectory() as tmp:
                 path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"checkpoints/{RESUME_FILE}",
                                                            dst_path=tmp)
                 found.append(load_state(Path(path)))
-        finally:
-            if quiet is None:
-                os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-            else:
-                os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = quiet
+        except Exception as e:
+            broken.append(f"the uploaded checkpoints/{RESUME_FILE} is unreadable ({_unreadable(e)})")
     if not found:
-        raise FocusmlError(f"run {run_id} has no resumable checkpoint (no {local}, no checkpoints/{RESUME_FILE} "
-                           "artifact): it stopped before its first epoch ended. Start a new run.")
+        why = "; ".join(broken) or (f"no {local}, no checkpoints/{RESUME_FILE} artifact: it stopped before its first "
+                                    "epoch ended")
+        raise FocusmlError(f"run {run_id} has no resumable checkpoint ({why}). Start a new run.")
+    if broken and on_warning is not None:
+        other = "local" if broken[0].startswith("the uploaded") else "uploaded"
+        on_warning(f"{'; '.join(broken)}: resuming from the {other} "
+                   f"checkpoint instead (after epoch {max(s['epoch'] for s in found) + 1}).")
     return max(found, key=lambda s: s["epoch"])
 
 
 def resume(run_id: str, *, callbacks: Callbacks | None = None, given: dict | None = None,
-           device: str | None = None) -> RunResult:
+           device: str | None = None, on_warning: Callable[[str], None] | None = None) -> RunResult:
     """Continue run `run_id` (KILLED, FAILED, or RUNNING with its process gone) in the same MLflow run.
 
     Training goes on after the last finished epoch from the saved state; per-epoch metrics the
     server lacks are sent first. Refused (FocusmlError, the run untouched): a FINISHED run, a
     run with no checkpoint, options that differ from the run's, a run still running here.
+    `on_warning(line)` is told when a damaged local checkpoint is passed over for the uploaded one.
     """
+    setup()
+    run_id = resolve_run_id(run_id, f"--resume {run_id}")
     config, params = resume_config(run_id, given, device)
     lock = RunLock(run_dir(run_id))
     lock.acquire(run_id)  # refuses a run that a live process here is still working on
     try:
-        state = find_checkpoint(run_id)
+        state = find_checkpoint(run_id, on_warning)
         if state["epoch"] >= config.epochs:
             raise FocusmlError(f"the checkpoint of run {run_id} is after epoch {state['epoch'] + 1}, but the run has "
                                f"{config.epochs} epochs.")

@@ -30,29 +30,47 @@ DEFAULT_SQLITE = "optuna.db"
 DEFAULT_JOURNAL = "optuna.journal"
 
 
-def open_storage(storage: str | None, workers: int = 1) -> tuple[Any, str]:
-    """(what Optuna takes, a display string without passwords) for `--storage`.
-
-    None → `optuna.db` (SQLite) here for one process, `optuna.journal` here for several; a URL
-    (`sqlite:///…`, `postgresql://…`, `mysql://…`) → that database; any other string → a journal
-    file at that path. SQLite is refused for several workers: it locks under parallel writers. A
-    database URL comes back naming an installed driver (`tracking.with_driver`: FocusmlError if none is).
-    """
+def check_storage(storage: str | None, workers: int = 1) -> str:
+    """`--storage` as a URL or a journal path (None → the defaults below), refused (FocusmlError) where it
+    cannot work: SQLite for several workers, an SQLite file written as a path, a folder, a file that
+    is no database, a folder that does not exist (nothing is created but the store file itself)."""
     if storage in (None, ""):
         storage = str(Path.cwd() / (DEFAULT_SQLITE if workers == 1 else DEFAULT_JOURNAL))
         if workers == 1:
             storage = f"sqlite:///{storage}"
     if "://" in storage:
+        path = tracking.sqlite_path(storage) if storage.startswith("sqlite") else None
+        if path is not None:
+            tracking.check_sqlite_file(path, f"--storage {storage}")
         if storage.startswith("sqlite") and workers > 1:
             raise FocusmlError(
                 f"--storage {storage} is SQLite, which locks under {workers} parallel writers. Use a journal file "
                 f"(--storage {DEFAULT_JOURNAL}) on one machine, or a database server URL (postgresql://…) across machines.")
-        return tracking.with_driver(storage, "--storage"), tracking.redact(storage)
+        return storage
     path = Path(storage)
     if path.suffix in (".db", ".sqlite", ".sqlite3"):
         raise FocusmlError(f"--storage {storage} looks like an SQLite file: write it as a URL, sqlite:///{path.resolve()} "
                            f"(or give a journal file such as {DEFAULT_JOURNAL}).")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise FocusmlError(f"--storage {storage} is a folder; give a journal file, e.g. --storage {path / DEFAULT_JOURNAL}.")
+    if not path.parent.is_dir():
+        raise FocusmlError(f"--storage {storage}: the folder {path.parent} does not exist; create it (mkdir -p "
+                           f"{path.parent}) or name a file in an existing folder.")
+    return storage
+
+
+def open_storage(storage: str | None, workers: int = 1) -> tuple[Any, str]:
+    """(what Optuna takes, a display string without passwords) for `--storage`.
+
+    None → `optuna.db` (SQLite) here for one process, `optuna.journal` here for several; a URL
+    (`sqlite:///…`, `postgresql://…`, `mysql://…`) → that database; any other string → a journal
+    file at that path (`check_storage` refuses what cannot work). A database URL comes back naming
+    an installed driver (`tracking.with_driver`: FocusmlError if none is).
+    """
+    storage = check_storage(storage, workers)
+    if "://" in storage:
+        return tracking.with_driver(storage, "--storage"), tracking.redact(storage)
+    path = Path(storage)
     return HeartbeatJournalStorage(JournalFileBackend(str(path))), f"journal:{path.resolve()}"
 
 

@@ -60,6 +60,8 @@ def run_study(spec: StudySpec, *, n_trials: int | None = None, study_name: str |
     if not isinstance(workers, int) or workers < 1:
         raise FocusmlError(f"--workers is {workers}; it must be ≥ 1.")
     name = study_name or spec.study_name
+    if register is not None:
+        tracking.check_registry_names(register, "champion")  # before any trial: a bad name fails at the end otherwise
     if register and not spec.config({p.name: p.corners()[0] for p in spec.search}).log_model:
         raise FocusmlError(f"--register {register} needs the trials' models, but {spec.source} sets "
                            "`log_model: false`; remove it from `fixed`.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import yaml
 from focusml import FocusmlError
 from focusml.config import load_yaml
 from focusml.tune.spec import OBJECTIVES, PARAM_TYPES, PRUNERS, SAMPLERS, TOP_KEYS, Objective, SearchParam, StudySpec
+from focusml.values import coerce
 
 
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudySpec:
@@ -133,6 +135,9 @@ def parse_spec(data: dict[str, Any], source: str = "study", default_name: str = 
         extra = [k for k in e if k not in names]
         if extra:
             raise _fail(source, f"enqueue[{i}].{extra[0]}", e[extra[0]], f"enqueue only searched params: {', '.join(sorted(names))}")
+    enqueue = [_check_enqueued(source, i, e, search) for i, e in enumerate(enqueue)]
+    _check_options(source, "sampler", SAMPLERS[sampler], sampler_options)
+    _check_options(source, "pruner", PRUNERS[pruner], pruner_options)
     spec = StudySpec(source=source, method=data["method"], dataset=data["dataset"], fixed=fixed, search=search,
                      objectives=objectives, n_trials=_int(source, "n_trials", data.get("n_trials", 20), 1),
                      sampler=sampler, sampler_options=sampler_options, pruner=pruner, pruner_options=pruner_options,
@@ -140,6 +145,46 @@ def parse_spec(data: dict[str, Any], source: str = "study", default_name: str = 
     _check_runs(spec)
     _check_strategy(spec)
     return spec
+
+
+def _check_enqueued(source: str, i: int, entry: dict, search: tuple[SearchParam, ...]) -> dict:
+    """An `enqueue` entry with each value of its param's type and inside its range or choices."""
+    out = {}
+    for p in search:
+        if p.name not in entry:
+            continue
+        where, value = f"enqueue[{i}].{p.name}", entry[p.name]
+        if p.type == "categorical":
+            if value not in p.choices:
+                raise _fail(source, where, value, f"choose one of search.{p.name}'s choices {list(p.choices)}")
+        else:
+            try:
+                value = coerce(where, value, p.type)
+            except FocusmlError as e:
+                raise FocusmlError(f"{source}: {e}") from None
+            if not p.low <= value <= p.high:
+                raise _fail(source, where, value, f"it must lie in search.{p.name}'s range [{p.low}, {p.high}]")
+        out[p.name] = value
+    return out
+
+
+def _check_options(source: str, key: str, cls: type, options: dict) -> None:
+    """Sampler or pruner options of the type their constructor declares (bool, int or float, maybe None):
+    Optuna takes `n_startup_trials: 2.5` or `multivariate: 1` without a word and fails later, mid-study."""
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return
+    for name, value in options.items():
+        if name not in params or value is None:
+            continue  # Optuna names an unknown option when the sampler is made
+        annotation = params[name].annotation
+        kinds = (annotation.__name__ if isinstance(annotation, type) else str(annotation)).replace(" ", "").split("|")
+        if kinds[0] in ("bool", "int", "float") and set(kinds) <= {kinds[0], "None"}:
+            try:
+                options[name] = coerce(f"{key}.{name}", value, kinds[0])
+            except FocusmlError as e:
+                raise FocusmlError(f"{source}: {e}") from None
 
 
 def _parse_search(source: str, raw: dict) -> tuple[SearchParam, ...]:

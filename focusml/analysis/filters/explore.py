@@ -22,7 +22,8 @@ def explore(run_id: str, compare: str | None = None, out_dir: str | os.PathLike 
             log: bool = True) -> Report:
     """Analyse run `run_id` (and `compare`), write the report to `out_dir`, log it to the run under `filters/`."""
     run = tracking.run_info(run_id)
-    params = run.data.params
+    run_id, params = run.info.run_id, run.data.params
+    compare = tracking.run_info(compare).info.run_id if compare else None
     warnings = []
     data = tracking.load_run_data(params)
     fp = params.get("dataset_fingerprint")
