@@ -143,8 +143,9 @@ def plan(args) -> tuple[list[dict], list[dict]]:
     jobs = [job(d, m, s, **{"epochs": args.epochs, **setting, "device": args.device})
             for setting in settings for m in methods for d in datasets for s in seeds_of[d]]
     if "stages" in studies:  # each budget: the head refit of the baseline, then the full stage from it
+        full_budgets = {parse_budget(b) for b in (args.full_budgets or args.budgets).split(",")}
         for b in [parse_budget(b) for b in args.budgets.split(",")]:
-            for stage in ("head", "full"):
+            for stage in ("head", "full") if b in full_budgets else ("head",):
                 jobs += [job(d, "head_refit", s, 1, budget=b, init="baseline", device=args.device) if stage == "head"
                          else job(d, args.full_method, s, args.refine_epochs, budget=b, init="head",
                                   device=args.device, lr=args.refine_lr) for d in datasets for s in seeds_of[d]]
@@ -406,6 +407,7 @@ def main(argv=None) -> int:
     ap.add_argument("--refine-epochs", type=int, default=5, help="epochs of refining the baseline (default 5)")
     ap.add_argument("--refine-lr", type=float, default=3e-4, help="stages: the full stage's learning rate")
     ap.add_argument("--full-method", default="random_crop", help="stages: the full stage's method")
+    ap.add_argument("--full-budgets", default=None, help="stages: the budgets the full stage runs at (default --budgets)")
     ap.add_argument("--seeds-per-dataset", default="", help="DATASET:N,... fewer seeds for a (large) dataset")
     ap.add_argument("--budgets", default="all,10,100,30,300", help="annotated training images (all = every mask)")
     ap.add_argument("--corruptions", default="partial:0.5,shifted:0.25,dilated:0.1", help="KIND[:STRENGTH],...")
@@ -437,8 +439,9 @@ def main(argv=None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if not args.no_run:
         execute(refs, done, args)  # the refined runs start from these baselines
-        execute([j for j in jobs if j["init"] != "head"], done, args)
+        execute([j for j in jobs if j["method"] == "head_refit"], done, args)
         execute([j for j in jobs if j["init"] == "head"], done, args)  # full refinement starts from the head refit
+        execute([j for j in jobs if not j["init"]], done, args)
 
     studies = STUDIES[:3] if args.study == "all" else (args.study,)
     annotated = {d: int((load_data(RunConfig(dataset=d, train_size=TRAIN_SIZE.get(d))).split("train").masks
