@@ -105,7 +105,12 @@ def own_architecture(model: torch.nn.Module) -> tuple[dict[str, Any] | None, lis
     own = model.network.state_dict()
     if fresh.keys() != own.keys() or any(fresh[k].shape != own[k].shape for k in own):
         return None, [], f"{name}(**{kwargs!r}) builds a network with other tensors than the trained one: {hint}"
-    path = inspect.getsourcefile(builder) or ""
+    try:
+        path = inspect.getsourcefile(builder) or ""
+    except TypeError:  # no source file (defined in an interactive session or exec'd text)
+        path = ""
+    if not path and builder.__module__.split(".")[0] != "focusml":
+        return None, [], f"{name} has no source file to log with the model (define it in a .py file): {hint}"
     module = builder.__module__ if builder.__module__ != "__main__" else Path(path).stem
     installed = any(Path(path).is_relative_to(d) for d in
                     {sysconfig.get_paths()[k] for k in ("purelib", "platlib")} if path)
