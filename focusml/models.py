@@ -576,7 +576,8 @@ def adapt(module: nn.Module, input_shape: tuple[int, int, int], features: str | 
         if given is not None and given not in names:
             raise FocusmlError(f"{what}={given!r}: {type(module).__name__} has no such module; name one of "
                                f"{', '.join(list(n for n in names if n)[:30])}.")
-    x = torch.rand(2, *input_shape)
+    param = next(module.parameters(), None)
+    x = torch.rand(2, *input_shape, device=param.device if param is not None else None)
     was_training = module.training
     module.eval()
     try:
