@@ -163,7 +163,8 @@ def init_weights(config: RunConfig, init: InitWeights | None) -> InitWeights | N
 
 def own_model(module: torch.nn.Module, method_cls: type[Method], config: RunConfig, data: Dataset) -> torch.nn.Module:
     """A copy of your network under the CamNet contract (`models.adapt`, found automatically unless `module` is
-    already adapted); the given module stays untouched. A method that needs an exact CAM is refused on a network whose CAM is approximate (named layers)."""
+    already adapted); the given module stays untouched. A method that needs an exact CAM is refused on a
+    network whose CAM is approximate (named layers)."""
     if config.pretrained:
         raise FocusmlError("pretrained weights go into your own network before the run (load_state_dict); drop "
                            "the pretrained option.")
