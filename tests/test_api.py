@@ -149,6 +149,19 @@ def test_named_layers_run_the_methods_that_need_no_exact_cam(splits):
         focusml.fit(TinyNet(), train, "cdep", val=val, test=test, epochs=1, track=False)
 
 
+def test_a_timm_style_network_trains_with_cam_methods(splits):
+    train, val, test = splits
+    for method in ("pas", "selective_dropout"):  # exact CAM; `last` is the feature map the head pools
+        result = focusml.fit(TimmStyle(), train, method, val=val, test=test, epochs=1, track=False, device="cpu")
+        assert isinstance(result.model, Adapted) and 0 <= result.metrics["acc/test"] <= 1, method
+
+
+def test_import_focusml_stays_light():
+    code = "import sys, focusml; print([m for m in ('torch', 'mlflow') if m in sys.modules], callable(focusml.fit))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[] True", out.stderr
+
+
 def test_own_data_conversion_and_refusals(splits):
     train, val, test = splits
     data = focusml.as_dataset(train, val, test, classes=["left", "right"])
