@@ -170,6 +170,10 @@ def test_own_data_conversion_and_refusals(splits):
     assert int(s.annotated.sum()) == 16 and s.labels.dtype == torch.int64
     tensors = focusml.as_dataset((s.images, s.labels), (s.images, s.masks, s.labels), (s.images.float() / 255, s.labels))
     assert torch.equal(tensors.split("test").images, s.images) and not tensors.split("train").annotated.any()
+    pil = [(Image.fromarray(s.images[i].permute(1, 2, 0).numpy()), None, int(s.labels[i])) for i in range(4)]
+    assert torch.equal(focusml.as_dataset(pil, pil, pil).split("train").images, s.images[:4])  # PIL images too
+    with pytest.raises(FocusmlError, match="differ in size"):
+        focusml.as_dataset([(torch.rand(3, 8, 8), None, 0), (torch.rand(3, 9, 9), None, 1)], pil, pil)
     with pytest.raises(FocusmlError, match="val and test"):
         focusml.as_dataset(train)
     with pytest.raises(FocusmlError, match=r"\[0, 1\]"):

@@ -4,7 +4,7 @@
 uint8 images N×C×H×W, uint8 masks N×H×W (1 = irrelevant, all-zero = not annotated) and int64 labels.
 A split is a `Split`, a tuple `(images, labels)` or `(images, masks, labels)`, or a `torch.utils.data.Dataset`
 (anything with `__len__` and `__getitem__`) whose items are `(image, mask or None, label)` or `(image, label)`.
-Images are C×H×W (or H×W) tensors or arrays, uint8 in [0, 255] or float in [0, 1]; a mask is H×W, any
+Images are C×H×W (or H×W) tensors or arrays, uint8 in [0, 255] or float in [0, 1], or PIL images; a mask is H×W, any
 non-zero pixel irrelevant. val and test are separate splits: the test split must break the shortcut
 for the metrics to mean what docs/methods.md says; a clean train split (`train_clean`) gives the upper bound.
 """
@@ -27,6 +27,14 @@ def _tensor(x, what: str) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(x))
     raise FocusmlError(f"{what} is a {type(x).__name__}; give a torch tensor or a numpy array.")
+
+
+def _image(x, what: str) -> torch.Tensor:
+    """One image as C×H×W (or H×W): a tensor or array as it is, a PIL image (H×W×C) channels first."""
+    if hasattr(x, "getbands"):  # PIL, e.g. a torchvision dataset without transforms
+        t = torch.from_numpy(np.array(x))
+        return t.permute(2, 0, 1) if t.ndim == 3 else t
+    return _tensor(x, what)
 
 
 def _pixels(images, what: str) -> torch.Tensor:
@@ -60,7 +68,12 @@ def _split(rows, name: str) -> Split:
         if any(not isinstance(it, (tuple, list)) or len(it) not in (2, 3) for it in items):
             raise FocusmlError(f"the {name} dataset must yield (image, mask or None, label) or (image, label); "
                                f"item 0 is a {type(items[0]).__name__}.")
-        images = _pixels(torch.stack([_tensor(it[0], f"a {name} image") for it in items]), f"the {name} images")
+        pixels = [_image(it[0], f"a {name} image") for it in items]
+        if len({tuple(t.shape) for t in pixels}) > 1:
+            raise FocusmlError(f"the {name} images differ in size ({', '.join(sorted({str(tuple(t.shape)) for t in pixels})[:3])}"
+                               "); resize them to one size (e.g. torchvision.transforms.Resize), or give a folder "
+                               "with image_size.")
+        images = _pixels(torch.stack(pixels), f"the {name} images")
         h, w = images.shape[-2:]
         masks = torch.stack([torch.zeros(h, w, dtype=torch.uint8) if len(it) == 2 or it[1] is None
                              else _tensor(it[1], f"a {name} mask").reshape(h, w) for it in items])
