@@ -8,6 +8,18 @@ from contextlib import contextmanager
 
 __version__ = "0.1.0"
 
+#: the Python API (`focusml.api`, docs/api.md), imported on first use so that `import focusml` and the CLI
+#: stay fast. `fit` and `score`, not `train` and `evaluate`: those names are focusml's own modules.
+API = {"fit": "fit", "refine": "refine", "score": "evaluate", "as_dataset": "as_dataset", "adapt": "adapt"}
+
+
+def __getattr__(name: str):
+    if name in API:  # by name, so the package itself depends on nothing (the API sits above tracking)
+        import importlib
+
+        return getattr(importlib.import_module("focusml.api"), API[name])
+    raise AttributeError(f"module 'focusml' has no attribute {name!r}")
+
 
 class FocusmlError(Exception):
     """A bad input or environment, with a message that names the problem and the fix."""

@@ -79,13 +79,16 @@ class RunConfig:
         check_seed("--seed", self.seed)
         check_seed("--data-seed", self.data_seed)
 
-    def validate(self) -> "RunConfig":
-        """Check every field; fill in the method's defaults. Raises FocusmlError."""
+    def validate(self, own_data: bool = False, own_model: bool = False) -> "RunConfig":
+        """Check every field; fill in the method's defaults. Raises FocusmlError.
+
+        `own_data` / `own_model`: the run is given its dataset / network (`run(data=..., model=...)`), so
+        `dataset` / `model` only name them."""
         self.check_types()
         cls = methods.get(self.method)
-        if self.dataset not in DATASETS:
+        if self.dataset not in DATASETS and not own_data:
             raise FocusmlError(f"unknown dataset '{self.dataset}'. Known datasets: {', '.join(sorted(DATASETS))}.")
-        if self.model not in MODELS:
+        if self.model not in MODELS and not own_model:
             raise FocusmlError(f"unknown model '{self.model}'. Known models: {', '.join(MODELS)}.")
         if not isinstance(self.epochs, int) or self.epochs <= 0:
             raise FocusmlError(f"--epochs is {self.epochs}; it must be a whole number ≥ 1.")

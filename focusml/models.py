@@ -472,3 +472,156 @@ def load_init_state(model: nn.Module, init: InitWeights, name: str, image_size: 
         f"--init-from {init.source}: the weights are {theirs} ({_shape_of(state)}), but this run builds model "
         f"'{name}' ({_shape_of(own)}): {'; '.join(detail)}.{hint} from a source trained as model '{name}' with "
         f"{_shape_of(own)}, or use --pretrained PATH to load only the tensors that fit.")
+
+
+# -- your own network: the CamNet contract over any module ------------------------------------------
+
+#: poolings and reshapes whose output is not a feature map, even when it is 4-D (a 1×1 pooled map)
+_NOT_A_MAP = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.Flatten, nn.Dropout, nn.Dropout2d)
+
+
+class Adapted(nn.Module):
+    """A user's network under CamNet's contract: `forward_features(x) -> (A, logits)`, `features`, `classifier`.
+
+    `network` is the user's module, untouched (its tensors are this module's `network.*`, so the state dict
+    maps one to one). `feature_layer` names the module of `network` whose output is A (None: the timm
+    protocol, A = `network.forward_features(x)`, head `network.get_classifier()`); `head` names the final
+    `nn.Linear`. `relu`: A is ReLU(output), as DenseNet applies it functionally before pooling. `exact`:
+    logits = head(GAP(A)) was checked, so CAM is exact and every method applies.
+    """
+
+    def __init__(self, network: nn.Module, feature_layer: str | None, head: str | None, relu: bool = False,
+                 exact: bool = True):
+        super().__init__()
+        self.network = network
+        self.feature_layer, self.head, self.relu, self.exact = feature_layer, head, relu, exact
+        self.feature_map = nn.Identity()  # A passes here (timm protocol): a module name for `last` layer hooks
+        self.code: tuple | None = None  # (builder, kwargs) that rebuild `network` (a logged model needs them)
+
+    @property
+    def spec(self) -> dict:
+        """How the wrapper sits on the network: enough to rebuild it around a fresh copy (the logged model)."""
+        return {"feature_layer": self.feature_layer, "head": self.head, "relu": self.relu, "exact": self.exact}
+
+    @property
+    def features(self) -> nn.Module:
+        return self.network.get_submodule(self.feature_layer) if self.feature_layer else self.feature_map
+
+    @property
+    def classifier(self) -> nn.Module:
+        return self.network.get_submodule(self.head) if self.head else self.network.get_classifier()
+
+    @property
+    def last_layer(self) -> str:
+        """The module name whose output is A (`--layers last` of selective_dropout)."""
+        return f"network.{self.feature_layer}" if self.feature_layer else "feature_map"
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.feature_layer is None:  # timm: forward_features → A, forward_head → logits
+            a = self.feature_map(self.network.forward_features(x))
+            head = getattr(self.network, "forward_head", None)
+            logits = head(a) if head is not None else self.classifier(a.mean((2, 3)))
+            return (torch.relu(a) if self.relu else a), logits
+        seen: list[torch.Tensor] = []
+        # registered per call, after any layer hook of the training step, so A is what the head really sees
+        handle = self.features.register_forward_hook(lambda mod, inp, out: seen.append(out))
+        try:
+            logits = self.network(x)
+        finally:
+            handle.remove()
+        return (torch.relu(seen[-1]) if self.relu else seen[-1]), logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)[1]
+
+
+def _trace(module: nn.Module, x: torch.Tensor) -> tuple[list[tuple[str, nn.Module, torch.Tensor]], torch.Tensor]:
+    """Every submodule's output in the order the modules finish, and the network's logits, for input `x`."""
+    order: list = []
+    handles = [m.register_forward_hook(lambda mod, inp, out, n=n: order.append((n, mod, out)))
+               for n, m in module.named_modules() if n]
+    try:
+        logits = module(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return order, logits
+
+
+def _fits(head: nn.Module, a: torch.Tensor, logits: torch.Tensor) -> bool:
+    """Whether logits = head(GAP(a)) (up to float error): CAM over `a` and `head` is then exact."""
+    if not (isinstance(head, nn.Linear) and a.ndim == 4 and a.shape[1] == head.in_features):
+        return False
+    return bool(torch.allclose(head(a.mean((2, 3))), logits, rtol=1e-3, atol=1e-4 * float(logits.abs().max() + 1)))
+
+
+def adapt(module: nn.Module, input_shape: tuple[int, int, int], features: str | None = None,
+          head: str | None = None) -> nn.Module:
+    """`module` under the CamNet contract, for images of `input_shape` (C, H, W); a CamNet is returned as is.
+
+    Found automatically when the logits are global average pooling + one `nn.Linear` over a feature map:
+    the last `nn.Linear` that makes the logits, and the outermost module finishing last before it whose
+    output is that map (ReLU'd if the network applies it functionally: DenseNet). This covers torchvision's
+    ResNet, DenseNet, EfficientNet, MobileNetV2 and RegNet, and timm-style models (`forward_features` +
+    `get_classifier`). Otherwise name the layers (`features=`, `head=`, module names of `module`): the CAM
+    is then approximate and the methods that need it exact refuse (`Method.exact_cam`).
+    """
+    if isinstance(module, (CamNet, Adapted)):
+        return module
+    if not isinstance(module, nn.Module):
+        raise FocusmlError(f"the model must be a torch.nn.Module, got {type(module).__name__}; pass a module, or a "
+                           f"focusml model name ({', '.join(MODELS)}).")
+    names = dict(module.named_modules())
+    for given, what in ((features, "features"), (head, "head")):
+        if given is not None and given not in names:
+            raise FocusmlError(f"{what}={given!r}: {type(module).__name__} has no such module; name one of "
+                               f"{', '.join(list(n for n in names if n)[:30])}.")
+    param = next(module.parameters(), None)
+    x = torch.rand(2, *input_shape, device=param.device if param is not None else None)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            if features is None and hasattr(module, "forward_features") and hasattr(module, "get_classifier"):
+                a, logits = module.forward_features(x), module(x)
+                for relu in (False, True):
+                    if _fits(module.get_classifier(), torch.relu(a) if relu else a, logits):
+                        return Adapted(module, None, None, relu).train(was_training)
+                raise FocusmlError(f"{type(module).__name__} has forward_features and get_classifier, but its logits are "
+                                   "not get_classifier()(global average pool of forward_features(x)); name the feature "
+                                   "layer and the head instead (features=..., head=...).")
+            order, logits = _trace(module, x)
+    finally:
+        module.train(was_training)
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        raise FocusmlError(f"{type(module).__name__}(x) must return logits (N×classes), got "
+                           f"{type(logits).__name__}; wrap the model so that forward returns the logits tensor.")
+    heads = [i for i, (n, m, out) in enumerate(order) if isinstance(m, nn.Linear) and (head is None or n == head)
+             and isinstance(out, torch.Tensor) and out.shape == logits.shape]
+    if not heads:
+        raise FocusmlError(f"{type(module).__name__}: found no nn.Linear {'named ' + repr(head) + ' ' if head else ''}"
+                           "that makes the logits; name the head (head=MODULE_NAME) or use a network ending with "
+                           "global average pooling and one linear layer.")
+    last = heads[-1]
+    linear_name, linear = order[last][0], order[last][1]
+    maps = [(n, out) for n, m, out in order[:last] if (features is None or n == features)
+            and isinstance(out, torch.Tensor) and out.ndim == 4 and not isinstance(m, _NOT_A_MAP)]
+    if features is not None and not maps:
+        raise FocusmlError(f"features={features!r} gives no N×K×h×w feature map before the head {linear_name!r}; name "
+                           "the module whose output is the last convolutional feature map.")
+    with torch.no_grad():
+        for name, out in reversed(maps):
+            for relu in (False, True):
+                if _fits(linear, torch.relu(out) if relu else out, logits):
+                    return Adapted(module, name, linear_name, relu)
+            if features is None and out.shape[1] == linear.in_features:
+                break  # the last map of the head's width does not fit: nothing earlier will
+    if features is None:
+        raise FocusmlError(f"{type(module).__name__}: its logits are not global average pooling + one linear layer "
+                           "over a feature map, so CAM cannot be found exactly. Name the feature layer and the head "
+                           "(features=..., head=...): the methods that need an exact CAM then refuse.")
+    a = maps[-1][1]
+    if a.shape[1] != linear.in_features:
+        raise FocusmlError(f"features={features!r} has {a.shape[1]} channels but head {linear_name!r} takes "
+                           f"{linear.in_features}; name a feature map as wide as the head's input.")
+    return Adapted(module, features, linear_name, exact=False)

@@ -12,6 +12,7 @@ with an all-zero CAM carries a warning (`RunResult.warnings`) instead of passing
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from focusml.data import DATASETS, DataOptions, Dataset, load
 from focusml.data.masks import annotate
 from focusml.evaluate import Predictions, counterfactuals, select_metric, test_metrics
 from focusml.methods import Method, PrepareContext
-from focusml.models import InitWeights, build_model, load_init_state, read_init_file, source_kind
+from focusml.models import InitWeights, adapt, build_model, load_init_state, read_init_file, source_kind
 from focusml.precision import Precision
 from focusml.train import FitResult, fit, refit, resolve_device
 
@@ -160,19 +161,36 @@ def init_weights(config: RunConfig, init: InitWeights | None) -> InitWeights | N
     return read_init_file(config.init_from)
 
 
+def own_model(module: torch.nn.Module, method_cls: type[Method], config: RunConfig, data: Dataset) -> torch.nn.Module:
+    """A copy of your network under the CamNet contract (`models.adapt`, found automatically unless `module` is
+    already adapted); the given module stays untouched. A method that needs an exact CAM is refused on a
+    network whose CAM is approximate (named layers)."""
+    if config.pretrained:
+        raise FocusmlError("pretrained weights go into your own network before the run (load_state_dict); drop "
+                           "the pretrained option.")
+    model = adapt(copy.deepcopy(module), data.image_shape)  # named layers: pass `adapt(module, shape, features, head)`
+    if method_cls.exact_cam and not getattr(model, "exact", True):
+        raise FocusmlError(f"method '{config.method}' needs an exact CAM (logits = linear head over the globally "
+                           f"pooled feature map), and {type(module).__name__} with the named layers has none; use "
+                           "random_crop, generative, counterexamples, rrr or selective_dropout.")
+    return model
+
+
 def run(config: RunConfig, callbacks: Callbacks | None = None, init: InitWeights | None = None,
-        resume: dict | None = None) -> RunResult:
+        resume: dict | None = None, *, data: Dataset | None = None, model: torch.nn.Module | None = None) -> RunResult:
     """Train and evaluate one configuration. Bad input raises `FocusmlError` before `run_scope` opens.
 
     `init`: the weights to start from when `config.init_from` names a run or a registered model
     (`focusml.tracking` resolves those); a local file is read here. `resume`: a training state
     saved by `Callbacks.on_checkpoint` for this same config; training continues after its epoch.
+    `data`: a ready `Dataset` in place of the one `config.dataset` names (your own data: `data.own`);
+    `model`: your own network in place of `config.model`, trained on a copy (`own_model`).
     """
     callbacks = callbacks or Callbacks()
-    config.validate()
+    config.validate(own_data=data is not None, own_model=model is not None)
     method_cls = methods.get(config.method)
     init = init_weights(config, init)
-    data = load_data(config)
+    data = load_data(config) if data is None else data
     data.split(method_cls.train_split)  # refuse early (e.g. upper_bound without a clean split)
     data, annotated = training_data(config, data)
     selected = select_metric(config.select, data)  # refuse early a selection metric the data cannot compute
@@ -180,7 +198,8 @@ def run(config: RunConfig, callbacks: Callbacks | None = None, init: InitWeights
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     c, h, w = data.image_shape
-    model = build_model(config.model, c, data.num_classes, max(h, w), config.pretrained)
+    model = (build_model(config.model, c, data.num_classes, max(h, w), config.pretrained) if model is None
+             else own_model(model, method_cls, config, data))
     if init is not None:  # every tensor must fit: a wrong architecture is refused before any run exists
         load_init_state(model, init, config.model, max(h, w))
     precision = Precision.for_run(config.amp, config.channels_last, config.model, device)

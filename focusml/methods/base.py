@@ -158,6 +158,7 @@ class Method:
     needs_input_grad: ClassVar[bool] = False
     needs_init: ClassVar[bool] = False  # works on a trained model only: --init-from is required
     replaces_training: ClassVar[bool] = False  # `fit` replaces the training loop (no epochs)
+    exact_cam: ClassVar[bool] = False  # needs logits = classifier(GAP(A)): refused on a model whose CAM is approximate
 
     def __init__(self, options: dict[str, Any] | None = None):
         self.options = self.resolve_options(options or {})

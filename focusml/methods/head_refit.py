@@ -132,6 +132,7 @@ def copies_for(value, annotated: int) -> int:
 class HeadRefit(Method):
     name = "head_refit"
     family = "refinement"
+    exact_cam = True
     summary = ("features of a trained model kept; the linear head refitted on training images whose masked "
                "content is swapped with another image's (seconds; needs --init-from)")
     params = (

@@ -53,6 +53,7 @@ def all_evidence_term(features: torch.Tensor, weight: torch.Tensor, m: torch.Ten
 class PAS(GridMaskMethod, Method):
     name = "pas"
     family = "loss"
+    exact_cam = True
     summary = "CE + λ·evidence inside the mask (all classes, both signs; --evidence positive: the thesis's true-class form)"
     params = (lam_param(0.1, f"pas: raw term ×{SCALE_ALL:g} (evidence all) or ×{SCALE:g} (positive); "
                              "default chosen on acc/val_cf"), evidence_param(), grid_dilate_param())

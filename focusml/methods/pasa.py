@@ -54,6 +54,7 @@ def all_evidence_share_term(features: torch.Tensor, weight: torch.Tensor, m: tor
 class PASA(GridMaskMethod, Method):
     name = "pasa"
     family = "loss"
+    exact_cam = True
     summary = "CE + λ·share of the evidence that comes from the mask (all classes, both signs; --evidence positive: the thesis's form)"
     params = (lam_param(0.1, f"pasa: raw term ×{SCALE_ALL:g} (evidence all) or ×{SCALE:g} (positive); "
                              "default chosen on acc/val_cf"), evidence_param(), grid_dilate_param())

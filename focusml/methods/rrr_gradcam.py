@@ -33,6 +33,7 @@ def gradcam_penalty(features: torch.Tensor, logits: torch.Tensor, m: torch.Tenso
 class RightForRightReasonsGradCam(Method):
     name = "rrr_gradcam"
     family = "peer"
+    exact_cam = True
     summary = "RRR-G (Schramowski et al. 2020): squared min-max-normalised Grad-CAM inside the mask"
     params = (lam_param(0.01, "penalty ×10: λ=1 ≈ CE at initialisation"),)
 

@@ -34,6 +34,8 @@ def zero_masked(out: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 
 def last_block(model: torch.nn.Module) -> str:
     """Module name of the last layer of `model.features` (its output is the feature map A)."""
+    if hasattr(model, "last_layer"):  # your own network (`models.Adapted`): the layer it names
+        return model.last_layer
     names = [n for n, _ in model.features.named_children()]
     return f"features.{names[-1]}" if names else "features"
 

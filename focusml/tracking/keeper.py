@@ -219,12 +219,14 @@ class RunKeeper(Callbacks):
     def on_checkpoint(self, epoch, state):
         self.epoch = epoch
         if self.folder is None:
+            self.logger.on_checkpoint(epoch, state)  # on to the caller's own callbacks
             return
         path = self.folder / RESUME_FILE
         _atomic(path, lambda tmp: torch.save(state, tmp))
         lines = "".join(json.dumps({"epoch": i, "step": epoch_step(i), **h}) + "\n" for i, h in enumerate(state["history"]))
         _atomic(self.folder / "metrics.jsonl", lambda tmp: tmp.write_text(lines))
         self._guard(log_artifact, path, "checkpoints")
+        self.logger.on_checkpoint(epoch, state)  # saved first, then on to the caller's own callbacks
 
     def on_epoch_end(self, epoch, metrics, model):
         self._guard(self.logger.on_epoch_end, epoch, metrics, model)

@@ -184,7 +184,7 @@ def requirements() -> list[str]:
 
 
 def log_model(model: torch.nn.Module, example: torch.Tensor, classes: list[str], arch: dict[str, Any],
-              step: int = 0, tags: dict[str, str] | None = None):
+              step: int = 0, tags: dict[str, str] | None = None, code_paths: list[str] | None = None):
     """Log the evaluated network as an MLflow 3 LoggedModel (`name="model"`): a pyfunc returning
     class probabilities and the predicted class name (`pyfunc.CamClassifier`, logged as code with
     the weights as an artifact). Returns the ModelInfo.
@@ -192,7 +192,8 @@ def log_model(model: torch.nn.Module, example: torch.Tensor, classes: list[str],
     Its requirements are focusml's dependencies, pinned; the focusml package travels with it
     (`code_paths`), so it loads and serves anywhere those install. MLflow gives the model the
     run's params and links it to the run's metrics logged at `step`: pass the evaluated epoch
-    (counted from 1), so the model carries that epoch's validation metrics.
+    (counted from 1), so the model carries that epoch's validation metrics. `code_paths`: more source
+    files to log beside focusml (the file defining your own network: `pyfunc.own_architecture`).
     """
     model = model.cpu().eval()
     x = example.cpu().numpy().astype(np.float32)
@@ -213,7 +214,7 @@ def log_model(model: torch.nn.Module, example: torch.Tensor, classes: list[str],
             input_example=pixels,
             metadata={"input": ACCEPTED, "input_shape": list(x.shape[1:])},
             pip_requirements=requirements(),
-            code_paths=[str(Path(focusml.__file__).parent)],
+            code_paths=[str(Path(focusml.__file__).parent), *(code_paths or [])],
             step=step,
             tags=tags,
             model_type="cnn-classifier",

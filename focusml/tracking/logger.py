@@ -28,6 +28,7 @@ from focusml.figures import CamSeries, confusion_figure, mask_augment_grid, samp
 from focusml.run import RunContext, RunResult
 from focusml.tracking.log import (experiment_name, log_artifact, log_datasets, log_figure, log_final_metrics,
                                   log_image_step, log_metrics, log_model, log_params, log_state_dict, log_table)
+from focusml.tracking.pyfunc import own_architecture
 from focusml.tracking.sources import Source, log_lineage
 from focusml.tracking.store import start_run
 
@@ -105,6 +106,9 @@ class RunLogger(Callbacks):
     def on_batch_end(self, epoch, step, steps, loss):
         self.inner.on_batch_end(epoch, step, steps, loss)
 
+    def on_checkpoint(self, epoch, state):
+        self.inner.on_checkpoint(epoch, state)
+
     def on_epoch_end(self, epoch, metrics, model):
         ctx = self.ctx
         step = epoch_step(epoch)
@@ -118,16 +122,19 @@ class RunLogger(Callbacks):
         result.run_id = self.run_id
         config, data = ctx.config, ctx.data
         selected = int(result.metrics.get("selected_epoch", config.epochs))  # counted from 1
-        if config.log_model:  # first, so the final metrics can name it
+        own, code_paths, why_not = own_architecture(ctx.model) if config.log_model else ({}, [], None)
+        if why_not:
+            result.warnings.append(f"no MLflow model logged (the weights are in checkpoints/): {why_not}")
+        if config.log_model and own is not None:  # first, so the final metrics can name it
             test = data.split("test")
             x, _, _ = test.batch(torch.arange(min(2, len(test))))
             c, h, w = data.image_shape
             info = log_model(ctx.model, x, data.classes,
                              {"model": config.model, "in_channels": c, "num_classes": data.num_classes,
-                              "image_size": max(h, w), "input_shape": [c, h, w]},
+                              "image_size": max(h, w), "input_shape": [c, h, w], **own},
                              step=selected,
                              tags={"focusml.method": config.method, "focusml.dataset": config.dataset,
-                                   "focusml.selected_epoch": str(selected)})
+                                   "focusml.selected_epoch": str(selected)}, code_paths=code_paths)
             self.model_id = info.model_id
             ctx.model.to(ctx.device)
         log_final_metrics(result.metrics, self.model_id, self.datasets, step=selected)

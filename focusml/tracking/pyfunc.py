@@ -15,7 +15,13 @@ and rebuilt from its architecture, so no pickled torch code runs on load;
 
 from __future__ import annotations
 
+import functools
+import importlib
+import inspect
+import json
+import sysconfig
 import warnings
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -50,7 +56,8 @@ class CamClassifier(mlflow.pyfunc.PythonModel):
         self.classes = list(config.get("classes", self.classes))
         self.arch = dict(config.get("arch", self.arch))
         a = self.arch
-        net = build_model(a["model"], a["in_channels"], a["num_classes"], a["image_size"])
+        net = rebuild_own(a) if "own" in a else build_model(a["model"], a["in_channels"], a["num_classes"],
+                                                              a["image_size"])
         net.load_state_dict(torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True))
         self.network = net.eval()
 
@@ -72,6 +79,52 @@ class CamClassifier(mlflow.pyfunc.PythonModel):
 
 
 warnings.showwarning = _show
+
+
+def own_architecture(model: torch.nn.Module) -> tuple[dict[str, Any] | None, list[str], str | None]:
+    """How the logged model rebuilds your own network (`models.Adapted`): (arch entries, source files to log
+    beside focusml, None), or (None, [], why not). A focusml model: ({}, [], None).
+
+    The network is rebuilt at load by calling its builder (`model.code`: a class or function and its keyword
+    arguments; default: the network's class without arguments) from its module, and the weights loaded into
+    it: nothing is pickled. The builder's file travels with the model unless it comes from an installed
+    package (torchvision). Checked here, so a model that would not load is never logged."""
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        return {}, [], None
+    builder, kwargs = model.code or (type(model.network), {})
+    name = getattr(builder, "__qualname__", "")
+    hint = "pass model_code=(class or function, its keyword arguments) that build the network"
+    if "<locals>" in name or not name:
+        return None, [], f"its builder {name or builder!r} is not importable (defined inside a function): {hint}"
+    try:
+        json.dumps(kwargs)
+        fresh = builder(**kwargs).state_dict()
+    except Exception as e:  # a builder that fails or needs arguments: said, not logged
+        return None, [], f"{name}(**{kwargs!r}) failed ({type(e).__name__}: {str(e)[:200]}): {hint}"
+    own = model.network.state_dict()
+    if fresh.keys() != own.keys() or any(fresh[k].shape != own[k].shape for k in own):
+        return None, [], f"{name}(**{kwargs!r}) builds a network with other tensors than the trained one: {hint}"
+    try:
+        path = inspect.getsourcefile(builder) or ""
+    except TypeError:  # no source file (defined in an interactive session or exec'd text)
+        path = ""
+    if not path and builder.__module__.split(".")[0] != "focusml":
+        return None, [], f"{name} has no source file to log with the model (define it in a .py file): {hint}"
+    module = builder.__module__ if builder.__module__ != "__main__" else Path(path).stem
+    installed = any(Path(path).is_relative_to(d) for d in
+                    {sysconfig.get_paths()[k] for k in ("purelib", "platlib")} if path)
+    files = [] if installed or module.split(".")[0] == "focusml" else [path]
+    return {"own": dict(spec), "build": {"module": module, "name": name, "kwargs": dict(kwargs)}}, files, None
+
+
+def rebuild_own(arch: dict[str, Any]) -> torch.nn.Module:
+    """Your own network from a logged model's `arch` (`own_architecture`), wrapped as it was trained."""
+    from focusml.models import Adapted
+
+    build = arch["build"]
+    builder = functools.reduce(getattr, build["name"].split("."), importlib.import_module(build["module"]))
+    return Adapted(builder(**build["kwargs"]), **arch["own"])
 
 
 def _cells(x):

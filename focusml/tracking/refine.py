@@ -24,10 +24,12 @@ from dataclasses import dataclass, field, fields
 from typing import Callable
 
 import mlflow
+import torch
 
 from focusml import FocusmlError, methods
 from focusml.callbacks import Callbacks
 from focusml.config import MaskAugment, RunConfig
+from focusml.data import Dataset
 from focusml.evaluate import SELECTABLE
 from focusml.models import source_kind
 from focusml.run import RunResult
@@ -91,12 +93,14 @@ def _score(result: RunResult, metric: str) -> float:
 
 
 def refine(source: str, options: dict | None = None, *, stages: str = "auto", method: str = "random_crop",
-           callbacks: Callable[[str, RunConfig], Callbacks | None] | None = None) -> Refinement:
+           callbacks: Callable[[str, RunConfig], Callbacks | None] | None = None, data: Dataset | None = None,
+           model: torch.nn.Module | None = None) -> Refinement:
     """Refine SOURCE (a run id, runs:/, models:/ or a local file): head refit, then full refinement.
 
     `options`: flat run options (as `RunConfig.from_flat` takes) over the source run's; the head
     refit's own (`l2`, `copies`) go to stage 1, everything else to both stages (a method's options and the
     schedule to stage 2 only). `callbacks(stage, config)` gives each stage its callbacks (progress bars).
+    `data`, `model`: your own dataset and network (the architecture the source was trained as), for both stages.
     Bad input is refused before any run starts.
     """
     if stages not in STAGES:
@@ -107,16 +111,17 @@ def refine(source: str, options: dict | None = None, *, stages: str = "auto", me
                            f"(e.g. random_crop, pas); '{method}' is not one.")
     setup()
     head_flat, full_flat = stage_configs(source, dict(options or {}), method)
-    head_config = RunConfig.from_flat(head_flat).validate()
-    full_config = RunConfig.from_flat({**full_flat, "init_from": source}).validate() if stages != "head" else None
+    own = {"own_data": data is not None, "own_model": model is not None}
+    head_config = RunConfig.from_flat(head_flat).validate(**own)
+    full_config = RunConfig.from_flat({**full_flat, "init_from": source}).validate(**own) if stages != "head" else None
     out = Refinement(source)
     pick = callbacks or (lambda name, config: None)
-    out.stages["head"] = tracked_run(head_config, callbacks=pick("head", head_config),
+    out.stages["head"] = tracked_run(head_config, callbacks=pick("head", head_config), data=data, model=model,
                                      tags={"focusml.refine_stage": "head", "focusml.refine_of": source})
     out.metric = out.stages["head"].fit.select if out.stages["head"].fit else "last"
     if full_config is not None:
         full_config.init_from = out.stages["head"].run_id
-        out.stages["full"] = tracked_run(full_config, callbacks=pick("full", full_config),
+        out.stages["full"] = tracked_run(full_config, callbacks=pick("full", full_config), data=data, model=model,
                                          tags={"focusml.refine_stage": "full", "focusml.refine_of": source})
         better = _score(out.stages["full"], out.metric) > _score(out.stages["head"], out.metric)
         out.chosen = "full" if stages == "full" or better else "head"

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Callable
 
 import mlflow
+import torch
 
 from focusml import FocusmlError, environment
 from focusml.callbacks import Callbacks
 from focusml.config import RunConfig
+from focusml.data import Dataset
 from focusml.run import RunResult
 from focusml.run import run as run_untracked
 from focusml.tracking.keeper import RESUME_FILE, RunKeeper, RunLock, load_state, run_dir
@@ -28,17 +30,20 @@ from focusml.tracking.store import setup, terminate_run
 
 
 def run(config: RunConfig, *, callbacks: Callbacks | None = None, parent_run_id: str | None = None,
-        tags: dict[str, str] | None = None, checkpoints: bool = True) -> RunResult:
+        tags: dict[str, str] | None = None, checkpoints: bool = True, data: Dataset | None = None,
+        model: torch.nn.Module | None = None) -> RunResult:
     """Train and evaluate one configuration and log everything to MLflow; returns the metrics and run id.
 
     `config.init_from` (a run, a registered model or a file) is resolved here, before any run starts.
     `checkpoints=False`: no resumable state is kept (Optuna trials, which are retried instead).
+    `data`, `model`: your own dataset and network, passed on to the core run (`focusml.run.run`).
     """
-    config.validate()
+    config.validate(own_data=data is not None, own_model=model is not None)
     setup()
     source = resolve(config.init_from) if config.init_from else None
     logger = RunLogger(callbacks, parent_run_id, tags, lineage=source)
-    return run_untracked(config, RunKeeper(logger, checkpoints=checkpoints), init=source.weights if source else None)
+    return run_untracked(config, RunKeeper(logger, checkpoints=checkpoints), init=source.weights if source else None,
+                         data=data, model=model)
 
 
 def resume_config(run_id: str, given: dict | None = None, device: str | None = None) -> tuple[RunConfig, dict]:

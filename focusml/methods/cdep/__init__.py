@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from focusml import FocusmlError
 from focusml.methods.cdep.decomposition import decompose
 from focusml.methods.base import Batch, Method, lam_param
 
@@ -37,8 +38,14 @@ def cdep_penalty(model, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 class ContextualDecompositionPenalty(Method):
     name = "cdep"
     family = "peer"
+    exact_cam = True
     summary = "CDEP (Rieger et al. 2020): penalise the masked region's contextual-decomposition share of the logits"
     params = (lam_param(1.0, "raw penalty, ≈C/2 at initialisation vs CE ≈ ln C"),)
+
+    def check(self, model, data, device) -> None:
+        if not hasattr(model, "pool"):  # `models.Adapted`: a network whose layers the decomposition does not know
+            raise FocusmlError("cdep decomposes focusml's own architectures layer by layer, not your own network; "
+                               "use pas, pasa or rrr_gradcam, or a focusml model (model='resnet18', ...).")
 
     def penalty(self, model, batch: Batch, features, logits) -> torch.Tensor:
         return cdep_penalty(model, batch.x, batch.m)
