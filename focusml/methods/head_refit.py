@@ -173,7 +173,7 @@ class HeadRefit(Method):
             if fast is None:
                 set_head(model, w, b)
             scores = fast(w, b) if fast is not None else evaluator.validation(model)
-            callbacks.on_prepare("head refit: L2 grid", i + 1, len(grid))
+            callbacks.on_prepare("head refit: L2 grid", i, len(grid))
             key = (sign * scores.get(select, math.nan) if select != "last" else 0.0, scores["acc/val"])
             key = tuple(-math.inf if math.isnan(k) else k for k in key)
             if best is None or key >= best[0]:
