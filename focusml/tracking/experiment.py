@@ -5,8 +5,9 @@ The experiment is, in this order: the one named on the command line (`--experime
 `focusml`. MLflow's own client honours the same variables, so `focusml` and `mlflow run` agree.
 
 Every experiment focusml writes to is tagged `mlflow.experimentKind=custom_model_development`
-(unless it already has a kind): the MLflow 3 UI then opens it in the classic ML view (runs,
-charts, models) instead of the GenAI view (traces).
+(unless it already has a kind): MLflow 3's mark of a classic ML experiment (runs, charts, models)
+rather than a GenAI one (traces). The UI (3.17) opens the side the browser last chose whatever the
+tag, so the links focusml prints name the side themselves (`store.ui_page`).
 """
 
 from __future__ import annotations
