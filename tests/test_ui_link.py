@@ -25,10 +25,10 @@ def test_a_database_store_needs_focusml_server_first(tmp_path):
 
 def test_every_page_opens_the_ml_view_the_direct_run_route_cannot():
     """`#/runs/RID` redirects to the run and drops the query, so a run's link names its experiment."""
-    assert ui_page("5", "r") == f"/#/experiments/5/runs/r?{ML}"
-    assert ui_page("5") == f"/#/experiments/5/runs?{ML}"
-    assert ui_page() == f"/#/experiments?{ML}"
-    assert ui_page(run_id="r") == "/#/runs/r"  # the experiment unknown: the best there is
+    assert ui_page("5", "r") == f"#/experiments/5/runs/r?{ML}"
+    assert ui_page("5") == f"#/experiments/5/runs?{ML}"
+    assert ui_page() == f"#/experiments?{ML}"
+    assert ui_page(run_id="r") == "#/runs/r"  # the experiment unknown: the best there is
 
 
 def test_the_link_follows_mlflow_tracking_uri(monkeypatch, tmp_path):

@@ -20,7 +20,7 @@
 """
 
 from focusml.tracking.database import check_connects, is_database, redact, retry_unique, with_driver
-from focusml.tracking.experiment import DEFAULT_EXPERIMENT, resolve_experiment
+from focusml.tracking.experiment import DEFAULT_EXPERIMENT, NOTE_MARKER, NOTE_TAG, resolve_experiment, write_note
 from focusml.tracking.log import (active_run_id, experiment_name, log_artifact, log_artifacts_to, log_datasets,
                                   log_dict, log_figure, log_image_step, log_metrics, log_model, log_params,
                                   log_state_dict, log_table, set_tags)
@@ -42,5 +42,5 @@ __all__ = [
     "check_connects", "check_reachable", "default_uri", "experiment_name", "load_run_data", "load_run_model", "log_artifact", "log_artifacts_to",
     "log_datasets", "log_dict", "log_figure", "log_image_step", "log_metrics", "log_model", "log_params", "log_state_dict",
     "log_table", "predict_files", "register", "register_version", "resolve_experiment", "resolve_source", "resume", "resume_config", "run", "run_dir", "run_info", "redact", "retry_unique",
-    "search_runs", "search_runs_where", "set_tags", "setup", "start_run", "terminate_run", "tracking_uri", "ui_link", "ui_page", "with_driver", "is_database",
+    "search_runs", "search_runs_where", "set_tags", "setup", "start_run", "terminate_run", "tracking_uri", "ui_link", "ui_page", "NOTE_MARKER", "NOTE_TAG", "write_note", "with_driver", "is_database",
 ]

@@ -58,16 +58,17 @@ ML_VIEW = "workflowType=machine_learning"
 
 
 def ui_page(experiment_id: str | None = None, run_id: str | None = None) -> str:
-    """The UI route, in the ML view, of a run (`#/experiments/EID/runs/RID`), of an experiment's runs
-    (`#/experiments/EID/runs`), else of the experiments list. A run without its experiment gets
-    `#/runs/RID`, which the UI redirects to the run in the view the browser last chose."""
+    """The UI's route, in the ML view, of a run (`#/experiments/EID/runs/RID`), of an experiment's runs
+    (`#/experiments/EID/runs`), else of the experiments list; relative, so a link to it in a description
+    works under any server prefix. A run without its experiment gets `#/runs/RID`, which the UI
+    redirects to the run in the view the browser last chose."""
     if run_id and not experiment_id:
-        return f"/#/runs/{run_id}"
+        return f"#/runs/{run_id}"
     if run_id:
-        return f"/#/experiments/{experiment_id}/runs/{run_id}?{ML_VIEW}"
+        return f"#/experiments/{experiment_id}/runs/{run_id}?{ML_VIEW}"
     if experiment_id:
-        return f"/#/experiments/{experiment_id}/runs?{ML_VIEW}"
-    return f"/#/experiments?{ML_VIEW}"
+        return f"#/experiments/{experiment_id}/runs?{ML_VIEW}"
+    return f"#/experiments?{ML_VIEW}"
 
 
 def run_experiment_id(run_id: str, uri: str | None = None) -> str | None:
@@ -95,8 +96,8 @@ def ui_link(run_id: str | None = None, uri: str | None = None, server: str = "fo
     if is_remote(uri):
         parts = urllib.parse.urlsplit(uri)
         base = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query="", fragment=""))
-        return f"open {base.rstrip('/')}{page}"
-    return f"`{server}`, then open {LOCAL_UI}{page}"
+        return f"open {base.rstrip('/')}/{page}"
+    return f"`{server}`, then open {LOCAL_UI}/{page}"
 
 
 #: MLflow's HTTP client limits unless the environment sets them: 15 s per request, 3 retries with
