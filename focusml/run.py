@@ -48,6 +48,7 @@ class RunContext:
 class RunResult:
     metrics: dict[str, float]  # test metrics, `time/epoch_s_mean`, `selected_epoch`, `selected/...`
     run_id: str | None = None  # set by a tracker (`focusml.tracking.RunLogger`)
+    model_uri: str | None = None  # the logged model (`models:/m-ID`), set by a tracker that logged one
     history: list[dict[str, float]] = field(default_factory=list)  # per-epoch metrics
     model: torch.nn.Module | None = None  # the evaluated model: the checkpoint `--select` chose
     fit: FitResult | None = None  # the loop's outcome: history, the selected epoch and its state

@@ -238,7 +238,7 @@ def test_train_refine_and_load_own_network(build, splits, tracking_env, tmp_path
         assert client.get_run(stage.run_id).info.status == "FINISHED"
     kept = refined.result
 
-    loaded = mlflow.pyfunc.load_model(f"runs:/{kept.run_id}/model")
+    loaded = mlflow.pyfunc.load_model(kept.model_uri)
     pngs = write_pngs(test, tmp_path / "pngs")
     out = loaded.predict(pngs)
     assert list(out.columns) == ["left", "right", "prediction"] and len(out) == 4
@@ -247,7 +247,7 @@ def test_train_refine_and_load_own_network(build, splits, tracking_env, tmp_path
         probs = torch.softmax(kept.model.cpu().eval()(x), 1).numpy()
     assert np.allclose(out[["left", "right"]].to_numpy(), probs, atol=1e-4)
     if build is TinyNet:  # in a fresh process, the class comes from the file logged with the model
-        code = (f"import mlflow; m = mlflow.pyfunc.load_model('runs:/{kept.run_id}/model'); "
+        code = (f"import mlflow; m = mlflow.pyfunc.load_model('{kept.model_uri}'); "
                 f"print(m.predict({pngs!r})['prediction'].tolist())")
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-2000:]

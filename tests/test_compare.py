@@ -145,3 +145,19 @@ def test_cli_compare_prints_one_table_per_dataset(experiment, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["compare", "--experiment", f"missing-{uuid.uuid4().hex[:8]}"])
     assert exit_info.value.code == 2
+
+
+def test_report_writes_the_table_into_the_experiments_description_below_the_users_text(experiment, tmp_path):
+    from focusml.tracking import NOTE_MARKER, NOTE_TAG
+
+    client = mlflow.MlflowClient()
+    eid = client.get_experiment_by_name(experiment).experiment_id
+    client.set_experiment_tag(eid, NOTE_TAG, "Written by hand: **keep**.")
+    for _ in range(2):  # a second comparison replaces focusml's section, it does not add one
+        _, _, run_id = report(experiment, out_dir=tmp_path)
+    note = client.get_experiment(eid).tags[NOTE_TAG]
+    assert note.startswith("Written by hand: **keep**.\n\n" + NOTE_MARKER) and note.count(NOTE_MARKER) == 1
+    assert note.count("**focusml compare**") == 1 and "#### decoy-digits" in note and "#### other-set" in note
+    assert f"#/experiments/{eid}/runs/{run_id}?workflowType=machine_learning" in note  # the comparison run, the newest
+    assert f"run_uuid={run_id})" in note  # its chart
+    assert re.search(r"\| pas lam=10\.0 +\| 0\.625 ± 0\.035 +\| 75% \(2\)", note)

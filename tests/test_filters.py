@@ -15,6 +15,7 @@ from focusml.data import Split
 from focusml.analysis.filters import Report, analyse, match_filters, receptive_field, write_report
 from focusml.analysis.filters.report import filter_figure, shares_figure
 from focusml.models import small_cnn
+from focusml.tracking.predict import model_uri
 
 N, S = 96, 28
 
@@ -190,7 +191,7 @@ def test_filters_cli_end_to_end(tracking_env, tmp_path, capsys, monkeypatch, tin
 
     # the logged MLflow model (a models-from-code pyfunc holding the network) and the checkpoint give
     # the same network (load_run_model reads the checkpoint's weights only)
-    a = mlflow.pyfunc.load_model(f"runs:/{rid}/model").unwrap_python_model().network.state_dict()
+    a = mlflow.pyfunc.load_model(model_uri(rid)).unwrap_python_model().network.state_dict()
     b = load_run_model(rid).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

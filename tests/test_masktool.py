@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import threading
 import urllib.error
 import urllib.request
@@ -233,25 +232,7 @@ def test_cam_endpoint_returns_min_max_scaled_cam(dataset):
     assert np.abs(cam.astype(int) - want).max() <= 1
 
 
-# ---- the page in headless Chromium ----------------------------------------------------------------
-
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("browser tests need the `playwright` Python package (pip install -e '.[dev]')")
-    exe = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
-    if exe is None:
-        pytest.skip("browser tests need Debian's `chromium` package (apt-get install chromium)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+# ---- the page in headless Chromium (the `browser` fixture: conftest.py) ---------------------------
 
 
 @pytest.fixture

@@ -49,7 +49,8 @@ def test_cli_trains_a_baseline_on_a_folder_without_masks_and_says_how_it_selecte
     assert "Warning: no validation image of dataset 'folder' has a mask, so --select auto evaluated the last " \
            "epoch" in res.stderr
     r = the_run("no-masks", "baseline")
-    assert f"See it in the UI: open {tracking_env}/#/runs/{r.info.run_id}" in res.stderr  # the real server
+    link = f"{tracking_env}/#/experiments/{r.info.experiment_id}/runs/{r.info.run_id}?workflowType=machine_learning"
+    assert f"See it in the UI: open {link}" in res.stderr  # the real server, its ML view
     assert r.info.status == "FINISHED" and r.data.params["cf_images_val"] == "0"
     assert "--select auto evaluated the last epoch" in r.data.tags["focusml.warning"]
     # a method that learns from masks has nothing to learn from: refused in one line, no run left behind

@@ -15,6 +15,7 @@ from PIL import Image
 from focusml import FocusmlError
 from focusml.data import DataOptions, load
 from focusml.preprocess import ACCEPTED
+from focusml.tracking.predict import model_uri
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def trained(mlflow_server, make_folder, tiny_config, tmp_path_factory):
 
 
 def _load(rid):
-    return mlflow.pyfunc.load_model(f"runs:/{rid}/model")
+    return mlflow.pyfunc.load_model(model_uri(rid))  # the run's logged model, named after the run
 
 
 def test_the_logged_model_predicts_from_files_bytes_and_arrays_as_training_saw_them(trained):

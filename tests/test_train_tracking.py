@@ -62,7 +62,10 @@ def test_cli_train_logs_everything(tracking_env, cli_env, tmp_path):
                        weights_only=True)
     assert "classifier.weight" in state
     assert {i.dataset.name for i in r.inputs.dataset_inputs} == {"decoy-digits-train", "decoy-digits-val", "decoy-digits-test"}
-    pyfunc = mlflow.pyfunc.load_model(f"runs:/{r.info.run_id}/model")
+    # the LoggedModel is named after its run (the UI's model lists say which run each is); runs:/ID/NAME loads it
+    assert r.info.run_name == "baseline-decoy-digits-s3"
+    assert client.get_logged_model(r.outputs.model_outputs[0].model_id).name == r.info.run_name
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{r.info.run_id}/{r.info.run_name}")
     assert pyfunc.metadata.signature is not None
     assert pyfunc.predict(np.random.rand(1, 1, 28, 28).astype(np.float32)).shape == (1, 11)  # 10 classes + prediction
     network = pyfunc.unwrap_python_model().network  # the torch module, CAM-capable

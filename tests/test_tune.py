@@ -241,3 +241,28 @@ def test_pruner_stops_a_bad_trial_and_resuming_adds_trials(tracking_env, tmp_pat
     assert mlflow.get_run(again.parent_run_id).data.params["trials_before"] == "2"
     with pytest.raises(FocusmlError, match="already exists with directions"):
         run_study(spec_of(tmp_path, name="pruning", objectives=["acc/val", "wr/val"]), n_trials=1, storage=storage)
+
+
+@pytest.mark.slow
+def test_a_trial_whose_run_warns_is_not_reported_as_best(tracking_env, tmp_path):
+    """The trial that cannot learn (lr 1e-7: chance accuracy) keeps its run's warning and is not chosen, even
+    on an objective a dead network does well on (flip/val: a constant prediction never flips); where it
+    scored better, the study says it passed it over."""
+    from focusml.tune.results import WARNING_ATTR
+
+    spec = spec_of(tmp_path, name="unhealthy", fixed={"epochs": 1, "batch_size": 8, "device": "cpu", "log_model": False},
+                   search={"lr": [0.01, 1e-7]}, enqueue=[{"lr": 0.01}, {"lr": 1e-7}], objectives=["flip/val"],
+                   n_trials=2)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    result = run_study(spec, storage=storage)
+    healthy, dead = optuna.load_study(study_name="unhealthy", storage=storage).trials
+    assert "chance accuracy" in dead.user_attrs[WARNING_ATTR] and WARNING_ATTR not in healthy.user_attrs
+    assert mlflow.get_run(dead.user_attrs["mlflow_run_id"]).data.tags["focusml.warning"] == dead.user_attrs[WARNING_ATTR]
+    assert result.best.number == healthy.number and result.best.warning is None
+    parent = mlflow.get_run(result.parent_run_id)
+    assert parent.data.tags["best.run_id"] == healthy.user_attrs["mlflow_run_id"]
+    if dead.value < healthy.value:  # the dead network scored better: passed over, and said so
+        assert len(result.notes) == 1 and result.notes[0].startswith(f"trial #{dead.number} scored better")
+        assert "passed over" in parent.data.tags["focusml.warning"]
+    else:
+        assert result.notes == [] and "focusml.warning" not in parent.data.tags

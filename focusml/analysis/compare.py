@@ -6,7 +6,8 @@ count and how they are paired), and warns where the comparison misleads (`warnin
 baseline → upper-bound gap, runs trained with different settings). `write_report` writes the
 table as Markdown and CSV and a chart (accuracy and the shortcut metrics, error bars over
 seeds); `log_report` logs the three as artifacts of a comparison run (tagged so it is never
-compared itself); `report` does all three.
+compared itself); `write_note` puts the table, the best method and the chart into the experiment's
+description, which the MLflow UI shows on the experiment page; `report` does them all.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from pathlib import Path
 import pandas as pd
 
 from focusml import FocusmlError, tracking
-from focusml.analysis.summary import (AUGMENT_DEFAULTS, COLUMNS, COMPARISON_TAG, PAIR_ON, display_rows, summarise,
-                                      tidy_runs, to_markdown)
+from focusml.analysis.summary import (AUGMENT_DEFAULTS, COLUMNS, COMPARISON_TAG, PAIR_ON, display_rows, markdown_table,
+                                      summarise, tidy_runs, to_markdown)
 from focusml.figures import close, plt
 
 __all__ = ["AUGMENT_DEFAULTS", "COLUMNS", "COMPARISON_TAG", "PAIR_ON", "PANELS", "bar_chart", "chart", "compare",
-           "display_rows", "load_runs", "log_report", "report", "summarise", "tidy_runs", "to_markdown",
-           "warnings_for", "write_report"]
+           "display_rows", "load_runs", "log_report", "note_markdown", "report", "summarise", "tidy_runs",
+           "to_markdown", "warnings_for", "write_note", "write_report"]
 
 
 #: settings that must match for runs to be compared fairly (the method's own options excepted)
@@ -86,6 +87,7 @@ def _compare(experiment: str | None, dataset: str | None, include_children: bool
     table = summarise(runs)
     table.attrs["warnings"] = warnings_for(table, raw, runs)
     table.attrs["experiment"] = experiment
+    table.attrs["experiment_id"] = str(raw["experiment_id"].iloc[0])
     return table, runs
 
 
@@ -154,11 +156,30 @@ def chart(table: pd.DataFrame, runs: pd.DataFrame | None = None):
             if col in ("acc", "acc_cf", "flip", "ev"):
                 ax.set_ylim(0, 1.05)
             ax.set_ylabel(f"{metric} ({better})", fontsize=9)
-            ax.set_xticks(list(x), labels, rotation=30 if len(labels) > 3 else 0, ha="right" if len(labels) > 3 else "center",
-                          fontsize=9)
+            ax.set_xticks(list(x), labels, fontsize=9)
     fig.suptitle("focusml compare: mean over runs (seeds), error bars one sample std, n = runs", fontsize=12)
     fig.tight_layout()
+    if _upright_where_crowded(fig):
+        fig.tight_layout()
     return fig
+
+
+def _clash(labels) -> bool:
+    """Whether any two of the drawn tick labels overlap."""
+    boxes = [t.get_window_extent() for t in labels if t.get_text()]
+    return any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def _upright_where_crowded(fig) -> bool:
+    """Turn the x labels of every panel where two of them overlap by 90° (each then needs only its line
+    height, which the panel width leaves room for: about 0.5 inch a bar); True if any was turned."""
+    fig.canvas.draw()
+    turned = False
+    for ax in fig.axes:
+        if _clash(ax.get_xticklabels()):
+            ax.tick_params(axis="x", labelrotation=90)
+            turned = True
+    return turned
 
 
 def bar_chart(table: pd.DataFrame):
@@ -198,12 +219,67 @@ def log_report(table: pd.DataFrame, paths: dict[str, Path], experiment: str, dat
         return active.info.run_id
 
 
+def _best(g: pd.DataFrame) -> str | None:
+    """`name (acc/test, gap closed)` of the refinement method (not a reference) with the highest mean acc/test."""
+    methods = g[~g["method"].isin(("baseline", "upper_bound"))]
+    if not methods["acc/test mean"].notna().any():
+        return None
+    best = methods.loc[methods["acc/test mean"].idxmax()]
+    gap = "" if pd.isna(best["gap_closed"]) else f", {100 * best['gap_closed']:.0f}% of the gap closed"
+    name = " ".join(filter(None, (best["method"], best["settings"])))
+    return f"**{name}** (acc/test {best['acc/test mean']:.3f}{gap})"
+
+
+def note_markdown(table: pd.DataFrame, runs: pd.DataFrame, experiment_id: str, comparison_run: str | None = None,
+                  links: bool = True) -> str:
+    """focusml's section of the experiment's description (Markdown, which the MLflow UI shows above the runs):
+    first line, the best refinement method per dataset (the UI shows only that line until expanded); then per
+    dataset method, acc/test, gap closed and acc/test_cf with a link to each run (`links=False`: the run count
+    instead, for a comparison too long with them), and the comparison run's chart."""
+    groups = list(table.groupby("dataset", sort=False))
+    best = [f"on {dataset} {b}" for dataset, g in groups if (b := _best(g))]
+    parts = ["**focusml compare**, best where the shortcut is broken: " + "; ".join(best) if best else
+             "**focusml compare**: no refinement method compared yet, only the references."]
+    if comparison_run:
+        page = tracking.ui_page(experiment_id, comparison_run)
+        parts.append(f"From the comparison run [{comparison_run[:8]}]({page}) (its files: Artifacts → comparison); "
+                     "gap closed: the share of the baseline → upper-bound accuracy gap a method closes.")
+    for dataset, g in groups:
+        r = runs[runs["dataset"] == dataset].sort_values("seed", key=lambda x: pd.to_numeric(x, errors="coerce"))
+        rows = []
+        for (_, row), shown in zip(g.iterrows(), display_rows(g)):
+            mine = r[(r["method"] == row["method"]) & (r["settings"] == row["settings"])]
+            run_links = " ".join(f"[{f's{seed}' if seed else rid[:8]}]({tracking.ui_page(experiment_id, rid)})"
+                                 for rid, seed in zip(mine["run_id"], mine["seed"]))
+            rows.append({"method": " ".join(filter(None, (row["method"], row["settings"]))),
+                         "acc/test": shown["acc/test"], "gap closed (paired)": shown["gap closed (paired)"],
+                         "acc/test_cf": shown["acc/test_cf"], "runs": run_links if links else shown["runs"]})
+        parts += [f"#### {dataset}", markdown_table(rows)]
+    if table.attrs.get("warnings"):
+        parts.append("**Warnings**\n\n" + "\n".join(f"- {w}" for w in table.attrs["warnings"]))
+    if comparison_run:  # the UI serves a run's artifacts at get-artifact, relative to its own address
+        parts.append(f"![comparison chart](get-artifact?path=comparison%2Fcomparison.png&run_uuid={comparison_run})")
+    return "\n\n".join(parts) + "\n"
+
+
+def write_note(table: pd.DataFrame, runs: pd.DataFrame, comparison_run: str | None = None) -> str:
+    """Write `note_markdown` into the experiment's description (`mlflow.note.content`), below the user's
+    text, replacing focusml's previous section; without the run links if they make it too long."""
+    eid = table.attrs["experiment_id"]
+    return tracking.write_note(eid, note_markdown(table, runs, eid, comparison_run),
+                               note_markdown(table, runs, eid, comparison_run, links=False))
+
+
 def report(experiment: str | None = None, dataset: str | None = None, out_dir: str | Path | None = None,
            log: bool = True, include_children: bool = False) -> tuple[pd.DataFrame, dict[str, Path], str | None]:
-    """compare → write_report → log_report; returns (table, paths, comparison run id or None)."""
+    """compare → write_report → log_report → write_note (the table in the experiment's description);
+    returns (table, paths, comparison run id or None). `log=False` writes the files only."""
     table, runs = _compare(experiment, dataset, include_children)
     if out_dir is None:
         out_dir = Path(tempfile.mkdtemp(prefix="focusml-compare-"))
     paths = write_report(table, out_dir, runs)
-    run_id = log_report(table, paths, table.attrs["experiment"], dataset) if log else None
+    run_id = None
+    if log:
+        run_id = log_report(table, paths, table.attrs["experiment"], dataset)
+        write_note(table, runs, run_id)
     return table, paths, run_id

@@ -14,7 +14,8 @@ from focusml.cli._common import echo_table
 @click.option("--out", "out_dir", default="comparison", show_default=True, type=click.Path(file_okay=False),
               help="folder for comparison.md, comparison.csv and comparison.png")
 @click.option("--log/--no-log", default=True, show_default=True,
-              help="log the three files as artifacts of a comparison run in the same experiment")
+              help="log the three files as artifacts of a comparison run in the same experiment, and write the "
+                   "table into the experiment's description")
 @click.option("--children/--no-children", default=False, show_default=True,
               help="also compare nested runs (e.g. Optuna trials, one row per λ tried)")
 def compare(experiment, dataset, out_dir, log, children):
@@ -47,3 +48,5 @@ def compare(experiment, dataset, out_dir, log, children):
         click.echo(f"{kind}: {path}")
     if run_id:
         click.echo(f"comparison run_id: {run_id}")
+        click.echo(f"The table is in the experiment's description: "
+                   f"{tracking.ui_link(experiment_id=table.attrs['experiment_id'])}", err=True)

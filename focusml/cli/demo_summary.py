@@ -34,8 +34,10 @@ def main(experiment: str) -> None:
             row["gap closed"] = f"{float(gap_closed(row['acc/test'], acc['baseline'], acc['upper_bound'])):.0%}"
     click.echo("\nResults on decoy-digits (test = shortcut broken; acc/test_cf: validation-free counterfactual accuracy):")
     echo_table(rows, ["method", "acc/test", "gap closed", *COLUMNS[1:], "run_id"])
-    click.echo(f"\nOpen the MLflow UI: {tracking.ui_link(server='.venv/bin/focusml server')} "
-               f"(experiment '{experiment}': CAM grids under Artifacts → figures, per-epoch grids in the image tab).")
+    eid = runs["experiment_id"].iloc[0] if len(runs) else None
+    link = tracking.ui_link(server=".venv/bin/focusml server", experiment_id=eid)
+    click.echo(f"\nOpen the MLflow UI: {link} (experiment '{experiment}': a run's CAM grids under Artifacts → "
+               "figures, its per-epoch grid `cam_grid_val` on the Model metrics tab, step slider below it).")
 
 
 if __name__ == "__main__":

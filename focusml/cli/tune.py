@@ -103,6 +103,8 @@ def tune(study_file, n_trials, study_name, storage, workers, register, overrides
             row["trial"] = f"{t.number} (chosen)"
         rows.append(row)
     echo_table(rows)
+    for note in result.notes:  # a trial that warns is never reported as best without saying so
+        click.secho(f"Warning: {note}", fg="yellow", err=True)
     if result.skipped:
         click.echo(f"figures skipped: {', '.join(f'{k} ({v})' for k, v in result.skipped.items())}", err=True)
     click.echo(f"parent_run_id: {result.parent_run_id}")

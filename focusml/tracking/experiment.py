@@ -5,8 +5,9 @@ The experiment is, in this order: the one named on the command line (`--experime
 `focusml`. MLflow's own client honours the same variables, so `focusml` and `mlflow run` agree.
 
 Every experiment focusml writes to is tagged `mlflow.experimentKind=custom_model_development`
-(unless it already has a kind): the MLflow 3 UI then opens it in the classic ML view (runs,
-charts, models) instead of the GenAI view (traces).
+(unless it already has a kind): MLflow 3's mark of a classic ML experiment (runs, charts, models)
+rather than a GenAI one (traces). The UI (3.17) opens the side the browser last chose whatever the
+tag, so the links focusml prints name the side themselves (`store.ui_page`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import mlflow
 from mlflow.entities import Experiment
 
+from focusml import FocusmlError
 from focusml.tracking.database import retry_unique
 
 DEFAULT_EXPERIMENT = "focusml"
@@ -54,3 +56,32 @@ def mark_kind(experiment_id: str, tags: dict | None = None) -> None:
     if KIND_TAG not in (tags or {}):
         # runs starting together on a new experiment all add the tag: made again if it lost the race
         retry_unique(lambda: mlflow.MlflowClient().set_experiment_tag(experiment_id, KIND_TAG, KIND))
+
+
+#: The experiment tag MLflow shows, as Markdown, as the experiment's description.
+NOTE_TAG = "mlflow.note.content"
+#: Where focusml's own section of a description starts: what is above it is the user's and kept.
+NOTE_MARKER = "<!-- focusml: everything below this line is rewritten by `focusml compare`; write above it -->"
+NOTE_LIMIT = 20000  # MLflow's limit on an experiment tag's value
+
+
+def merge_note(note: str | None, section: str) -> str:
+    """The description `note` with focusml's section (below `NOTE_MARKER`) replaced by `section`; the
+    text above the marker (all of a note without one) kept as the user wrote it."""
+    own = (note or "").split(NOTE_MARKER, 1)[0].rstrip()
+    return "\n\n".join(p for p in (own, NOTE_MARKER, section.strip()) if p) + "\n"
+
+
+def write_note(experiment_id: str, *sections: str) -> str:
+    """Put the first of `sections` (Markdown, longest form first) that fits MLflow's limit into the
+    experiment's description as focusml's part (`merge_note`); returns the description written.
+    FocusmlError when none fits (the user's text above the marker is too long)."""
+    client = mlflow.MlflowClient()
+    current = client.get_experiment(experiment_id).tags.get(NOTE_TAG)
+    for section in sections:
+        note = merge_note(current, section)
+        if len(note) <= NOTE_LIMIT:
+            client.set_experiment_tag(experiment_id, NOTE_TAG, note)
+            return note
+    raise FocusmlError(f"experiment {experiment_id}'s description would exceed MLflow's {NOTE_LIMIT} characters; "
+                       "shorten the text above focusml's section")

@@ -183,11 +183,18 @@ def requirements() -> list[str]:
     return [f"{name}=={v}" for name, v in pins.items()]
 
 
+def model_name(run_name: str | None) -> str:
+    """A LoggedModel's name from its run's (`pas-decoy-digits-s0`): the UI's model lists then say which run
+    each model is. MLflow refuses / : . % " ' in the name, each run of them becomes "-"; "model" if none is left."""
+    return re.sub(r"[/:.%\"']+", "-", run_name or "").strip("-") or "model"
+
+
 def log_model(model: torch.nn.Module, example: torch.Tensor, classes: list[str], arch: dict[str, Any],
-              step: int = 0, tags: dict[str, str] | None = None, code_paths: list[str] | None = None):
-    """Log the evaluated network as an MLflow 3 LoggedModel (`name="model"`): a pyfunc returning
-    class probabilities and the predicted class name (`pyfunc.CamClassifier`, logged as code with
-    the weights as an artifact). Returns the ModelInfo.
+              step: int = 0, tags: dict[str, str] | None = None, code_paths: list[str] | None = None,
+              name: str = "model"):
+    """Log the evaluated network as an MLflow 3 LoggedModel named `name` (`model_name`: its run's name;
+    `runs:/RUN_ID/NAME` loads it): a pyfunc returning class probabilities and the predicted class name
+    (`pyfunc.CamClassifier`, logged as code with the weights as an artifact). Returns the ModelInfo.
 
     Its requirements are focusml's dependencies, pinned; the focusml package travels with it
     (`code_paths`), so it loads and serves anywhere those install. MLflow gives the model the
@@ -206,7 +213,7 @@ def log_model(model: torch.nn.Module, example: torch.Tensor, classes: list[str],
         weights = Path(tmp) / "weights.pt"
         torch.save(model.state_dict(), weights)
         info = mlflow.pyfunc.log_model(
-            name="model",
+            name=name,
             python_model=str(Path(__file__).with_name("pyfunc_model.py")),  # models from code: nothing pickled
             model_config={"classes": list(classes), "arch": dict(arch)},
             artifacts={"weights": str(weights)},

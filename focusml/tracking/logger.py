@@ -6,8 +6,8 @@ augmentation is on) its examples and the untrained network's CAM grid (step 0); 
 its metrics (one batch) and a CAM grid of fixed validation images as an image step series, at step =
 epoch counted from 1 (as the progress bar counts): every epoch, or every `cam_every` epochs and
 always the first and the last (the figure is made once and redrawn, `figures.CamSeries`);
-the end logs the model (an MLflow 3 LoggedModel, at the evaluated epoch's step, so it carries
-that epoch's validation metrics), the final metrics linked to it and to their split's dataset, the figures, the per-image test predictions as a table and the checkpoints.
+the end logs the model (an MLflow 3 LoggedModel named after the run, at the evaluated epoch's step,
+so it carries that epoch's validation metrics), the final metrics linked to it and to their split's dataset, the figures, the per-image test predictions as a table and the checkpoints.
 Progress hooks are passed on to `inner` (the CLI's progress lines, an Optuna trial), after the
 logging, so a pruned trial's last epoch is logged before it stops.
 """
@@ -27,7 +27,8 @@ from focusml.evaluate import Predictions
 from focusml.figures import CamSeries, confusion_figure, mask_augment_grid, sample_indices, split_cam_grid
 from focusml.run import RunContext, RunResult
 from focusml.tracking.log import (experiment_name, log_artifact, log_datasets, log_figure, log_final_metrics,
-                                  log_image_step, log_metrics, log_model, log_params, log_state_dict, log_table)
+                                  log_image_step, log_metrics, log_model, log_params, log_state_dict, log_table,
+                                  model_name)
 from focusml.tracking.pyfunc import own_architecture
 from focusml.tracking.sources import Source, log_lineage
 from focusml.tracking.store import start_run
@@ -54,6 +55,7 @@ class RunLogger(Callbacks):
         self.resume_id = run_id  # continue this run (`focusml train --resume`): its inputs are already logged
         self.lineage = lineage  # --init-from: its tags go on the run, its logged model becomes an input
         self.run_id: str | None = None
+        self.run_name: str | None = None  # as the store has it (a resumed or adopted run keeps its own)
         self.model_id: str | None = None
         self.ctx: RunContext | None = None
         self.sample: torch.Tensor | None = None
@@ -68,7 +70,7 @@ class RunLogger(Callbacks):
         name = config.run_name or f"{config.method}-{config.dataset}-s{config.seed}"
         with start_run(config.experiment, name, parent_run_id=self.parent_run_id, tags=tags,
                        run_id=self.resume_id, system_metrics=config.system_metrics) as active:
-            self.run_id, self.ctx = active.info.run_id, ctx
+            self.run_id, self.run_name, self.ctx = active.info.run_id, active.info.run_name or name, ctx
             fingerprint = data.fingerprint
             log_params({**config.to_params(), "experiment": experiment_name(active.info.experiment_id),
                         "dataset_fingerprint": fingerprint})
@@ -132,10 +134,11 @@ class RunLogger(Callbacks):
             info = log_model(ctx.model, x, data.classes,
                              {"model": config.model, "in_channels": c, "num_classes": data.num_classes,
                               "image_size": max(h, w), "input_shape": [c, h, w], **own},
-                             step=selected,
+                             step=selected, name=model_name(self.run_name),
                              tags={"focusml.method": config.method, "focusml.dataset": config.dataset,
                                    "focusml.selected_epoch": str(selected)}, code_paths=code_paths)
             self.model_id = info.model_id
+            result.model_uri = f"models:/{info.model_id}"
             ctx.model.to(ctx.device)
         log_final_metrics(result.metrics, self.model_id, self.datasets, step=selected)
         _log_final_artifacts(ctx, result)

@@ -21,12 +21,19 @@ CHUNK = 256  # images decoded and predicted at a time
 
 
 def model_uri(source: str) -> str:
-    """A bare run id means its logged model (`runs:/ID/model`); anything else is an MLflow model URI or folder."""
-    return f"runs:/{source}/model" if re.fullmatch(r"[0-9a-f]{32}", source) else source
+    """A bare run id, or `runs:/ID/model`, means the run's logged model (`models:/m-…`: it is named after its run,
+    and was named `model` before); anything else is an MLflow model URI or folder. Needs tracking set up."""
+    match = re.fullmatch(r"(runs:/)?([0-9a-f]{32})(/model)?/?", source)
+    if not match or bool(match.group(1)) != bool(match.group(3)):
+        return source
+    run = mlflow.MlflowClient().get_run(match.group(2))
+    outputs = run.outputs.model_outputs if run.outputs else []
+    return f"models:/{outputs[0].model_id}" if outputs else f"runs:/{match.group(2)}/model"
 
 
 def load_classifier(source: str) -> mlflow.pyfunc.PyFuncModel:
-    """The focusml model at `source` (run id, runs:/ID/model, models:/NAME@ALIAS, models:/m-ID, a model folder);
+    """The focusml model at `source` (run id, runs:/ID/model or runs:/ID/RUN_NAME, models:/NAME@ALIAS, models:/m-ID,
+    a model folder);
     FocusmlError in one line when it cannot be loaded or is not a focusml classifier."""
     uri = setup()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the table is the output

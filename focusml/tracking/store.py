@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 import mlflow
+from mlflow.exceptions import MlflowException
 
 from focusml import FocusmlError, RunFailed, environment
 from focusml.tracking.database import check_sqlite_file, is_database, redact, with_driver
@@ -50,21 +51,53 @@ def tracking_uri() -> str:
 #: Where `focusml server` serves the UI by default.
 LOCAL_UI = "http://127.0.0.1:5000"
 
+#: The query that opens the MLflow 3 web app on its classic ML side ("Model training": runs, charts, models).
+#: Without it a browser that never chose a side opens the GenAI one, whatever the experiment's kind tag
+#: says; the app reads it on every page but drops it when `#/runs/ID` redirects, hence experiment routes.
+ML_VIEW = "workflowType=machine_learning"
 
-def ui_link(run_id: str | None = None, uri: str | None = None, server: str = "focusml server") -> str:
-    """How to see the runs of `uri` (default: the tracking URI) in the MLflow UI, as a phrase to print.
+
+def ui_page(experiment_id: str | None = None, run_id: str | None = None) -> str:
+    """The UI's route, in the ML view, of a run (`#/experiments/EID/runs/RID`), of an experiment's runs
+    (`#/experiments/EID/runs`), else of the experiments list; relative, so a link to it in a description
+    works under any server prefix. A run without its experiment gets `#/runs/RID`, which the UI
+    redirects to the run in the view the browser last chose."""
+    if run_id and not experiment_id:
+        return f"#/runs/{run_id}"
+    if run_id:
+        return f"#/experiments/{experiment_id}/runs/{run_id}?{ML_VIEW}"
+    if experiment_id:
+        return f"#/experiments/{experiment_id}/runs?{ML_VIEW}"
+    return f"#/experiments?{ML_VIEW}"
+
+
+def run_experiment_id(run_id: str, uri: str | None = None) -> str | None:
+    """The experiment of run `run_id` on the store `uri` (default: MLflow's); None where the store cannot
+    say, so that a link stays printable."""
+    try:
+        return mlflow.MlflowClient(tracking_uri=uri or mlflow.get_tracking_uri()).get_run(run_id).info.experiment_id
+    except (MlflowException, OSError):
+        return None
+
+
+def ui_link(run_id: str | None = None, uri: str | None = None, server: str = "focusml server",
+            experiment_id: str | None = None) -> str:
+    """How to see a run (or an experiment's runs, or every experiment) of `uri` (default: the tracking URI)
+    in the MLflow UI, as a phrase to print; the page opens in the classic ML view (`ui_page`).
 
     An http(s) URI is the UI itself: "open URL" (credentials left out). Any other store (SQLite,
-    PostgreSQL) needs a server first: "`focusml server`, then open http://127.0.0.1:5000". With
-    `run_id`, the link is the run's page.
+    PostgreSQL) needs a server first: "`focusml server`, then open http://127.0.0.1:5000/...". A run's
+    experiment, unless given, is asked of the store.
     """
+    if run_id and not experiment_id:
+        experiment_id = run_experiment_id(run_id, uri)
     uri = uri or tracking_uri()
-    page = f"/#/runs/{run_id}" if run_id else ""
+    page = ui_page(experiment_id, run_id)
     if is_remote(uri):
         parts = urllib.parse.urlsplit(uri)
         base = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query="", fragment=""))
-        return f"open {base.rstrip('/')}{page}"
-    return f"`{server}`, then open {LOCAL_UI}{page}"
+        return f"open {base.rstrip('/')}/{page}"
+    return f"`{server}`, then open {LOCAL_UI}/{page}"
 
 
 #: MLflow's HTTP client limits unless the environment sets them: 15 s per request, 3 retries with

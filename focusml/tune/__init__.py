@@ -27,7 +27,7 @@ several processes), `results` (the outcome and the chosen trial), `report` (what
 logs) and `study` (`run_study`, which ties them together).
 """
 
-from focusml.tune.results import StudyResult, TrialRecord, choose
+from focusml.tune.results import StudyResult, TrialRecord, choose, choose_trial
 from focusml.tune.spec import OBJECTIVES, PARAM_TYPES, PRUNERS, SAMPLERS, TOP_KEYS, Objective, SearchParam, StudySpec
 from focusml.tune.storage import DEFAULT_JOURNAL, DEFAULT_SQLITE, open_storage
 from focusml.tune.study import run_study
@@ -37,5 +37,5 @@ from focusml.tune.trials import TrialCallbacks, TrialPruned, objective_values
 __all__ = [
     "DEFAULT_JOURNAL", "DEFAULT_SQLITE", "OBJECTIVES", "PARAM_TYPES", "PRUNERS", "SAMPLERS", "TOP_KEYS",
     "Objective", "SearchParam", "StudyResult", "StudySpec", "TrialCallbacks", "TrialPruned", "TrialRecord",
-    "choose", "load_spec", "objective_values", "open_storage", "parse_spec", "run_study",
+    "choose", "choose_trial", "load_spec", "objective_values", "open_storage", "parse_spec", "run_study",
 ]

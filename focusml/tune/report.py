@@ -13,7 +13,7 @@ from optuna.visualization import matplotlib as ovm
 import focusml.figures  # noqa: F401  (selects matplotlib's Agg backend before Optuna draws)
 from focusml import tracking
 from focusml.tune.recovery import CALL_ATTR
-from focusml.tune.results import StudyResult, TrialRecord, choose
+from focusml.tune.results import StudyResult, TrialRecord, choose_trial
 from focusml.tune.spec import SearchParam, StudySpec
 
 
@@ -46,11 +46,12 @@ def this_call(trials: list[optuna.trial.FrozenTrial], parent_id: str) -> int:
 def summarise(study: optuna.Study, spec: StudySpec, name: str, shown: str, parent_id: str) -> StudyResult:
     """Log the study's outcome on the parent run and return it."""
     trials = study.get_trials(deepcopy=False)
-    best = choose(study, spec)
+    best, notes = choose_trial(trials, spec.directions)
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     pareto = (study.best_trials if spec.multi else [best]) if best else []
     result = StudyResult(name, shown, parent_id, [o.metric for o in spec.objectives], [TrialRecord.of(t) for t in trials],
                          this_call(trials, parent_id), TrialRecord.of(best) if best else None, [TrialRecord.of(t) for t in pareto])
+    result.notes = notes
     counts = {f"trials/{s.lower()}": float(result.count(s)) for s in ("COMPLETE", "PRUNED", "FAIL")}
     tracking.log_metrics({**counts, "trials/total": float(len(trials)), "trials/this_call": float(result.new_trials)})
     for t in done:  # the optimisation history as step series (step = trial number)
@@ -58,7 +59,8 @@ def summarise(study: optuna.Study, spec: StudySpec, name: str, shown: str, paren
     if best is not None:
         tracking.log_params({f"best.{k}": v for k, v in best.params.items()})
         tracking.log_metrics({f"best/{o.metric}": v for o, v in zip(spec.objectives, best.values)})
-        tracking.set_tags({"best.trial_number": str(best.number), "best.run_id": best.user_attrs.get("mlflow_run_id", "")})
+        tracking.set_tags({"best.trial_number": str(best.number), "best.run_id": best.user_attrs.get("mlflow_run_id", ""),
+                           **({"focusml.warning": " | ".join(notes)[:5000]} if notes else {})})
     tracking.log_dict({"chosen": best.number if best else None,
                        "pareto_front": [vars(r) for r in result.pareto],
                        "trials": [vars(r) for r in result.trials]}, "study/trials.json")

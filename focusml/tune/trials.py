@@ -12,6 +12,7 @@ import optuna
 from focusml import tracking
 from focusml.callbacks import Callbacks
 from focusml.tune.recovery import CALL_ATTR, HOST, retry_trial
+from focusml.tune.results import WARNING_ATTR
 from focusml.tune.spec import StudySpec
 
 
@@ -84,6 +85,8 @@ def make_objective(ctx: TrialContext, inner_factory: Callable[[optuna.Trial], Ca
                         f"stopped by {getattr(e, 'signal_name', 'SIGINT')}")
             raise
         trial.set_user_attr("mlflow_run_id", result.run_id)
+        if result.warnings:  # the run's focusml.warning: such a trial is not chosen while a healthy one exists
+            trial.set_user_attr(WARNING_ATTR, "; ".join(result.warnings)[:5000])
         values = objective_values(result.history, ctx.spec, result.fit.selected_epoch)
         return values if ctx.spec.multi else values[0]
 
