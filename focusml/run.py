@@ -48,7 +48,6 @@ class RunContext:
 class RunResult:
     metrics: dict[str, float]  # test metrics, `time/epoch_s_mean`, `selected_epoch`, `selected/...`
     run_id: str | None = None  # set by a tracker (`focusml.tracking.RunLogger`)
-    model_uri: str | None = None  # the logged model (`models:/m-ID`), set by a tracker that logged one
     history: list[dict[str, float]] = field(default_factory=list)  # per-epoch metrics
     model: torch.nn.Module | None = None  # the evaluated model: the checkpoint `--select` chose
     fit: FitResult | None = None  # the loop's outcome: history, the selected epoch and its state
@@ -56,6 +55,7 @@ class RunResult:
     confusion: np.ndarray | None = None  # confusion matrix on `test`
     warnings: list[str] = field(default_factory=list)  # what makes the result suspect (`health_warnings`)
     predictions: Predictions | None = None  # per-image test predictions of the evaluated model
+    model_uri: str | None = None  # the logged model (`models:/m-ID`), set by a tracker that logged one
 
 
 _kept: dict = {"on": False, "key": None, "data": None}  # `keep_data`: the last built-in dataset loaded
