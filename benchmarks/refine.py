@@ -106,7 +106,8 @@ def one_run(j: dict) -> dict:
     source = resolve_source(config.init_from) if config.init_from else None
     logger = MetricsPerEpoch(tags={"focusml.benchmark": "refine"}, lineage=source)
     result = run_untracked(config, logger, init=source.weights if source else None)
-    history = [{k: h[k] for k in ("time/epoch_s", "acc/val_clean", "acc/val_cf") if k in h} for h in result.history]
+    history = [{k: h[k] for k in ("time/epoch_s", "time/cpu_s", "acc/val_clean", "acc/val_cf")
+                if k in h} for h in result.history]
     return {**j, "run_id": result.run_id, "metrics": result.metrics, "wall_s": time.perf_counter() - start,
             "cpu_s": time.process_time() - cpu, "history": history}
 
@@ -279,14 +280,14 @@ def auto_choice(frame: pd.DataFrame) -> pd.DataFrame:
     """Per dataset, seed and budget, the stage `focusml refine --stages auto` keeps: the full stage only when its
     selected acc/val_cf is higher than the head refit's (validation only), with the time both stages took."""
     rows = []
-    stages = frame[frame["stage"] != ""]
-    for (d, s, b), g in stages.groupby(["dataset", "seed", stages["budget"].astype(str)], sort=False):
+    stages = frame[frame["stage"] != ""].assign(every=lambda f: f["budget"].fillna(-1))  # -1: every mask
+    for _, g in stages.groupby(["dataset", "seed", "every"], sort=False):
         head, full = g[g["stage"] == "head"], g[g["stage"] == "full"]
         if head.empty:
             continue
         keep = full.iloc[0] if len(full) and full.iloc[0]["val_cf"] > head.iloc[0]["val_cf"] else head.iloc[0]
         both = g["train_s"].sum()
-        rows.append({**keep.to_dict(), "stage": "auto", "train_s": both, "cpu_s": g["cpu_s"].sum(),
+        rows.append({**keep.drop("every").to_dict(), "stage": "auto", "train_s": both, "cpu_s": g["cpu_s"].sum(),
                      "wall_s": g["wall_s"].sum(), "kept": keep["stage"]})
     return pd.DataFrame(rows)
 

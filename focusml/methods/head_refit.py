@@ -156,7 +156,7 @@ class HeadRefit(Method):
     def fit(self, model, data, config, device, callbacks, evaluator, select: str):
         """Fit the head at every L2 of the grid (or the one given), keep the best on `select`; returns the
         validation metrics of the kept head (one 'epoch' for the run's history)."""
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         before = evaluator.validation(model)  # the model as given: what the refit is judged against
         split = data.split(self.train_split)
         copies = copies_for(self.options["copies"], int(split.annotated.sum()))
@@ -184,7 +184,8 @@ class HeadRefit(Method):
         callbacks.log_params({"l2_chosen": l2, "temperature": round(t, 4)})
         seconds = time.perf_counter() - start
         source = {f"source_{k}": v for k, v in before.items() if k in ("acc/val", "acc/val_cf", "flip/val")}
-        return {"time/epoch_s": seconds, "l2": l2, **evaluator.validation(model), **source}
+        metrics = {"time/epoch_s": seconds, "l2": l2, **evaluator.validation(model), **source}
+        return {**metrics, "time/cpu_s": time.process_time() - cpu}  # this process's CPU: the refit's own cost
 
 
 def set_head(model, w: torch.Tensor, b: torch.Tensor) -> None:
