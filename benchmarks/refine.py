@@ -348,9 +348,11 @@ def stages_budget_table(frame: pd.DataFrame) -> str:
     for dataset in dict.fromkeys(g["dataset"]):
         for name, part in (("head refit", g[g["stage"] == "head"]), ("auto", auto)):
             part = part[part["dataset"] == dataset]
-            cols = sorted(part["annotated"].unique())
+            every = part["budget"].isna()
+            cols = sorted(part[~every]["annotated"].unique())
             rows.append({"dataset": dataset, "refinement": name,
-                         **{f"{n} images": pct(part[part["annotated"] == n]["gap"]) for n in cols}})
+                         **{f"{n} images": pct(part[~every & (part["annotated"] == n)]["gap"]) for n in cols},
+                         "every mask": pct(part[every]["gap"])})
     return markdown_table(rows)
 
 
