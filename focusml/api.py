@@ -73,7 +73,7 @@ def _model(model, features, head, model_code, flat: dict, own: Dataset | None) -
 
 
 def fit(model=None, data=None, method: str = "baseline", *, val=None, test=None, classes=None,
-        features: str | None = None, head: str | None = None, model_code=None, callbacks: Callbacks | None = None,
+        features: str | None = None, head: str | None = None, model_code=None, callbacks: Callbacks | list[Callbacks] | None = None,
         track: bool = True, **options: Any) -> RunResult:
     """Train (and evaluate) `model` on `data` with `method`: a baseline, an upper bound or a refinement method.
 
@@ -96,7 +96,7 @@ def fit(model=None, data=None, method: str = "baseline", *, val=None, test=None,
 
 def refine(source, data=None, *, model=None, stages: str = "auto", method: str = "random_crop", val=None, test=None,
            classes=None, features: str | None = None, head: str | None = None, model_code=None,
-           callbacks: Callbacks | None = None, **options: Any):
+           callbacks: Callbacks | list[Callbacks] | None = None, **options: Any):
     """Refine a trained model (`focusml refine`): its head refit on shortcut-swapped images, then the whole network
     fine-tuned with `method`, kept if validation says so (`stages`: auto, head or full).
 

@@ -8,7 +8,7 @@ progress bars, MLflow logging (`focusml.tracking.RunLogger`) and Optuna's prunin
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,3 +49,53 @@ class Callbacks:
 
     def on_run_end(self, ctx: RunContext, result: RunResult) -> None:
         """After the test metrics, inside `run_scope`."""
+
+
+class CallbackList(Callbacks):
+    """Several callbacks as one: every hook reaches each of them, in the order given (their `run_scope`s
+    nest, the first outermost). What `focusml.fit(callbacks=[...])` and `run(config, [...])` make of a list."""
+
+    def __init__(self, callbacks):
+        self.callbacks = list(callbacks)
+
+    @contextmanager
+    def run_scope(self, ctx):
+        with ExitStack() as stack:
+            for cb in self.callbacks:
+                stack.enter_context(cb.run_scope(ctx))
+            yield
+
+    def log_artifact(self, path, artifact_path):
+        for cb in self.callbacks:
+            cb.log_artifact(path, artifact_path)
+
+    def log_params(self, params):
+        for cb in self.callbacks:
+            cb.log_params(params)
+
+    def on_prepare(self, desc, step, steps):
+        for cb in self.callbacks:
+            cb.on_prepare(desc, step, steps)
+
+    def on_batch_end(self, epoch, step, steps, loss):
+        for cb in self.callbacks:
+            cb.on_batch_end(epoch, step, steps, loss)
+
+    def on_checkpoint(self, epoch, state):
+        for cb in self.callbacks:
+            cb.on_checkpoint(epoch, state)
+
+    def on_epoch_end(self, epoch, metrics, model):
+        for cb in self.callbacks:
+            cb.on_epoch_end(epoch, metrics, model)
+
+    def on_run_end(self, ctx, result):
+        for cb in self.callbacks:
+            cb.on_run_end(ctx, result)
+
+
+def as_callbacks(given) -> Callbacks:
+    """None, one `Callbacks` or a list of them, as one `Callbacks`."""
+    if given is None:
+        return Callbacks()
+    return given if isinstance(given, Callbacks) else CallbackList(given)

@@ -22,7 +22,7 @@ import torch
 
 from focusml import FocusmlError, methods
 from focusml.cache import cache_dir
-from focusml.callbacks import Callbacks
+from focusml.callbacks import Callbacks, as_callbacks
 from focusml.config import RunConfig
 from focusml.data import DATASETS, DataOptions, Dataset, load
 from focusml.data.masks import annotate
@@ -187,7 +187,7 @@ def run(config: RunConfig, callbacks: Callbacks | None = None, init: InitWeights
     `data`: a ready `Dataset` in place of the one `config.dataset` names (your own data: `data.own`);
     `model`: your own network in place of `config.model`, trained on a copy (`own_model`).
     """
-    callbacks = callbacks or Callbacks()
+    callbacks = as_callbacks(callbacks)  # one Callbacks or a list of them
     config.validate(own_data=data is not None, own_model=model is not None)
     method_cls = methods.get(config.method)
     init = init_weights(config, init)

@@ -275,3 +275,27 @@ def test_docs_api_examples_run(tracking_env, tmp_path, monkeypatch):
     scope: dict = {"__name__": "docs_api"}
     for block in blocks:
         exec(compile(block, "docs/api.md", "exec"), scope)
+
+
+def test_a_list_of_callbacks_each_gets_every_hook(splits):
+    """`callbacks=[a, b]`: one dispatcher, every hook (on_checkpoint included) reaches each, in order."""
+    train, val, test = splits
+
+    class Hooks(Callbacks):
+        def __init__(self, log, name):
+            self.log, self.name = log, name
+
+        def on_checkpoint(self, epoch, state):
+            self.log.append((self.name, "checkpoint", epoch))
+
+        def on_epoch_end(self, epoch, metrics, model):
+            self.log.append((self.name, "epoch", epoch))
+
+        def on_run_end(self, ctx, result):
+            self.log.append((self.name, "end", None))
+
+    log = []
+    focusml.fit(TinyNet(), train, "baseline", val=val, test=test, epochs=2, track=False, device="cpu",
+                callbacks=[Hooks(log, "a"), Hooks(log, "b")])
+    assert log == [(n, hook, e) for e in (0, 1) for hook in ("checkpoint", "epoch") for n in "ab"] + \
+        [("a", "end", None), ("b", "end", None)]

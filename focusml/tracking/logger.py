@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from focusml.callbacks import Callbacks
+from focusml.callbacks import Callbacks, as_callbacks
 from focusml.data.masks import examples
 from focusml.evaluate import Predictions
 from focusml.figures import CamSeries, confusion_figure, mask_augment_grid, sample_indices, split_cam_grid
@@ -50,7 +50,7 @@ def epoch_step(epoch: int) -> int:
 class RunLogger(Callbacks):
     def __init__(self, inner: Callbacks | None = None, parent_run_id: str | None = None,
                  tags: dict[str, str] | None = None, run_id: str | None = None, lineage: Source | None = None):
-        self.inner = inner or Callbacks()
+        self.inner = as_callbacks(inner)  # one Callbacks or a list of them
         self.parent_run_id, self.tags = parent_run_id, tags or {}
         self.resume_id = run_id  # continue this run (`focusml train --resume`): its inputs are already logged
         self.lineage = lineage  # --init-from: its tags go on the run, its logged model becomes an input
