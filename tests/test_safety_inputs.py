@@ -220,7 +220,8 @@ def _have() -> str:
 def test_malformed_devices_are_refused_naming_what_exists(device):
     with pytest.raises(FocusmlError) as err:
         RunConfig(device=device).validate()
-    assert f"--device is {device!r}; use auto, cpu or cuda[:N] (this machine has: {_have()})." == str(err.value)
+    # a number is read as the text it spells (what YAML's `device: 0` means), and refused as such
+    assert f"--device is {str(device)!r}; use auto, cpu or cuda[:N] (this machine has: {_have()})." == str(err.value)
 
 
 def test_cuda_devices_that_do_not_exist_are_refused():
