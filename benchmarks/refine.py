@@ -442,9 +442,10 @@ def main(argv=None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if not args.no_run:
         execute(refs, done, args)  # the refined runs start from these baselines
-        execute([j for j in jobs if j["method"] == "head_refit"], done, args)
-        execute([j for j in jobs if j["init"] == "head"], done, args)  # full refinement starts from the head refit
-        execute([j for j in jobs if not j["init"]], done, args)
+        heads, fulls = ([j for j in jobs if j["method"] == "head_refit"], [j for j in jobs if j["init"] == "head"])
+        execute(heads, done, args)
+        execute(fulls, done, args)  # full refinement starts from the head refit
+        execute([j for j in jobs if j not in heads and j not in fulls], done, args)
 
     studies = STUDIES[:3] if args.study == "all" else (args.study,)
     annotated = {d: int((load_data(RunConfig(dataset=d, train_size=TRAIN_SIZE.get(d))).split("train").masks

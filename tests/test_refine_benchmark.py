@@ -41,3 +41,25 @@ def test_refine_benchmark_runs_tracked_and_resumes(tmp_path, cli_env):
     assert comparison.status == "FINISHED"
     again = subprocess.run(args[:-2] + ["--dry-run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert "6 runs, 6 already in runs.jsonl" in again.stderr
+
+
+@pytest.mark.slow
+def test_stages_study_refines_the_baseline_head_then_full(tmp_path, cli_env):
+    """`stages`: the head refit starts from the baseline run, the full stage from the head refit; the table
+    has every stage and what auto keeps."""
+    env = dict(cli_env, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'refine.db'}", PYTHONPATH=str(REPO))
+    args = [sys.executable, str(REPO / "benchmarks" / "refine.py"), "stages", "--datasets", "decoy-digits", "--methods",
+            "pas", "--seeds", "1", "--epochs", "2", "--refine-epochs", "1", "--budgets", "all", "--out", "runs.jsonl",
+            "--report", "refine.md"]
+    res = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = {r["method"]: r for r in map(json.loads, (tmp_path / "runs.jsonl").read_text().splitlines())}
+    assert set(rows) == {"baseline", "upper_bound", "pas", "head_refit", "random_crop"}
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'refine.db'}")
+    runs = mlflow.search_runs(experiment_names=["refine"]).set_index("run_id")
+    assert runs.loc[rows["head_refit"]["run_id"], "tags.focusml.init_from"] == rows["baseline"]["run_id"]
+    assert runs.loc[rows["random_crop"]["run_id"], "tags.focusml.init_from"] == rows["head_refit"]["run_id"]
+    report = (tmp_path / "refine.md").read_text()
+    for row in ("| pas from scratch", "| head refit ", "| head refit + full", "| auto (kept by acc/val_cf)"):
+        assert row in report
+    assert "every mask" in report and rows["head_refit"]["history"][0]["time/cpu_s"] > 0
