@@ -50,7 +50,7 @@ def dataset(tmp_path):
 
 def _serve(root, cam=None):
     server = make_server(MaskToolApp(root, cam), "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 

@@ -46,7 +46,8 @@ def root(tmp_path):
 
 def _start(root, **kw):
     server = make_server(MaskToolApp(root), "127.0.0.1", 0, **kw)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # a short poll: `shutdown` waits up to one poll interval, and every test of this file stops a server
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     return server
 
 
