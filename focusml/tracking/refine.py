@@ -34,7 +34,7 @@ from focusml.evaluate import SELECTABLE
 from focusml.models import source_kind
 from focusml.run import RunResult
 from focusml.tracking.runs import run_info
-from focusml.tracking.sources import resolve
+from focusml.tracking.sources import source_run
 from focusml.tracking.store import setup
 from focusml.tracking.tracked import run as tracked_run
 
@@ -66,8 +66,8 @@ def source_params(source: str) -> dict[str, str]:
     """The params of the run SOURCE names (empty for a local file or a run not logged by focusml)."""
     if source_kind(source) == "file":
         return {}
-    run_id = resolve(source).tags.get("focusml.init_from")  # a run, runs:/ or models:/ (refused if missing)
-    return dict(run_info(run_id).data.params) if run_id else {}
+    run_id = source_run(source)[0]  # a run, runs:/ or models:/ (refused if missing); the weights are read later
+    return dict(run_info(run_id).data.params)
 
 
 def stage_configs(source: str, options: dict, method: str) -> tuple[dict, dict]:

@@ -157,21 +157,21 @@ def _registry(source: str) -> tuple[str, dict[str, str], str | None]:
     return run_id, tags, model_id
 
 
+def source_run(source: str) -> tuple[str, str, dict[str, str], str | None]:
+    """(run id, artifact path, lineage tags, logged model id) of a run, runs:/ or models:/ SOURCE; no download."""
+    if source_kind(source) == "models":
+        run_id, tags, model_id = _registry(source)
+        return run_id, "", tags, model_id
+    run_id, _, path = source[len("runs:/"):].partition("/") if source.startswith("runs:/") else (source, "", "")
+    return resolve_run_id(run_id, f"--init-from {source}"), path, {}, None
+
+
 def resolve(source: str) -> Source:
     """The weights SOURCE names, read weights-only, with the new run's lineage tags. FocusmlError if unusable."""
     kind = source_kind(source)
     if kind == "file":
         return Source(read_init_file(source), {"focusml.init_from_file": str(Path(source).resolve())})
-    tags: dict[str, str] = {}
-    model_id = None
-    path = ""
-    if kind == "run":
-        run_id = resolve_run_id(source, f"--init-from {source}")
-    elif kind == "runs":
-        run_id, _, path = source[len("runs:/"):].partition("/")
-        run_id = resolve_run_id(run_id, f"--init-from {source}")
-    else:
-        run_id, tags, model_id = _registry(source)
+    run_id, path, tags, model_id = source_run(source)
     run = _get_run(run_id, source)
     artifact = named_artifact(run_id, path, source) or evaluated_checkpoint(run_id, source)
     state = _download_state(run_id, artifact, source)
