@@ -2,7 +2,8 @@
 
 CAM_c(u,v) = Σ_k w_ck A_k(u,v) on the feature grid; `upsample` takes it bilinearly to the image
 size for display and for pixel-level metrics; `mask_to_grid` takes a mask to the feature grid
-by adaptive max pooling (a cell is irrelevant when any pixel of its footprint is).
+by adaptive max pooling (a cell is irrelevant when any pixel of its footprint is), except where
+that would take the object itself (`object_cells`).
 """
 
 from __future__ import annotations
@@ -24,12 +25,40 @@ def class_cam(model, x: torch.Tensor, classes: torch.Tensor | None = None):
     return torch.einsum("nk,nkhw->nhw", w, a), logits
 
 
-def mask_to_grid(masks: torch.Tensor, size: tuple[int, int], dilate_cells: int = 0) -> torch.Tensor:
-    """(N,H,W) masks → (N,h,w) by adaptive max pooling, optionally grown by `dilate_cells` cells."""
-    grid = F.adaptive_max_pool2d(masks[:, None].float(), size)
-    if dilate_cells > 0:
-        grid = F.max_pool2d(grid, 2 * dilate_cells + 1, stride=1, padding=dilate_cells)
-    return grid[:, 0]
+def object_cells(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N,1,h,w) float: the cells mostly unmasked (at least half of their footprint's pixels are relevant)."""
+    return (F.adaptive_avg_pool2d(1.0 - masks[:, None].float(), size) >= 0.5).float()
+
+
+def guarded(grid: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
+    """Per image, which (N,) rows of the (N,1,h,w) grid mask take more than half of the mostly unmasked cells."""
+    return (grid * free).flatten(1).sum(1) > 0.5 * free.flatten(1).sum(1)
+
+
+def _grow(grid: torch.Tensor, cells: int) -> torch.Tensor:
+    return F.max_pool2d(grid, 2 * cells + 1, stride=1, padding=cells) if cells > 0 else grid
+
+
+def mask_to_grid(masks: torch.Tensor, size: tuple[int, int], dilate_cells: int = 0,
+                 keep_object: bool = True) -> torch.Tensor:
+    """(N,H,W) masks → (N,h,w) by adaptive max pooling, optionally grown by `dilate_cells` cells.
+
+    `keep_object`: the grid mask of an image never takes more than half of its mostly unmasked
+    cells. The margin shrinks until it fits; where even the max-pooled mask does not (a mask
+    covering most of the image, e.g. a background, whose partly masked cells are the object's),
+    it keeps to the cells that are mostly masked. A small mask never comes near that bound, so
+    its grid mask is the max-pooled one, grown by the full margin.
+    """
+    base = F.adaptive_max_pool2d(masks[:, None].float(), size)
+    if not keep_object:
+        return _grow(base, dilate_cells)[:, 0]
+    free = object_cells(masks, size)
+    out, done = base * (1.0 - free), torch.zeros(len(base), dtype=torch.bool, device=base.device)
+    for cells in range(dilate_cells, -1, -1):
+        grid = _grow(base, cells)
+        fits = ~guarded(grid, free) & ~done
+        out, done = torch.where(fits.view(-1, 1, 1, 1), grid, out), done | fits
+    return out[:, 0]
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -99,7 +128,7 @@ def grad_cam(model, x: torch.Tensor, classes: torch.Tensor | None = None) -> tor
 
 
 def region_evidence(features: torch.Tensor, weight: torch.Tensor, masks: torch.Tensor,
-                    dilate_cells: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                    dilate_cells: int = 0, keep_object: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Every class's logit contribution from the masked cells and from the rest → (inside, outside), N×C each.
 
     For a CAM network z_c − b_c = mean_uv CAM_c(u,v), which splits exactly into the part of the
@@ -108,7 +137,7 @@ def region_evidence(features: torch.Tensor, weight: torch.Tensor, masks: torch.T
     classes against others, of either sign.
     """
     cam = cam_from_features(features, weight)
-    md = mask_to_grid(masks, features.shape[-2:], dilate_cells).to(cam.dtype)[:, None]
+    md = mask_to_grid(masks, features.shape[-2:], dilate_cells, keep_object).to(cam.dtype)[:, None]
     cells = features.shape[-2] * features.shape[-1]
     inside = (md * cam).flatten(2).sum(2) / cells
     outside = cam.flatten(2).sum(2) / cells - inside

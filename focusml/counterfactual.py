@@ -3,14 +3,22 @@
 For an image `x` with mask `m`, a donor `x_d` of another class from the same split with mask
 `m_d` gives
 
-    x_cf = x·(1 − u) + x_d·u,   u = max(m, m_d)
+    x_cf = x·(1 − u) + s·u
 
-Whatever either mask marks now comes from an image of another class (its shortcut included);
-every other pixel is untouched. A model that reads the shortcut follows the donor, one that
-reads the object keeps its answer. `acc_cf` is the accuracy on `x_cf` against the original
-label, `flip` the share of predictions that change from `x` to `x_cf`. Both need nothing but
-masks, so they work on any dataset that has them, and on the confounded `val` split they see
-the shortcut where `acc/val` cannot.
+- small masks (the shortcut is a patch, a token, a scribble): u = max(m, m_d), s = x_d. Whatever
+  either mask marks now comes from the donor, its shortcut included; every other pixel is untouched;
+- a mask covering more than half of the image (a background) leaves the object: u = m there, so
+  the image's object is never covered, and s is the donor's background only
+  (`background_source`: where the donor's mask does not mark a pixel, its object, s takes marked
+  content from elsewhere in the donor), so the donor's object is never pasted in.
+
+A model that reads the shortcut follows the donor, one that reads the object keeps its answer.
+`acc_cf` is the accuracy on `x_cf` against the original label, `flip` the share of predictions
+that change from `x` to `x_cf`. Both need nothing but masks, so they work on any dataset that has
+them, and on the confounded `val` split they see the shortcut where `acc/val` cannot.
+`construction="union"` is u = max(m, m_d), s = x_d for every mask (the construction before,
+kept for comparison: on a background it covers the image's object with the donor's background
+and pastes the donor's object in, so even a model that reads only the object is fooled).
 
 Choices (docs/methods.md states them for users):
 - the donor is drawn uniformly, with a fixed seed, among the split's images of another class
@@ -29,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from focusml.data.base import Split, annotated
 from focusml.data.stream import Rows
@@ -61,36 +70,92 @@ class Counterfactuals:
     valid: torch.Tensor  # bool: the image has its own mask and a donor, counted in the metrics
 
 
+LARGE = 0.5  # a mask covering more of its image than this is a background: what it leaves is the object
+
+
+def fill(images: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """N×C×H×W float images with their unknown pixels (known N×1×H×W = 0) filled smoothly by push-pull.
+
+    Each coarser level holds the average of the known pixels under it; going back up, a pixel keeps
+    its known share and takes the rest from the level above (bilinear): no streaks, no edges."""
+    if min(images.shape[-2:]) <= 1:
+        return images
+    x, w = F.avg_pool2d(images * known, 2, ceil_mode=True), F.avg_pool2d(known, 2, ceil_mode=True)
+    coarse = fill(x / w.clamp_min(1e-6), (w > 0).float())
+    up = F.interpolate(coarse, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    return images * known + up * (1 - known)
+
+
+def background_source(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """N×C×H×W float: each image's marked content, and for its unmarked pixels (its object) marked content
+    from elsewhere in the same image.
+
+    The marked region is first eroded by ~4% of the image side, so the object's blurred rim, which a
+    mask drawn on the background also marks, is not taken as background. A hole pixel takes the pixel
+    half an image away (across, down, diagonally: wrapped), the first that is marked, so the hole gets
+    the background's own texture and no silhouette; what is left is filled by push-pull."""
+    h, w = images.shape[-2:]
+    r = max(1, round(0.04 * min(h, w)))
+    known = -F.max_pool2d(-(masks > 0).float()[:, None], 2 * r + 1, stride=1, padding=r)  # erosion
+    out, have = images * known, known.bool()
+    for shift in ((0, w // 2), (h // 2, 0), (h // 2, w // 2), (h // 4, w // 4), (-h // 4, w // 4)):
+        take = ~have & torch.roll(known, shift, (2, 3)).bool()
+        out = torch.where(take, torch.roll(images, shift, (2, 3)), out)
+        have = have | take
+    return torch.where(have, out, fill(images, known))
+
+
+def is_large(masks: torch.Tensor) -> torch.Tensor:
+    """Bool per row of N×H×W masks: does the mask cover more than half of its image (a background)?"""
+    return masks.float().flatten(1).mean(1) > LARGE
+
+
+def swap_background(images: torch.Tensor, masks: torch.Tensor, donor_images: torch.Tensor,
+                    donor_masks: torch.Tensor) -> torch.Tensor:
+    """Float N×C×H×W: each image's masked content replaced by its donor's background (`background_source`)."""
+    m = masks.float()[:, None]
+    return images * (1 - m) + background_source(donor_images, donor_masks) * m
+
+
 def blend(images: torch.Tensor, masks: torch.Tensor, donor_images: torch.Tensor, donor_masks: torch.Tensor,
-           has: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x_cf as uint8, u) for rows of images and masks and their donors' rows."""
-    m = masks.float()
-    u = torch.maximum(m, donor_masks.float()) * has.view(-1, 1, 1)
-    blended = images.float() * (1 - u[:, None]) + donor_images.float() * u[:, None]
+          has: torch.Tensor, construction: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_cf as uint8, u) for rows of images, masks and their donors' rows (the module docstring's rule)."""
+    m, md = masks.float(), donor_masks.float()
+    source = donor_images.float()
+    if construction == "union":
+        u = torch.maximum(m, md)
+    else:
+        large, large_d = (is_large(t).view(-1, 1, 1) for t in (m, md))
+        u = torch.where(large, m, torch.maximum(m, md))
+        if bool(large_d.any()):
+            source = torch.where(large_d[:, None], background_source(source, md), source)
+    u = u * has.view(-1, 1, 1)
+    blended = images.float() * (1 - u[:, None]) + source * u[:, None]
     return blended.round().clamp(0, 255).to(torch.uint8), u
 
 
 class Blended(Rows):
     """The x_cf of a streamed split, computed from the rows and their donors' rows when read."""
 
-    def __init__(self, split: Split, src: torch.Tensor, has: torch.Tensor):
+    def __init__(self, split: Split, src: torch.Tensor, has: torch.Tensor, construction: str):
         super().__init__(split.images.shape)
-        self.split, self.src, self.has = split, src, has
+        self.split, self.src, self.has, self.construction = split, src, has, construction
 
     def read(self, index: torch.Tensor) -> torch.Tensor:
         s, src = self.split, self.src[index]
-        return blend(s.images[index], s.masks[index], s.images[src], s.masks[src], self.has[index])[0]
+        return blend(s.images[index], s.masks[index], s.images[src], s.masks[src], self.has[index],
+                     self.construction)[0]
 
 
-def build(split: Split, seed: int = SEED) -> Counterfactuals:
-    """x_cf = x·(1 − u) + x_d·u with u = max(m, m_d) for every row of `split` (read on demand if it is streamed)."""
+def build(split: Split, seed: int = SEED, construction: str = "auto") -> Counterfactuals:
+    """The x_cf of every row of `split` (read on demand if it is streamed); `construction="union"`: the one before."""
     d = donors(split.labels, split.masks, seed)
     has = d >= 0
     src = torch.where(has, d, torch.arange(len(d)))
     valid = has & split.annotated  # annotated images only (the module's docstring says why)
     if split.streamed:
-        return Counterfactuals(Split(Blended(split, src, has), split.masks, split.labels), d, valid)
-    images, _ = blend(split.images, split.masks, split.images[src], split.masks[src], has)
+        return Counterfactuals(Split(Blended(split, src, has, construction), split.masks, split.labels), d, valid)
+    images, _ = blend(split.images, split.masks, split.images[src], split.masks[src], has, construction)
     return Counterfactuals(Split(images, split.masks, split.labels), d, valid)
 
 

@@ -44,6 +44,32 @@ def test_counterfactual_pastes_the_union_of_both_masks_from_the_donor():
     assert torch.equal(cf.split.labels, split.labels) and torch.equal(cf.split.masks, split.masks)
 
 
+def test_a_background_mask_keeps_the_object_and_takes_only_the_donors_background():
+    # 6×6 images: the object (value 250 / 240) is a 2×2 block, the mask (8/9 of the image) everything else.
+    images = torch.zeros(2, 1, 6, 6, dtype=torch.uint8)
+    masks = torch.ones(2, 6, 6, dtype=torch.uint8)
+    images[0, 0], images[1, 0] = 10, 100  # backgrounds: class 0 dark, class 1 bright
+    images[0, 0, 1:3, 1:3], masks[0, 1:3, 1:3] = 250, 0  # image 0's object top left
+    images[1, 0, 3:5, 3:5], masks[1, 3:5, 3:5] = 240, 0  # image 1's object bottom right
+    split = Split(images, masks, torch.tensor([0, 1]))
+    x0 = counterfactual.build(split).split.images[0, 0]
+    assert (x0[1:3, 1:3] == 250).all()  # its own object, untouched
+    assert (x0[masks[0].bool()] == 100).all()  # the donor's background everywhere else, never its object (240)
+    union = counterfactual.build(split, construction="union").split.images[0, 0]
+    assert (union[1:3, 1:3] == 100).all() and (union[3:5, 3:5] == 240).all()  # what the union does
+
+
+def test_the_fill_is_smooth_and_keeps_known_pixels():
+    img = torch.zeros(1, 1, 8, 8)
+    img[..., :4] = 200.0  # left half bright, right half dark
+    known = torch.ones(1, 1, 8, 8)
+    known[..., 2:6, 2:6] = 0  # a hole across the edge
+    out = counterfactual.fill(img, known)
+    assert torch.equal(out[known.bool()], img[known.bool()])
+    hole = out[0, 0, 2:6, 2:6]
+    assert (hole[:, 0] > hole[:, -1]).all() and float(hole.min()) >= 0 and float(hole.max()) <= 200
+
+
 def test_soft_masks_blend_and_unannotated_pairs_are_left_out():
     split = _split(masks=[[[0, 0], [0, 0]], [[0, 0], [0, 0]], [[0, 0], [0, 0]]], labels=[0, 1, 1], values=[0, 100, 100])
     assert counterfactual.build(split).valid.tolist() == [False, False, False]
@@ -104,3 +130,18 @@ def test_only_annotated_images_count_even_when_their_donor_has_a_mask():
     cf = counterfactual.build(split)
     assert cf.donors[0] == 2 and cf.split.images[0, 0, 0, 0] == 100  # pasted all the same
     assert cf.valid.tolist() == [False, False, True, False]
+
+
+def test_background_source_takes_the_donors_texture_never_its_object_nor_its_rim():
+    torch.manual_seed(0)
+    images = torch.rand(1, 3, 28, 28) * 100  # a textured background, values below 100
+    masks = torch.ones(1, 28, 28)
+    images[..., 10:18, 10:18] = 250.0  # the object
+    masks[:, 10:18, 10:18] = 0
+    images[..., 9, 9:19] = 175.0  # its blurred rim: marked as background, but half object
+    out = counterfactual.background_source(images, masks)
+    assert float(out.max()) < 100, "neither the object nor its rim is taken as background"
+    keep = (masks > 0)[:, None].expand_as(images).clone()
+    keep[..., 8:20, 8:20] = False  # away from the object, the background is its own
+    assert torch.equal(out[keep], images[keep])
+    assert float(out[..., 10:18, 10:18].std()) > 10, "the hole gets texture, not a flat colour"

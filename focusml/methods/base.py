@@ -25,7 +25,8 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from focusml import FocusmlError
+from focusml import FocusmlError, counterfactual
+from focusml.cam import guarded, mask_to_grid, object_cells, region_evidence
 from focusml.models import grid_margin
 from focusml.values import coerce
 
@@ -88,6 +89,14 @@ def evidence_param(default: str = "all") -> Param:
                  "so a shortcut cannot survive as evidence against the other classes", choices=("positive", "all"))
 
 
+def object_guard_param() -> Param:
+    """Keep the object's cells out of m↓ when the mask covers most of the image (`cam.mask_to_grid`)."""
+    return Param("object_guard", str, "on",
+                 "on = m↓ never takes more than half of an image's mostly unmasked cells: the margin shrinks, and a "
+                 "mask covering most of the image (a background) keeps to its mostly masked cells, leaving the "
+                 "object's; off = the max-pooled, grown mask everywhere", choices=("on", "off"))
+
+
 def grid_dilate_cells(value, model, grid: tuple[int, int]) -> int:
     """An int `grid_dilate`: "auto" worked out from the model's receptive field on a feature grid of size `grid`."""
     return grid_margin(model, min(grid)) if value == "auto" else int(value)
@@ -96,8 +105,10 @@ def grid_dilate_cells(value, model, grid: tuple[int, int]) -> int:
 class GridMaskMethod:
     """Mixin for loss methods that take the mask to the feature grid, grown by `grid_dilate` cells.
 
-    `prepare` works out an `auto` margin once (one forward pass) and logs it as `grid_dilate_cells`;
-    without `prepare` (e.g. a penalty called directly) it is worked out on the first batch.
+    `prepare` works out an `auto` margin once (one forward pass) and logs it as `grid_dilate_cells`,
+    with `object_guard_share`: the share of (up to 1,000) training images whose grid mask the
+    object guard cuts back (0 on small masks); without `prepare` (e.g. a penalty called directly)
+    the margin is worked out on the first batch.
     """
 
     margin: int | None = None
@@ -110,12 +121,50 @@ class GridMaskMethod:
             a, _ = ctx.model.forward_features(x.to(ctx.device))
         ctx.model.train(was_training)
         self.margin = grid_dilate_cells(self.options["grid_dilate"], ctx.model, a.shape[-2:])
-        ctx.log_params({"grid_dilate_cells": self.margin})
+        masks = ctx.data.split("train").masks[torch.arange(min(1000, len(ctx.data.split("train"))))].float()
+        grid = mask_to_grid(masks, a.shape[-2:], self.margin, keep_object=False)[:, None]
+        share = float(guarded(grid, object_cells(masks, a.shape[-2:])).float().mean()) if self.keep_object else 0.0
+        ctx.log_params({"grid_dilate_cells": self.margin, "object_guard_share": round(share, 3)})
+
+    @property
+    def keep_object(self) -> bool:
+        return self.options.get("object_guard", "on") == "on"
+
+    def evidence(self, model, batch: "Batch", features: torch.Tensor, logits: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inside, outside), N×C: the masked content's and the rest's class-centred share of the logits.
+
+        From the cells (`cam.region_evidence`), except, with the object guard on, for images whose mask
+        covers most of the image: every cell of the object then also sees the background through its
+        receptive field, so no split of the cells separates the two. There the masked content's share is
+        measured by swapping it (`swapped_evidence`)."""
+        inside, outside = region_evidence(features, model.classifier.weight, batch.m, self.cells(model, features),
+                                          self.keep_object)
+        large = counterfactual.is_large(batch.m) if self.keep_object else torch.zeros(0, dtype=torch.bool)
+        if large.any():
+            sw_in, sw_out = swapped_evidence(model, batch.x[large], batch.m[large], logits[large])
+            inside, outside = inside.clone(), outside.clone()
+            inside[large], outside[large] = sw_in, sw_out
+        return inside, outside
+
 
     def cells(self, model, features: torch.Tensor) -> int:
         if self.margin is None:
             self.margin = grid_dilate_cells(self.options["grid_dilate"], model, features.shape[-2:])
         return self.margin
+
+
+def swapped_evidence(model, x: torch.Tensor, m: torch.Tensor, logits: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inside, outside), N×C: z(x) − z(x̃) and z(x̃) − b, class-centred, with x̃ = x on the next image's background.
+
+    z(x) − b splits exactly into the two: what the masked content adds, measured by replacing it,
+    and what the logits are without it."""
+    donor = torch.roll(torch.arange(len(x), device=x.device), 1)
+    _, swapped = model.forward_features(counterfactual.swap_background(x, m, x[donor], m[donor]))
+    bias = model.classifier.bias if model.classifier.bias is not None else torch.zeros_like(logits[0])
+    inside, outside = logits - swapped, swapped - bias
+    return inside - inside.mean(1, keepdim=True), outside - outside.mean(1, keepdim=True)
 
 
 def p_param(default: float = 1.0) -> Param:

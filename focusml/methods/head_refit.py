@@ -2,7 +2,8 @@
 
 Last-layer retraining (deep feature reweighting, Kirichenko et al. 2022) with the masks in place
 of group labels. Every annotated training image gets the masked content of a donor drawn
-uniformly among the annotated training images, of any class:
+uniformly among the annotated training images, of any class, built like the counterfactual
+metric's images (`counterfactual.blend`, which keeps the object where a mask is a background):
 
     x_s = x·(1 − u) + x_d·u,   u = max(m, m_d)
 

@@ -18,6 +18,8 @@ changes no prediction):
 `m↓` is the mask on the feature grid (adaptive max pooling), grown by `grid_dilate` cells:
 neighbouring cells see the masked pixels through their receptive field, so a shortcut silenced
 in its own cell would move next door. `auto` grows it as far as the receptive field reaches.
+`object_guard on` (the default) keeps m↓ off more than half of an image's mostly unmasked cells: on
+a mask covering most of the image (a background) those cells are the object (`cam.mask_to_grid`).
 
 λ scale: `S` brings λ=1 to the order of CE at initialisation; the all-evidence term starts near
 zero (an untrained net's masked cells contribute almost nothing), so `S_all` only puts its λ on a
@@ -29,24 +31,26 @@ from __future__ import annotations
 import torch
 
 from focusml.cam import mask_to_grid, region_evidence
-from focusml.methods.base import Batch, GridMaskMethod, Method, evidence_param, grid_dilate_param, lam_param
+from focusml.methods.base import (Batch, GridMaskMethod, Method, evidence_param, grid_dilate_param, lam_param,
+                                  object_guard_param)
 
 SCALE = 200.0
 SCALE_ALL = 10.0
 
 
 def pas_term(features: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, m: torch.Tensor,
-             grid_dilate: int = 0) -> torch.Tensor:
+             grid_dilate: int = 0, keep_object: bool = True) -> torch.Tensor:
     """mean_i Σ m↓·ReLU(CAM_y) / max(1, Σ m↓) for features N×K×h×w, classifier weight C×K, masks N×H×W."""
     cam = torch.einsum("nk,nkhw->nhw", weight[y], features)
-    md = mask_to_grid(m, features.shape[-2:], grid_dilate).to(features.dtype)
+    md = mask_to_grid(m, features.shape[-2:], grid_dilate, keep_object).to(features.dtype)
     inside = (md * cam.clamp_min(0)).flatten(1).sum(1)
     return (inside / md.flatten(1).sum(1).clamp_min(1.0)).mean()
 
 
-def all_evidence_term(features: torch.Tensor, weight: torch.Tensor, m: torch.Tensor, grid_dilate: int = 0) -> torch.Tensor:
+def all_evidence_term(features: torch.Tensor, weight: torch.Tensor, m: torch.Tensor, grid_dilate: int = 0,
+                      keep_object: bool = True) -> torch.Tensor:
     """mean_i Σ_c r_ic², r the masked cells' class-centred contribution to every logit."""
-    inside, _ = region_evidence(features, weight, m, grid_dilate)
+    inside, _ = region_evidence(features, weight, m, grid_dilate, keep_object)
     return inside.pow(2).sum(1).mean()
 
 
@@ -56,10 +60,12 @@ class PAS(GridMaskMethod, Method):
     exact_cam = True
     summary = "CE + λ·evidence inside the mask (all classes, both signs; --evidence positive: the thesis's true-class form)"
     params = (lam_param(0.1, f"pas: raw term ×{SCALE_ALL:g} (evidence all) or ×{SCALE:g} (positive); "
-                             "default chosen on acc/val_cf"), evidence_param(), grid_dilate_param())
+                             "default chosen on acc/val_cf"), evidence_param(), grid_dilate_param(),
+              object_guard_param())
 
     def penalty(self, model, batch: Batch, features, logits):
         weight = model.classifier.weight
         if self.options["evidence"] == "all":
-            return SCALE_ALL * all_evidence_term(features, weight, batch.m, self.cells(model, features))
-        return SCALE * pas_term(features, weight, batch.y, batch.m, self.cells(model, features))
+            inside, _ = self.evidence(model, batch, features, logits)
+            return SCALE_ALL * inside.pow(2).sum(1).mean()
+        return SCALE * pas_term(features, weight, batch.y, batch.m, self.cells(model, features), self.keep_object)

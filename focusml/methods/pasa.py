@@ -17,7 +17,8 @@ that comes from the masked cells — the `evidence_in_mask` metric itself, per i
 
 with `r_ic` / `o_ic` the class-centred contributions of the masked cells / the other cells to
 logit c (`cam.region_evidence`). It stays scale-invariant, and a shortcut kept as evidence
-against the other classes counts in full. `grid_dilate` grows m↓ as for `pas` (see pas.py).
+against the other classes counts in full. `grid_dilate` and `object_guard` shape m↓ as for `pas`
+(see pas.py).
 
 λ scale: each share is in [0, 1], at initialisation roughly the masked fraction of the grid; the
 constants bring λ=1 to the order of CE there (values in docs/methods.md).
@@ -28,7 +29,8 @@ from __future__ import annotations
 import torch
 
 from focusml.cam import cam_from_features, evidence_share, mask_to_grid, region_evidence
-from focusml.methods.base import Batch, GridMaskMethod, Method, evidence_param, grid_dilate_param, lam_param
+from focusml.methods.base import (Batch, GridMaskMethod, Method, evidence_param, grid_dilate_param, lam_param,
+                                  object_guard_param)
 
 SCALE = 50.0
 SCALE_ALL = 10.0
@@ -36,19 +38,19 @@ EPS = 1e-6
 
 
 def pasa_term(features: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor, m: torch.Tensor,
-              eps: float = EPS, grid_dilate: int = 0) -> torch.Tensor:
+              eps: float = EPS, grid_dilate: int = 0, keep_object: bool = True) -> torch.Tensor:
     """mean_i Σ_c p̄_ic · share of ReLU(CAM_c) in m↓_i; features N×K×h×w, weight C×K, masks N×H×W."""
     pos = cam_from_features(features, weight).clamp_min(0)  # N×C×h×w
-    md = mask_to_grid(m, features.shape[-2:], grid_dilate).to(features.dtype)[:, None]
+    md = mask_to_grid(m, features.shape[-2:], grid_dilate, keep_object).to(features.dtype)[:, None]
     share = (md * pos).flatten(2).sum(2) / (pos.flatten(2).sum(2) + eps)  # N×C
     p = torch.softmax(logits.detach(), dim=1)
     return (p * share).sum(1).mean()
 
 
 def all_evidence_share_term(features: torch.Tensor, weight: torch.Tensor, m: torch.Tensor,
-                            grid_dilate: int = 0) -> torch.Tensor:
+                            grid_dilate: int = 0, keep_object: bool = True) -> torch.Tensor:
     """mean_i of the share of all-class, both-sign evidence from m↓_i (0 for an image without a mask)."""
-    return evidence_share(*region_evidence(features, weight, m, grid_dilate), eps=EPS).mean()
+    return evidence_share(*region_evidence(features, weight, m, grid_dilate, keep_object), eps=EPS).mean()
 
 
 class PASA(GridMaskMethod, Method):
@@ -57,10 +59,12 @@ class PASA(GridMaskMethod, Method):
     exact_cam = True
     summary = "CE + λ·share of the evidence that comes from the mask (all classes, both signs; --evidence positive: the thesis's form)"
     params = (lam_param(0.1, f"pasa: raw term ×{SCALE_ALL:g} (evidence all) or ×{SCALE:g} (positive); "
-                             "default chosen on acc/val_cf"), evidence_param(), grid_dilate_param())
+                             "default chosen on acc/val_cf"), evidence_param(), grid_dilate_param(),
+              object_guard_param())
 
     def penalty(self, model, batch: Batch, features, logits):
         weight = model.classifier.weight
         if self.options["evidence"] == "all":
-            return SCALE_ALL * all_evidence_share_term(features, weight, batch.m, self.cells(model, features))
-        return SCALE * pasa_term(features, weight, logits, batch.m, grid_dilate=self.cells(model, features))
+            return SCALE_ALL * evidence_share(*self.evidence(model, batch, features, logits), eps=EPS).mean()
+        return SCALE * pasa_term(features, weight, logits, batch.m, grid_dilate=self.cells(model, features),
+                                 keep_object=self.keep_object)

@@ -1,0 +1,95 @@
+"""The background shortcut (a mask covering most of the image): the dataset, its decorrelated clean
+twin, the counterfactual that keeps the object, and the grid mask that leaves the object's cells."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from focusml import counterfactual
+from focusml.cam import guarded, mask_to_grid, object_cells
+from focusml.data import CLEAN_SPLITS, SPLITS, DataOptions, Split, load
+from focusml.data.symbols import COLOURS
+
+_cache: dict = {}
+
+
+def dataset(name: str = "backgrounds"):
+    if name not in _cache:
+        _cache[name] = load(name, DataOptions(seed=0))
+    return _cache[name]
+
+
+def background_class(split) -> torch.Tensor:
+    """The class whose hue the masked pixels show (the direction of their mean colour)."""
+    m = split.masks.bool()[:, None]
+    mean = (split.images.float() * m).sum((2, 3)) / m.sum((2, 3))
+    hues = torch.nn.functional.normalize(torch.tensor(COLOURS, dtype=torch.float), dim=1)
+    return (torch.nn.functional.normalize(mean, dim=1) @ hues.T).argmax(1)
+
+
+def test_every_split_is_there_deterministic_and_the_mask_covers_most_of_the_image():
+    data = dataset()
+    assert set(data.splits) == set(SPLITS) | set(CLEAN_SPLITS)
+    assert data.image_shape == (3, 28, 28)
+    assert data.fingerprint == "61abe7911a30a055", "same seed, same bytes on every machine"
+    for name, split in data.splits.items():
+        covered = split.masks.float().mean((1, 2))
+        assert 0.7 < float(covered.min()) and float(covered.max()) < 0.97, name
+
+
+def test_the_background_follows_the_label_in_train_and_val_but_not_in_test_nor_the_clean_twin():
+    data = dataset()
+    k = data.num_classes
+    for name in ("train", "val", "test_confounded"):
+        assert torch.equal(background_class(data.split(name)), data.split(name).labels), name
+    for name in ("test", "train_clean", "val_clean", "test_clean"):
+        agree = float((background_class(data.split(name)) == data.split(name).labels).float().mean())
+        assert abs(agree - 1 / k) < 0.08, name  # decorrelated, not removed
+    # the clean twin holds the same objects: every unmasked pixel is the same
+    for name in ("train", "val", "test"):
+        split, clean = data.split(name), data.split(f"{name}_clean")
+        assert torch.equal(split.masks, clean.masks) and torch.equal(split.labels, clean.labels)
+        keep = ~split.masks.bool()[:, None].expand_as(split.images)
+        assert torch.equal(split.images[keep], clean.images[keep])
+
+
+def test_counterfactuals_keep_the_object_and_show_only_the_donors_background():
+    split = dataset().split("val")
+    cf = counterfactual.build(split)
+    keep = ~split.masks.bool()[:, None].expand_as(split.images)
+    assert torch.equal(cf.split.images[keep], split.images[keep])
+    shown = background_class(Split(cf.split.images, split.masks, split.labels))
+    assert torch.equal(shown, split.labels[cf.donors]), "the background is the donor's"
+    # The union construction pastes the donor's object over the background: the image's own object
+    # loses pixels to the donor's background.
+    union = counterfactual.build(split, construction="union").split.images
+    assert not torch.equal(union[keep], split.images[keep])
+
+
+@pytest.mark.slow  # generates four datasets
+@pytest.mark.parametrize("name", ["decoy-digits", "symbols", "xray-tokens", "sketches"])
+def test_small_masks_keep_their_grown_grid_mask(name):
+    m = dataset(name).split("train").masks.float()
+    for cells in (0, 1, 2):  # the auto margin on the 7×7 grid is at most 2
+        assert torch.equal(mask_to_grid(m, (7, 7), cells), mask_to_grid(m, (7, 7), cells, keep_object=False))
+
+
+def test_a_background_mask_leaves_the_objects_cells():
+    m = dataset().split("train").masks.float()
+    free = object_cells(m, (7, 7))
+    assert float(guarded(mask_to_grid(m, (7, 7), 2, keep_object=False)[:, None], free).float().mean()) > 0.95
+    grid = mask_to_grid(m, (7, 7), 2)[:, None]
+    assert not guarded(grid, free).any()
+    assert ((grid * free).flatten(1).sum(1) <= 0.5 * free.flatten(1).sum(1)).all()
+    assert (free.flatten(1).sum(1) > 0).all(), "every object keeps cells of its own"
+
+
+def test_the_margin_shrinks_until_it_fits():
+    m = torch.zeros(1, 28, 28)
+    m[0, :, :12] = 1  # a band over the left three columns of cells: 28 of 49 cells stay free
+    grown = mask_to_grid(m, (7, 7), 3)
+    # Of the 4 free columns of cells, a margin of 3 would take 3 (more than half); 2 takes half: it fits.
+    assert torch.equal(grown, mask_to_grid(m, (7, 7), 2, keep_object=False))
+    assert not np.array_equal(grown.numpy(), mask_to_grid(m, (7, 7), 3, keep_object=False).numpy())
