@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 
 from focusml import tracking
 from focusml.callbacks import Callbacks
@@ -66,6 +67,12 @@ class TrialContext:
     experiment: str
 
 
+def running(trial: optuna.Trial) -> FrozenTrial:
+    """The stored record of `trial` (params, attributes) while it runs, through Optuna's public API."""
+    return next(t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if t.number == trial.number)
+
+
 def make_objective(ctx: TrialContext, inner_factory: Callable[[optuna.Trial], Callbacks | None] | None = None):
     def objective(trial: optuna.Trial):
         trial.set_user_attr("worker_pid", os.getpid())  # first: a dead worker's trial is then recognised at once
@@ -81,8 +88,7 @@ def make_objective(ctx: TrialContext, inner_factory: Callable[[optuna.Trial], Ca
                                   tags={"optuna.study_name": ctx.study_name, "optuna.trial_number": str(trial.number),
                                         "focusml.tune.parent": ctx.parent_run_id})
         except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the run ended KILLED; the next call retries the trial
-            retry_trial(trial.study, trial.study._storage.get_trial(trial._trial_id),
-                        f"stopped by {getattr(e, 'signal_name', 'SIGINT')}")
+            retry_trial(trial.study, running(trial), f"stopped by {getattr(e, 'signal_name', 'SIGINT')}")
             raise
         trial.set_user_attr("mlflow_run_id", result.run_id)
         if result.warnings:  # the run's focusml.warning: such a trial is not chosen while a healthy one exists
