@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from focusml import FocusmlError
 from focusml.data.base import Split, annotated
 from focusml.data.stream import Rows
+from focusml.options import option
 
 
 @dataclass
@@ -151,7 +152,7 @@ def examples(masks, cfg: MaskAugment, seed: int = 0, n: int = 8, draws: int = 3
 
 # -- the annotations a run trains with: budget and corruption (applied once, before training) ------
 
-CORRUPTIONS = ("none", "partial", "shifted", "dilated")
+CORRUPTIONS = option("mask_corruption").choices  # declared with the option (focusml.options)
 #: per corruption: (default strength, lowest, highest, what the strength means)
 CORRUPTION_STRENGTH = {
     "partial": (0.5, 0.0, 1.0, "the share of each mask's area that is kept, in (0, 1]"),
