@@ -1,9 +1,8 @@
 """What `focusml methods`, `focusml datasets list` and `focusml train --help` show, without importing torch.
 
 The method and dataset registries are filled by importing every method and loader module, which
-imports torch (seconds). Their listings and the options `focusml train` builds from them (mask
-augmentation, every method's params; the run options themselves are declared torch-free in
-`focusml.options`) are stored in `catalog.json` beside this file together
+imports torch (seconds). Their listings and the options `focusml train` builds from them (every
+method's params; the run options themselves are declared torch-free in `focusml.options`) are stored in `catalog.json` beside this file together
 with a digest of the sources they were read from. `listing` returns the stored rows while the
 digest still matches the sources, and otherwise (a method or loader was edited since) reads the
 registries themselves, so the answer is never stale, only slower. `python -m focusml.catalog`
@@ -33,10 +32,7 @@ def sources_digest() -> str:
 
 def build() -> dict[str, list | dict]:
     """The listings and run options, read from the registries (imports torch)."""
-    from dataclasses import fields
-
     from focusml.data import DATASETS
-    from focusml.data.masks import MaskAugment
     from focusml.methods import METHODS, all_params
 
     methods = [{"method": name, "family": cls.family,
@@ -45,8 +41,6 @@ def build() -> dict[str, list | dict]:
     datasets = [{"dataset": d.name, "kind": "built-in" if d.builtin else "needs --data-root",
                  "shortcut": d.shortcut, "what": d.description} for d in DATASETS.values()]
     options = {
-        "mask_augment": [{"name": f.name, "type": type(f.default).__name__, "default": f.default}
-                         for f in fields(MaskAugment)],
         "method_params": [{"name": p.name, "type": "str" if p.auto else p.type.__name__, "help": p.help,
                            "defaults": {n: q.default for n, c in METHODS.items() for q in c.params if q.name == p.name}}
                           for p in all_params().values()],

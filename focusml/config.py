@@ -9,7 +9,7 @@ and method options.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,22 +20,13 @@ from focusml.data import DATASETS
 from focusml.data.masks import MaskAugment, corruption_strength, parse_budget
 from focusml.evaluate import SELECTABLE
 from focusml.models import MODELS
-from focusml.options import RUN_OPTIONS
+from focusml.options import AUGMENT_OPTIONS, RUN_OPTIONS, declared
 from focusml.precision import check_amp, check_channels_last, switch
-from focusml.values import coerce
 
 __all__ = ["MaskAugment", "RunConfig", "load_yaml"]  # MaskAugment lives in data.masks, beside what it drives
 
 
-def _declared(cls):
-    """`cls` as a dataclass whose fields are the declared run options, in order, then its own."""
-    cls.__annotations__ = {**{o.name: o.annotation for o in RUN_OPTIONS}, **cls.__annotations__}
-    for o in RUN_OPTIONS:
-        setattr(cls, o.name, o.default)
-    return dataclass(cls)
-
-
-@_declared
+@declared(RUN_OPTIONS)
 class RunConfig:
     augment: MaskAugment = field(default_factory=MaskAugment)
     method_params: dict[str, Any] = field(default_factory=dict)
@@ -46,9 +37,7 @@ class RunConfig:
         `corruption_strength` have their own parsers). Raises FocusmlError naming the option."""
         for o in RUN_OPTIONS:
             setattr(self, o.name, o.check(getattr(self, o.name)))
-        for f in fields(MaskAugment):
-            setattr(self.augment, f.name, coerce(f"--{f.name.replace('_', '-')}", getattr(self.augment, f.name),
-                                                 f.type))
+        self.augment.validate()
 
     def validate(self, own_data: bool = False, own_model: bool = False) -> "RunConfig":
         """Check every field; fill in the method's defaults. Raises FocusmlError.
@@ -81,7 +70,6 @@ class RunConfig:
                                    "(--init-from loads a whole trained model, --pretrained only the tensors that fit).")
             if source_kind(self.init_from) == "file":
                 check_state_dict_file(self.init_from)
-        self.augment.validate()
         if self.augment.active and not cls.uses_masks:
             raise FocusmlError(
                 f"mask augmentation (--dilate/--jitter/--scale/--blur/--keep-fraction) does not apply to method "
@@ -114,9 +102,9 @@ class RunConfig:
         Params that are not options (`dataset_fingerprint`, values a method's `prepare` worked out)
         are ignored; an empty string or "None" is None for optional fields.
         """
-        own = {o.name: o for o in RUN_OPTIONS}
+        own = {o.name: o for o in (*RUN_OPTIONS, *AUGMENT_OPTIONS)}
         method_keys = {p.name for p in methods.get(params.get("method", cls.method)).params}
-        keep = own.keys() | {f.name for f in fields(MaskAugment)} | method_keys
+        keep = own.keys() | method_keys
         values: dict[str, Any] = {}
         for key, text in params.items():
             if key not in keep:
@@ -156,9 +144,7 @@ class RunConfig:
             else:
                 allowed = sorted(own | aug_keys | method_keys)
                 raise FocusmlError(f"unknown option '{key}'. Allowed keys: {', '.join(allowed)}.")
-        augment = MaskAugment(**{k: coerce(f"--{k.replace('_', '-')}", v, type(getattr(MaskAugment(), k)).__name__)
-                                 for k, v in aug.items()})
-        return cls(**run, augment=augment, method_params=mparams)
+        return cls(**run, augment=MaskAugment(**aug), method_params=mparams)
 
 
 def check_select(select) -> None:

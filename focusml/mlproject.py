@@ -3,19 +3,16 @@ per method, plus `tune`, `refine` and `compare`. `make mlproject` rewrites it; a
 file is current.
 
 A method's entry point has every run option declared with `mlproject=EVERY_METHOD` (those with
-`MASK_METHODS` too when the method uses masks: focusml.options), mask augmentation and the method's own
-options. MLproject parameter types are string/float/path/uri, so whole numbers are typed `string`.
+`MASK_METHODS` too, mask augmentation's among them, when the method uses masks: focusml.options) and
+the method's own options. MLproject parameter types are string/float/path/uri, so whole numbers are typed `string`.
 """
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 import yaml
 
 from focusml import methods
-from focusml.config import MaskAugment
-from focusml.options import EVERY_METHOD, MASK_METHODS, RUN_OPTIONS
+from focusml.options import AUGMENT_OPTIONS, EVERY_METHOD, MASK_METHODS, RUN_OPTIONS
 
 
 def _param(value, kind=None) -> dict:
@@ -28,14 +25,10 @@ def entry_points() -> dict:
     eps = {}
     for name, cls in methods.METHODS.items():
         shown = (EVERY_METHOD, MASK_METHODS) if cls.uses_masks else (EVERY_METHOD,)
-        options = [o for o in RUN_OPTIONS if o.mlproject in shown]
+        options = [o for o in (*RUN_OPTIONS, *AUGMENT_OPTIONS) if o.mlproject in shown]
         params = {o.name: _param(o.default, "float" if o.type is float and not o.optional else "string")
                   for o in options}
         flags = [f"{o.flag} {{{o.name}}}" for o in options]
-        if cls.uses_masks:
-            for f in fields(MaskAugment):
-                params[f.name] = _param(f.default)
-                flags.append(f"--{f.name.replace('_', '-')} {{{f.name}}}")
         for p in cls.params:
             params[p.name] = _param(p.default, "float" if p.type is float and not p.auto else "string")
             flags.append(f"--{p.name.replace('_', '-')} {{{p.name}}}")

@@ -7,8 +7,8 @@ a declaration can say (type, choices, bounds) are made by `Option.check`; what n
 the machine (a method's name, `--device`, `--select`) stays with `RunConfig.validate`.
 
 A leaf: imports nothing of focusml but the error type, so `focusml train --help` reads it without torch.
-Mask augmentation (`data.masks.MaskAugment`) and each method's options (`methods.base.Param`) are
-declared beside what they drive.
+`AUGMENT_OPTIONS` are mask augmentation's (the fields of `data.masks.MaskAugment`); each method's own
+options are declared with the method (`methods.base.Param`), since they come and go with it.
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ class Option:
     help: str
     optional: bool = False  # None (or "" from the MLproject) means "not given"
     choices: tuple | None = None
-    low: float | None = None  # bounds, inclusive unless `low_open`
+    low: float | None = None  # bounds, inclusive unless `low_open` / `high_open`
     high: float | None = None
     low_open: bool = False
+    high_open: bool = False
     coerced: bool = True  # False: the value has its own parser (`amp: true`, `mask_budget: 0.5`), not `type`
     default_text: str | None = None  # the default as `--help` says it, where the value alone says too little
     mlproject: str | None = None  # EVERY_METHOD, MASK_METHODS or None (not an MLproject parameter)
@@ -66,13 +67,14 @@ class Option:
         if self.type is float and not math.isfinite(value):
             raise FocusmlError(f"{self.flag} is {value}; it must be a finite number{self._range()}.")
         below = value <= self.low if self.low_open else value < self.low if self.low is not None else False
-        if below or (self.high is not None and value > self.high):
+        above = value >= self.high if self.high_open else value > self.high if self.high is not None else False
+        if below or above:
             raise FocusmlError(f"{self.flag} is {value}; {self._want()}.")
         return value
 
     def _range(self) -> str:
         low = "" if self.low is None else f" {'>' if self.low_open else '≥'} {self.low:g}"
-        return low if self.high is None else f"{low} and ≤ {self.high:g}"
+        return low if self.high is None else f"{low} and {'<' if self.high_open else '≤'} {self.high:g}"
 
     def _want(self) -> str:
         if self.type is int and self.low is not None and self.high is not None:
@@ -132,6 +134,31 @@ RUN_OPTIONS: tuple[Option, ...] = (
 
 
 
+AUGMENT_OPTIONS: tuple[Option, ...] = (
+    Option("dilate", int, 0, "mask augmentation: grow masks by N pixels", low=0, mlproject=MASK_METHODS),
+    Option("jitter", int, 0, "mask augmentation: random mask shift of up to N pixels", low=0, mlproject=MASK_METHODS),
+    Option("scale", float, 0.0, "mask augmentation: random mask scale in [1−S, 1+S]", low=0, high=1, high_open=True,
+           mlproject=MASK_METHODS),
+    Option("blur", float, 0.0, "mask augmentation: Gaussian sigma for soft masks", low=0,
+           mlproject=MASK_METHODS),
+    Option("keep_fraction", float, 1.0, "mask augmentation: share of training images that keep their mask", low=0,
+           high=1, mlproject=MASK_METHODS),
+)
+
+
+def declared(options: tuple[Option, ...]):
+    """A class decorator: the class as a dataclass whose fields are `options` (in order, with their defaults),
+    then its own; `RunConfig` and `MaskAugment` are made so."""
+
+    def make(cls):
+        cls.__annotations__ = {**{o.name: o.annotation for o in options}, **cls.__annotations__}
+        for o in options:
+            setattr(cls, o.name, o.default)
+        return dataclass(cls)
+
+    return make
+
+
 def option(name: str) -> Option:
-    """The declaration of run option `name`."""
-    return next(o for o in RUN_OPTIONS if o.name == name)
+    """The declaration of run option `name` (mask augmentation's included)."""
+    return next(o for o in (*RUN_OPTIONS, *AUGMENT_OPTIONS) if o.name == name)

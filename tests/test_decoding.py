@@ -5,6 +5,7 @@ suggestion reads is what the model trains on."""
 from __future__ import annotations
 
 import io
+import itertools
 
 import numpy as np
 import pytest
@@ -22,11 +23,10 @@ def sixteen_bit(tmp_path):
     """A folder dataset of 16-bit greyscale PNGs whose values span 0…65535 (clipping them to 8 bits shows)."""
     root = tmp_path / "ds"
     rng = np.random.default_rng(0)
-    for split in ("train", "val", "test"):
-        for cls in ("a", "b"):
-            path = root / "images" / split / cls / "x.png"
-            path.parent.mkdir(parents=True)
-            Image.fromarray(rng.integers(0, 65536, (H, W)).astype(np.uint16)).save(path)
+    for split, cls in itertools.product(("train", "val", "test"), ("a", "b")):
+        path = root / "images" / split / cls / "x.png"
+        path.parent.mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 65536, (H, W)).astype(np.uint16)).save(path)
     assert Image.open(root / "images" / "train" / "a" / "x.png").mode.startswith("I;16")
     return root
 

@@ -71,6 +71,7 @@ def test_every_option_the_mlproject_shows_is_an_entry_point_parameter():
     ("seed", -1, "--seed is -1; give a whole number from 0 to 4294967295."),
     ("lr_schedule", "warm", "--lr-schedule is 'warm'; choose one of cosine, constant."),
     ("image_size", "abc", "--image-size is 'abc'; give a whole number."),
+    ("scale", 1.0, "--scale is 1.0; it must be a finite number ≥ 0 and < 1."),  # mask augmentation's: declared alike
 ])
 def test_a_declaration_refuses_what_it_says(name, value, message):
     with pytest.raises(FocusmlError) as e:

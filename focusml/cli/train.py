@@ -13,7 +13,7 @@ import click
 
 from focusml.catalog import listing
 from focusml.cli._common import ProgressBars, echo_table
-from focusml.options import RUN_OPTIONS
+from focusml.options import AUGMENT_OPTIONS, RUN_OPTIONS
 
 _TYPES = {"float": float, "int": int, "str": str}
 
@@ -37,21 +37,12 @@ def run_option(o):
 
 
 def run_options(fn):
-    """Every declared run option (focusml.options), mask-augmentation field and method option as a click option.
-
-    Method options and mask augmentation come from the stored catalog (`focusml.catalog`), so `focusml
-    train --help` imports no torch.
+    """Every declared run option and mask-augmentation option (focusml.options) and every method's option as a
+    click option. Method options come from the stored catalog (`focusml.catalog`), so `focusml train --help`
+    imports no torch.
     """
-    opts = [run_option(o) for o in RUN_OPTIONS]
+    opts = [run_option(o) for o in (*RUN_OPTIONS, *AUGMENT_OPTIONS)]
     stored = listing("train_options")
-    aug_help = {
-        "dilate": "grow masks by N pixels", "jitter": "random mask shift of up to N pixels",
-        "scale": "random mask scale in [1−S, 1+S]", "blur": "Gaussian sigma for soft masks",
-        "keep_fraction": "share of training images that keep their mask",
-    }
-    for f in stored["mask_augment"]:
-        opts.append(click.option(f"--{f['name'].replace('_', '-')}", type=_TYPES[f["type"]], default=None,
-                                 help=f"mask augmentation: {aug_help[f['name']]} (default {f['default']})"))
     for p in stored["method_params"]:
         owners = p["defaults"]
         text = p["help"] if len(owners) == 1 else p["help"].split(" (")[0]
