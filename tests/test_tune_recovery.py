@@ -78,10 +78,10 @@ def test_optunas_heartbeat_protocol_still_calls_the_journal_storages_stale_check
     monkeypatch.setenv("FOCUSML_TUNE_HEARTBEAT_S", "1")
     stale = []
     store = with_heartbeat(open_storage(str(tmp_path / "s.journal"), workers=2)[0], lambda s, t: stale.append(t.number))
-    study = optuna.create_study(storage=store)
-    trial = study.ask()
-    store.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, time.time() - 60)  # stopped beating a minute ago
     with warnings.catch_warnings():  # experimental, and meant for Study.optimize: both said in warnings
         warnings.simplefilter("ignore")
+        study = optuna.create_study(storage=store)
+        trial = study.ask()
+        store.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, time.time() - 60)  # stopped beating a minute ago
         optuna.storages.fail_stale_trials(study)
     assert study.trials[0].state == TrialState.FAIL and stale == [0]
