@@ -6,7 +6,8 @@ parameters (focusml.mlproject) and the keys a YAML config or `--set` may hold ar
 a declaration can say (type, choices, bounds) are made by `Option.check`; what needs the registries or
 the machine (a method's name, `--device`, `--select`) stays with `RunConfig.validate`.
 
-A leaf: imports nothing of focusml but the error type, so `focusml train --help` reads it without torch.
+A leaf: imports nothing of focusml but the error type and `values`, so `focusml train --help` reads it
+without torch.
 `AUGMENT_OPTIONS` are mask augmentation's (the fields of `data.masks.MaskAugment`); each method's own
 options are declared with the method (`methods.base.Param`), since they come and go with it.
 """
