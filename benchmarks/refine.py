@@ -93,7 +93,6 @@ def one_run(j: dict) -> dict:
     class MetricsPerEpoch(RunLogger):
         def on_epoch_end(self, epoch, metrics, model):
             log_metrics(metrics, step=epoch)
-            self.inner.on_epoch_end(epoch, metrics, model)
 
     torch.set_num_threads(1)
     config = RunConfig(method=j["method"], dataset=j["dataset"], seed=j["seed"], epochs=j["epochs"], device=j["device"],

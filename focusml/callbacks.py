@@ -1,19 +1,56 @@
-"""How a run reports while it works: one class of optional hooks, called by `run.run` and `train.fit`.
+"""How a run reports while it works: one class of optional hooks, called by `run.run` and `train.fit`,
+and the two things they are handed (`RunContext`, `RunResult`).
 
 The core never prints and never tracks; whoever calls it watches through these hooks. The CLI's
 progress bars, MLflow logging (`focusml.tracking.RunLogger`) and Optuna's pruning
-(`focusml.tune.TrialCallbacks`) are all `Callbacks`. A hook may raise to stop the run (e.g.
-`optuna.TrialPruned` from `on_epoch_end`).
+(`focusml.tune.TrialCallbacks`) are all `Callbacks`, each on its own; several are one `CallbackList`,
+the only place that hands a hook on, so every hook reaches every callback. A hook may raise to stop the
+run (e.g. `optuna.TrialPruned` from `on_epoch_end`).
 """
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # annotations only: run.py imports this module
-    from focusml.run import RunContext, RunResult
+if TYPE_CHECKING:  # annotations only: those modules import this one
+    import numpy as np
+    import torch
+
+    from focusml.config import RunConfig
+    from focusml.data import Dataset
+    from focusml.evaluate import Predictions
+    from focusml.methods import Method
+    from focusml.train import FitResult
+
+
+@dataclass
+class RunContext:
+    """What a run works on once its inputs are accepted (what `Callbacks.run_scope` receives)."""
+
+    config: RunConfig
+    data: Dataset
+    model: torch.nn.Module
+    method: Method
+    device: torch.device
+
+
+@dataclass
+class RunResult:
+    """What a run gives back (and `Callbacks.on_run_end` receives, a tracker filling in `run_id`, `model_uri`)."""
+
+    metrics: dict[str, float]  # test metrics, `time/epoch_s_mean`, `selected_epoch`, `selected/...`
+    run_id: str | None = None  # set by a tracker (`focusml.tracking.RunLogger`)
+    history: list[dict[str, float]] = field(default_factory=list)  # per-epoch metrics
+    model: torch.nn.Module | None = None  # the evaluated model: the checkpoint `--select` chose
+    fit: FitResult | None = None  # the loop's outcome: history, the selected epoch and its state
+    last_state: dict | None = None  # the last epoch's weights, when they are not the evaluated ones
+    confusion: np.ndarray | None = None  # confusion matrix on `test`
+    warnings: list[str] = field(default_factory=list)  # what makes the result suspect (`run.health_warnings`)
+    predictions: Predictions | None = None  # per-image test predictions of the evaluated model
+    model_uri: str | None = None  # the logged model (`models:/m-ID`), set by a tracker that logged one
 
 
 class Callbacks:
@@ -94,8 +131,13 @@ class CallbackList(Callbacks):
             cb.on_run_end(ctx, result)
 
 
-def as_callbacks(given) -> Callbacks:
-    """None, one `Callbacks` or a list of them, as one `Callbacks`."""
+def listed(given: Any) -> list[Callbacks]:
+    """None, one `Callbacks` or a list of them, as a list."""
     if given is None:
-        return Callbacks()
-    return given if isinstance(given, Callbacks) else CallbackList(given)
+        return []
+    return [given] if isinstance(given, Callbacks) else list(given)
+
+
+def as_callbacks(given: Any) -> Callbacks:
+    """None, one `Callbacks` or a list of them, as one `Callbacks`."""
+    return given if isinstance(given, Callbacks) else CallbackList(listed(given))

@@ -1,8 +1,8 @@
 """What `focusml methods`, `focusml datasets list` and `focusml train --help` show, without importing torch.
 
 The method and dataset registries are filled by importing every method and loader module, which
-imports torch (seconds). Their listings and the options `focusml train` builds from them (run
-defaults, mask augmentation, every method's params) are stored in `catalog.json` beside this file together
+imports torch (seconds). Their listings and the options `focusml train` builds from them (every
+method's params; the run options themselves are declared torch-free in `focusml.options`) are stored in `catalog.json` beside this file together
 with a digest of the sources they were read from. `listing` returns the stored rows while the
 digest still matches the sources, and otherwise (a method or loader was edited since) reads the
 registries themselves, so the answer is never stale, only slower. `python -m focusml.catalog`
@@ -17,7 +17,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).parent
 CATALOG = PACKAGE / "catalog.json"
-SOURCES = ("methods", "data", "config.py")  # the modules the registries and the run options are read from
+SOURCES = ("methods", "data")  # the modules the registries and their options are read from
 
 
 def sources_digest() -> str:
@@ -32,9 +32,6 @@ def sources_digest() -> str:
 
 def build() -> dict[str, list | dict]:
     """The listings and run options, read from the registries (imports torch)."""
-    from dataclasses import fields
-
-    from focusml.config import MaskAugment, RunConfig
     from focusml.data import DATASETS
     from focusml.methods import METHODS, all_params
 
@@ -43,12 +40,7 @@ def build() -> dict[str, list | dict]:
                 "what changes": cls.summary} for name, cls in METHODS.items()]
     datasets = [{"dataset": d.name, "kind": "built-in" if d.builtin else "needs --data-root",
                  "shortcut": d.shortcut, "what": d.description} for d in DATASETS.values()]
-    run = RunConfig()
     options = {
-        "defaults": {f.name: getattr(run, f.name) for f in fields(RunConfig)
-                     if isinstance(getattr(run, f.name), (str, int, float, bool))},
-        "mask_augment": [{"name": f.name, "type": type(f.default).__name__, "default": f.default}
-                         for f in fields(MaskAugment)],
         "method_params": [{"name": p.name, "type": "str" if p.auto else p.type.__name__, "help": p.help,
                            "defaults": {n: q.default for n, c in METHODS.items() for q in c.params if q.name == p.name}}
                           for p in all_params().values()],

@@ -1,14 +1,15 @@
 """`RunConfig`: every option of a run in one validated dataclass, logged as MLflow params.
 
-A YAML config file and the CLI use the same flat keys (`lam`, `dilate`, ... at the top level);
-`RunConfig.from_flat` sorts them into run fields, mask augmentation and method options.
+Its fields are the options declared in `focusml.options` (type, default, choices, bounds), then mask
+augmentation and the method's options. A YAML config file and the CLI use the same flat keys (`lam`,
+`dilate`, ... at the top level); `RunConfig.from_flat` sorts them into run fields, mask augmentation
+and method options.
 """
 
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -16,68 +17,27 @@ import yaml
 
 from focusml import FocusmlError, methods
 from focusml.data import DATASETS
-from focusml.data.masks import CORRUPTIONS, MaskAugment, corruption_strength, parse_budget
-from focusml.data.stream import MODES as DATA_LOADING
+from focusml.data.masks import MaskAugment, corruption_strength, parse_budget
 from focusml.evaluate import SELECTABLE
 from focusml.models import MODELS
+from focusml.options import AUGMENT_OPTIONS, RUN_OPTIONS, declared
 from focusml.precision import check_amp, check_channels_last, switch
-from focusml.values import check_seed, coerce
-
-LR_SCHEDULES = ("cosine", "constant")
-#: options whose empty value means "not given"
-OPTIONAL = ("pretrained", "init_from", "mask_budget", "corruption_strength")
 
 __all__ = ["MaskAugment", "RunConfig", "load_yaml"]  # MaskAugment lives in data.masks, beside what it drives
 
 
-@dataclass
+@declared(RUN_OPTIONS)
 class RunConfig:
-    method: str = "baseline"
-    dataset: str = "decoy-digits"
-    data_root: str | None = None
-    download: bool = False
-    data_seed: int = 0
-    image_size: int | None = None
-    train_size: int | None = None
-    data_loading: str = "auto"  # folder: auto | memory | stream (read from disk on demand; docs/datasets.md)
-    model: str = "small"
-    pretrained: str | None = None  # a local state-dict file, or "imagenet" (torchvision's cached file)
-    init_from: str | None = None  # a trained model to start from: local file, run id, runs:/..., models:/...
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float = 3e-3
-    lr_schedule: str = "cosine"  # cosine annealing to 0 over the epochs, or constant
-    select: str = "auto"  # the validation metric that picks the evaluated checkpoint, or "last"
-    seed: int = 0
-    device: str = "auto"
-    amp: str = "off"  # mixed precision of the training step: off | auto | bf16 | fp16 (focusml/precision.py)
-    channels_last: str = "auto"  # channels-last memory format: auto (big backbones on CUDA) | on | off
-    experiment: str | None = None  # None: MLFLOW_EXPERIMENT_NAME, else MLFLOW_EXPERIMENT_ID, else "focusml"
-    run_name: str | None = None
-    log_model: bool = True
-    system_metrics: bool = False  # MLflow's CPU/memory/GPU sampling during the run
-    cam_every: int = 1  # the cam_grid_val image series: every N epochs (the first and last always)
-    mask_budget: int | float | str | None = None  # N annotated training images, a share in (0, 1), or all
-    mask_corruption: str = "none"  # none | partial | shifted | dilated (data/masks.py)
-    corruption_strength: float | None = None  # None: the corruption's default
     augment: MaskAugment = field(default_factory=MaskAugment)
     method_params: dict[str, Any] = field(default_factory=dict)
 
     def check_types(self) -> None:
-        """Each field as its declared type (`focusml.values.coerce`: a bool is no number, an int is whole),
-        mask augmentation's too; seeds in range (`amp`, `channels_last` and `mask_budget` also take YAML's
-        booleans or numbers: `switch` and `parse_budget` check them). Raises FocusmlError naming the option."""
-        untyped = ("augment", "method_params", "mask_budget", "amp", "channels_last")  # checked by their own parsers
-        typed = [(self, f) for f in fields(self) if f.name not in untyped]
-        typed += [(self.augment, f) for f in fields(MaskAugment)]
-        for owner, f in typed:
-            value = getattr(owner, f.name)
-            kinds = str(f.type).replace(" ", "").split("|")
-            if value is None and "None" in kinds:
-                continue
-            setattr(owner, f.name, coerce(f"--{f.name.replace('_', '-')}", value, kinds[0]))
-        check_seed("--seed", self.seed)
-        check_seed("--data-seed", self.data_seed)
+        """Each option as its declared type, in its choices and bounds (`Option.check`: a bool is no number, an
+        int is whole), mask augmentation's too (`amp`, `channels_last`, `mask_budget` and
+        `corruption_strength` have their own parsers). Raises FocusmlError naming the option."""
+        for o in RUN_OPTIONS:
+            setattr(self, o.name, o.check(getattr(self, o.name)))
+        self.augment.validate()
 
     def validate(self, own_data: bool = False, own_model: bool = False) -> "RunConfig":
         """Check every field; fill in the method's defaults. Raises FocusmlError.
@@ -90,23 +50,7 @@ class RunConfig:
             raise FocusmlError(f"unknown dataset '{self.dataset}'. Known datasets: {', '.join(sorted(DATASETS))}.")
         if self.model not in MODELS and not own_model:
             raise FocusmlError(f"unknown model '{self.model}'. Known models: {', '.join(MODELS)}.")
-        if not isinstance(self.epochs, int) or self.epochs <= 0:
-            raise FocusmlError(f"--epochs is {self.epochs}; it must be a whole number ≥ 1.")
-        if not isinstance(self.cam_every, int) or self.cam_every < 1:
-            raise FocusmlError(f"--cam-every is {self.cam_every}; it must be a whole number ≥ 1 (1: every epoch).")
-        if self.batch_size <= 0:
-            raise FocusmlError(f"--batch-size is {self.batch_size}; it must be ≥ 1.")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise FocusmlError(f"--lr is {self.lr}; it must be a finite number > 0.")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise FocusmlError(f"--lr-schedule is {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}.")
         check_select(self.select)
-        if self.train_size is not None and (not isinstance(self.train_size, int) or self.train_size < 1):
-            raise FocusmlError(f"--train-size is {self.train_size}; it must be a whole number ≥ 1.")
-        if self.image_size is not None and self.image_size < 8:
-            raise FocusmlError(f"--image-size is {self.image_size}; it must be ≥ 8.")
-        if self.data_loading not in DATA_LOADING:
-            raise FocusmlError(f"--data-loading is {self.data_loading!r}; choose one of {', '.join(DATA_LOADING)}.")
         if self.data_loading == "stream" and self.dataset != "folder":
             raise FocusmlError(f"--data-loading stream reads a folder dataset from disk; dataset '{self.dataset}' is "
                                "built in memory. Drop the option or use --dataset folder.")
@@ -126,15 +70,12 @@ class RunConfig:
                                    "(--init-from loads a whole trained model, --pretrained only the tensors that fit).")
             if source_kind(self.init_from) == "file":
                 check_state_dict_file(self.init_from)
-        self.augment.validate()
         if self.augment.active and not cls.uses_masks:
             raise FocusmlError(
                 f"mask augmentation (--dilate/--jitter/--scale/--blur/--keep-fraction) does not apply to method "
                 f"'{self.method}': it uses no masks. Drop those options or pick a mask-based method."
             )
         self.mask_budget = parse_budget(self.mask_budget)
-        if self.mask_corruption not in CORRUPTIONS:
-            raise FocusmlError(f"--mask-corruption is {self.mask_corruption!r}; choose one of {', '.join(CORRUPTIONS)}.")
         self.corruption_strength = corruption_strength(self.mask_corruption, self.corruption_strength)
         if (self.mask_budget is not None or self.mask_corruption != "none") and not cls.uses_masks:
             raise FocusmlError(f"--mask-budget/--mask-corruption do not apply to method '{self.method}': it uses no "
@@ -161,33 +102,38 @@ class RunConfig:
         Params that are not options (`dataset_fingerprint`, values a method's `prepare` worked out)
         are ignored; an empty string or "None" is None for optional fields.
         """
-        own = {f.name: str(f.type) for f in fields(cls) if f.name not in ("augment", "method_params")}
+        own = {o.name: o for o in (*RUN_OPTIONS, *AUGMENT_OPTIONS)}
         method_keys = {p.name for p in methods.get(params.get("method", cls.method)).params}
-        keep = own.keys() | {f.name for f in fields(MaskAugment)} | method_keys
+        keep = own.keys() | method_keys
         values: dict[str, Any] = {}
         for key, text in params.items():
             if key not in keep:
                 continue
-            kind = own.get(key, "")
-            if "None" in kind and text in ("", "None"):
+            o = own.get(key)
+            if o is not None and o.optional and text in ("", "None"):
                 continue
-            try:
-                values[key] = (text == "True" if kind.startswith("bool") else int(text) if kind.startswith("int")
-                               else float(text) if kind.startswith("float") else text)
-            except ValueError:
-                raise FocusmlError(f"the run's param {key}={text!r} is not a valid {kind.split()[0]}.") from None
+            if o is not None and o.type is bool:
+                values[key] = text == "True"
+            elif o is not None and o.coerced:
+                try:
+                    values[key] = o.check(text)
+                except FocusmlError:
+                    raise FocusmlError(f"the run's param {key}={text!r} is not a valid {o.type.__name__}.") from None
+            else:
+                values[key] = text
         return cls.from_flat(values)
 
     @classmethod
     def from_flat(cls, values: dict[str, Any]) -> "RunConfig":
         """Build from flat keys (YAML file or CLI); None values mean 'not given'."""
-        own = {f.name for f in fields(cls)} - {"augment", "method_params"}
+        own = {o.name for o in RUN_OPTIONS}
+        optional = {o.name for o in RUN_OPTIONS if o.optional}
         aug_keys = {f.name for f in fields(MaskAugment)}
         method_keys = set(methods.all_params())
         run, aug, mparams = {}, {}, {}
         for key, value in values.items():
             key = key.replace("-", "_")
-            if value is None or (key in OPTIONAL and value == ""):  # MLproject passes "" for "not given"
+            if value is None or (key in optional and value == ""):  # MLproject passes "" for "not given"
                 continue
             if key in own:
                 run[key] = value
@@ -198,9 +144,7 @@ class RunConfig:
             else:
                 allowed = sorted(own | aug_keys | method_keys)
                 raise FocusmlError(f"unknown option '{key}'. Allowed keys: {', '.join(allowed)}.")
-        augment = MaskAugment(**{k: coerce(f"--{k.replace('_', '-')}", v, type(getattr(MaskAugment(), k)).__name__)
-                                 for k, v in aug.items()})
-        return cls(**run, augment=augment, method_params=mparams)
+        return cls(**run, augment=MaskAugment(**aug), method_params=mparams)
 
 
 def check_select(select) -> None:

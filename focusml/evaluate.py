@@ -176,11 +176,6 @@ class Evaluator:
         return metrics, cm, p
 
 
-def validation_metrics(model, data: Dataset, device: torch.device) -> dict[str, float]:
-    """`Evaluator(data, device).validation(model)`, for a one-off call."""
-    return Evaluator(data, device).validation(model)
-
-
 def test_metrics(model, data: Dataset, device: torch.device) -> tuple[dict[str, float], np.ndarray, Predictions]:
     """`Evaluator(data, device).test(model)`, for a one-off call."""
     return Evaluator(data, device).test(model)

@@ -1,22 +1,18 @@
-"""Generate the `MLproject` file from the method registry: one entry point per method, plus
-`tune`, `refine` and `compare`. `make mlproject` rewrites it; a test checks the committed file is current.
+"""Generate the `MLproject` file from the method registry and the declared run options: one entry point
+per method, plus `tune`, `refine` and `compare`. `make mlproject` rewrites it; a test checks the committed
+file is current.
 
-MLproject parameter types are string/float/path/uri, so whole numbers are typed `string`.
+A method's entry point has every run option declared with `mlproject=EVERY_METHOD` (those with
+`MASK_METHODS` too, mask augmentation's among them, when the method uses masks: focusml.options) and
+the method's own options. MLproject parameter types are string/float/path/uri, so whole numbers are typed `string`.
 """
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 import yaml
 
 from focusml import methods
-from focusml.config import MaskAugment, RunConfig
-
-RUN_FIELDS = ["dataset", "data_root", "train_size", "epochs", "batch_size", "lr", "lr_schedule", "select", "seed", "model",
-              "device", "amp", "channels_last", "init_from", "data_loading"]
-#: the annotations a mask-based method trains with (data/masks.py)
-MASK_FIELDS = ["mask_budget", "mask_corruption", "corruption_strength"]
+from focusml.options import AUGMENT_OPTIONS, EVERY_METHOD, MASK_METHODS, RUN_OPTIONS
 
 
 def _param(value, kind=None) -> dict:
@@ -26,18 +22,13 @@ def _param(value, kind=None) -> dict:
 
 
 def entry_points() -> dict:
-    defaults = RunConfig()
     eps = {}
     for name, cls in methods.METHODS.items():
-        params = {f: _param(getattr(defaults, f)) for f in RUN_FIELDS}
-        flags = [f"--{f.replace('_', '-')} {{{f}}}" for f in RUN_FIELDS]
-        if cls.uses_masks:
-            for f in MASK_FIELDS:
-                params[f] = _param(getattr(defaults, f))
-                flags.append(f"--{f.replace('_', '-')} {{{f}}}")
-            for f in fields(MaskAugment):
-                params[f.name] = _param(f.default)
-                flags.append(f"--{f.name.replace('_', '-')} {{{f.name}}}")
+        shown = (EVERY_METHOD, MASK_METHODS) if cls.uses_masks else (EVERY_METHOD,)
+        options = [o for o in (*RUN_OPTIONS, *AUGMENT_OPTIONS) if o.mlproject in shown]
+        params = {o.name: _param(o.default, "float" if o.type is float and not o.optional else "string")
+                  for o in options}
+        flags = [f"{o.flag} {{{o.name}}}" for o in options]
         for p in cls.params:
             params[p.name] = _param(p.default, "float" if p.type is float and not p.auto else "string")
             flags.append(f"--{p.name.replace('_', '-')} {{{p.name}}}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ import torch
 
 from focusml import FocusmlError, methods
 from focusml.cache import cache_dir
-from focusml.callbacks import Callbacks, as_callbacks
+from focusml.callbacks import Callbacks, RunContext, RunResult, as_callbacks
 from focusml.config import RunConfig
 from focusml.data import DATASETS, DataOptions, Dataset, load
 from focusml.data.masks import annotate
@@ -31,31 +30,6 @@ from focusml.methods import Method, PrepareContext
 from focusml.models import InitWeights, adapt, build_model, load_init_state, read_init_file, source_kind
 from focusml.precision import Precision
 from focusml.train import FitResult, fit, refit, resolve_device
-
-
-@dataclass
-class RunContext:
-    """What a run works on once its inputs are accepted (what `Callbacks.run_scope` receives)."""
-
-    config: RunConfig
-    data: Dataset
-    model: torch.nn.Module
-    method: Method
-    device: torch.device
-
-
-@dataclass
-class RunResult:
-    metrics: dict[str, float]  # test metrics, `time/epoch_s_mean`, `selected_epoch`, `selected/...`
-    run_id: str | None = None  # set by a tracker (`focusml.tracking.RunLogger`)
-    history: list[dict[str, float]] = field(default_factory=list)  # per-epoch metrics
-    model: torch.nn.Module | None = None  # the evaluated model: the checkpoint `--select` chose
-    fit: FitResult | None = None  # the loop's outcome: history, the selected epoch and its state
-    last_state: dict | None = None  # the last epoch's weights, when they are not the evaluated ones
-    confusion: np.ndarray | None = None  # confusion matrix on `test`
-    warnings: list[str] = field(default_factory=list)  # what makes the result suspect (`health_warnings`)
-    predictions: Predictions | None = None  # per-image test predictions of the evaluated model
-    model_uri: str | None = None  # the logged model (`models:/m-ID`), set by a tracker that logged one
 
 
 _kept: dict = {"on": False, "key": None, "data": None}  # `keep_data`: the last built-in dataset loaded

@@ -48,9 +48,3 @@ def coerce(flag: str, value: Any, kind: str) -> Any:
     shown = "true" if value is True else "false" if value is False else repr(value)
     raise FocusmlError(f"{flag} is {shown}; give {_WANT[kind]}.")
 
-
-def check_seed(flag: str, value: int) -> int:
-    """Refuse a seed outside 0 … SEED_MAX (too large for torch.manual_seed once salted, or negative)."""
-    if not 0 <= value <= SEED_MAX:
-        raise FocusmlError(f"{flag} is {value}; give a whole number from 0 to {SEED_MAX}.")
-    return value

@@ -1,4 +1,5 @@
-"""`focusml train`: one tracked run, its options built from RunConfig, MaskAugment and every method's params.
+"""`focusml train`: one tracked run, its options built from the declared run options, MaskAugment and every
+method's params.
 
 `--resume RUN_ID` continues a stopped run (KILLED, FAILED, or left RUNNING by a dead process or a
 lost server) in the same MLflow run, with the run's own options (`tracking.resume`).
@@ -7,87 +8,41 @@ lost server) in the same MLflow run, with the run's own options (`tracking.resum
 from __future__ import annotations
 
 from contextlib import contextmanager
-from types import SimpleNamespace
 
 import click
 
-from focusml import FocusmlError
 from focusml.catalog import listing
 from focusml.cli._common import ProgressBars, echo_table
+from focusml.options import AUGMENT_OPTIONS, RUN_OPTIONS
 
 _TYPES = {"float": float, "int": int, "str": str}
 
 
-def run_options(fn):
-    """Every RunConfig field, mask-augmentation field and method option as a click option.
+def run_option(o):
+    """The click option of declared run option `o` (focusml.options). Its default is None so that a value
+    given here can be told apart from one in `--config FILE.yaml`; the effective default is said in the help.
+    An optional value is taken as text (the MLproject passes "" for "not given") and typed by the config."""
+    if o.type is bool:
+        return click.option(f"{o.flag}/--no-{o.flag[2:]}", default=None,
+                            help=f"{o.help} (default {'on' if o.default else 'off'})")
+    default = o.default_text or o.default
+    text = o.help if default is None else f"{o.help} (default {default})"
+    if o.choices is not None:
+        kind = click.Choice(o.choices)
+    else:
+        kind = _TYPES[o.type.__name__] if o.coerced and not o.optional else str
+    extra = {"is_flag": False, "flag_value": o.flag_value} if o.flag_value is not None else {}
+    metavar = o.metavar or ("INTEGER" if o.type is int and kind is str else None)
+    return click.option(o.flag, type=kind, default=None, metavar=metavar, help=text, **extra)
 
-    Defaults are None so that a value given on the command line can be told apart from one in
-    `--config FILE.yaml`; the effective defaults are RunConfig's and each method's. Built from the
-    stored catalog (`focusml.catalog`), so `focusml train --help` imports no torch.
+
+def run_options(fn):
+    """Every declared run option and mask-augmentation option (focusml.options) and every method's option as a
+    click option. Method options come from the stored catalog (`focusml.catalog`), so `focusml train --help`
+    imports no torch.
     """
+    opts = [run_option(o) for o in (*RUN_OPTIONS, *AUGMENT_OPTIONS)]
     stored = listing("train_options")
-    defaults = SimpleNamespace(**stored["defaults"])
-    opts = [
-        click.option("--method", default=None, help=f"training method (default {defaults.method}); see `focusml methods`"),
-        click.option("--dataset", default=None, help=f"dataset name (default {defaults.dataset}); see `focusml datasets list`"),
-        click.option("--data-root", default=None, help="folder dataset root, or where MNIST files live"),
-        click.option("--download/--no-download", default=None, help="allow downloading torchvision datasets"),
-        click.option("--data-seed", type=int, default=None, help="generation seed of built-in datasets (default 0)"),
-        click.option("--image-size", type=int, default=None, help="resize folder images (and masks) to N×N"),
-        click.option("--train-size", default=None,
-                     help="decoy-mnist/decoy-fashion: train on the first N of the shuffled training images"),
-        click.option("--data-loading", type=click.Choice(["auto", "memory", "stream"]), default=None,
-                     help="folder dataset: hold it in memory, or stream it from disk with worker processes; auto "
-                          "streams when it would take over a quarter of the available memory (default auto)"),
-        click.option("--model", default=None, help="network: small, small-bn, vgg11, resnet18, resnet50 or densenet121 "
-                                                    f"(default {defaults.model})"),
-        click.option("--pretrained", default=None, help="local state-dict file (the tensors that fit), or imagenet: "
-                                                         "torchvision's cached ImageNet file (never downloaded)"),
-        click.option("--init-from", default=None, help="start from a trained model: run id, runs:/ID, "
-                                                        "models:/NAME@ALIAS, models:/NAME/VERSION or a local file"),
-        click.option("--mask-budget", default=None, help="keep masks on N training images (fixed, seeded), or a "
-                                                          "share in (0, 1); the rest count as unannotated (default all)"),
-        click.option("--mask-corruption", type=click.Choice(["none", "partial", "shifted", "dilated"]), default=None,
-                     help="imperfect training masks: partial, shifted or dilated (default none)"),
-        click.option("--corruption-strength", default=None,
-                     help="partial: share of the area kept (0.5); shifted: shift ÷ image side (0.25); "
-                          "dilated: margin ÷ image side (0.1)"),
-        click.option("--epochs", type=int, default=None, help=f"training epochs (default {defaults.epochs})"),
-        click.option("--batch-size", type=int, default=None, help=f"batch size (default {defaults.batch_size})"),
-        click.option("--lr", type=float, default=None, help=f"Adam learning rate (default {defaults.lr})"),
-        click.option("--lr-schedule", type=click.Choice(["cosine", "constant"]), default=None,
-                     help=f"learning-rate schedule over the epochs (default {defaults.lr_schedule})"),
-        click.option("--select", default=None,
-                     help="validation metric that picks the evaluated checkpoint (acc/val_cf, acc/val, flip/val, "
-                          "evidence_in_mask/val, wr/val, cam_in_mask/val, acc/val_clean), last, or auto = acc/val_cf "
-                          "where val has masks (default auto)"),
-        click.option("--seed", type=int, default=None, help="training seed (default 0)"),
-        click.option("--device", default=None, help="auto, cpu or cuda[:N] (default auto)"),
-        click.option("--amp", default=None, is_flag=False, flag_value="auto", metavar="[auto|bf16|fp16|off]",
-                     help="mixed precision for the training step: bf16, fp16 (CUDA, with a gradient scaler), auto "
-                          "(what --amp alone means: bf16 on CPU and recent GPUs, fp16 on older GPUs) or off "
-                          "(default off)"),
-        click.option("--channels-last", default=None, metavar="[auto|on|off]",
-                     help="channels-last memory format for model and batches; auto = on for resnet18, resnet50 and "
-                          "densenet121 on CUDA (default auto)"),
-        click.option("--experiment", default=None,
-                     help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else $MLFLOW_EXPERIMENT_ID, else focusml)"),
-        click.option("--run-name", default=None, help="MLflow run name (default METHOD-DATASET-sSEED)"),
-        click.option("--log-model/--no-log-model", default=None, help="log the MLflow model (default on)"),
-        click.option("--system-metrics/--no-system-metrics", default=None,
-                     help="log CPU, memory, disk, network (and GPU) usage as system/* metrics (default off)"),
-        click.option("--cam-every", type=int, default=None,
-                     help="log the validation CAM grid (cam_grid_val) every N epochs; the untrained network, the "
-                          f"first and the last epoch always (default {defaults.cam_every}: every epoch)"),
-    ]
-    aug_help = {
-        "dilate": "grow masks by N pixels", "jitter": "random mask shift of up to N pixels",
-        "scale": "random mask scale in [1−S, 1+S]", "blur": "Gaussian sigma for soft masks",
-        "keep_fraction": "share of training images that keep their mask",
-    }
-    for f in stored["mask_augment"]:
-        opts.append(click.option(f"--{f['name'].replace('_', '-')}", type=_TYPES[f["type"]], default=None,
-                                 help=f"mask augmentation: {aug_help[f['name']]} (default {f['default']})"))
     for p in stored["method_params"]:
         owners = p["defaults"]
         text = p["help"] if len(owners) == 1 else p["help"].split(" (")[0]
@@ -109,15 +64,6 @@ def config_from_options(options: dict):
     values = load_yaml(config_file) if config_file else {}
     values = {k.replace("-", "_"): v for k, v in values.items()}
     values.update({k: v for k, v in options.items() if v is not None})
-    if values.get("data_root") == "":
-        values["data_root"] = None
-    if values.get("train_size") in ("", "None"):  # MLproject passes an empty default
-        values["train_size"] = None
-    elif isinstance(values.get("train_size"), str):
-        try:
-            values["train_size"] = int(values["train_size"])
-        except ValueError:
-            raise FocusmlError(f"--train-size is {values['train_size']!r}; give a whole number.") from None
     return RunConfig.from_flat(values)
 
 

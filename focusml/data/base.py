@@ -75,10 +75,6 @@ class Dataset:
     _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
-    def has_clean(self) -> bool:
-        return "train_clean" in self.splits
-
-    @property
     def num_classes(self) -> int:
         return len(self.classes)
 

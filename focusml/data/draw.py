@@ -83,12 +83,6 @@ def disc(size: int, centre, radius: float) -> np.ndarray:
     return np.clip(radius + 0.5 - d, 0.0, 1.0)
 
 
-def ring(size: int, centre, radius: float, width: float) -> np.ndarray:
-    rr, cc = grid(size)
-    d = np.sqrt((rr - centre[0]) ** 2 + (cc - centre[1]) ** 2)
-    return np.clip(width / 2 + 0.5 - np.abs(d - radius), 0.0, 1.0)
-
-
 def polygon(size: int, points) -> np.ndarray:
     """Coverage of a filled simple polygon (even-odd rule), anti-aliased by distance to its edges."""
     rr, cc = grid(size)

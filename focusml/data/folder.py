@@ -53,6 +53,7 @@ READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.er
 
 
 def mask_path(root: Path, split: str, cls: str, image_name: str) -> Path:
+    """Where the mask of image `image_name` lives: masks/<split>/<class>/<stem>.png (the mask tool's too)."""
     return root / "masks" / split / cls / (Path(image_name).stem + ".png")
 
 
@@ -162,8 +163,11 @@ def _is_grey(img: Image.Image) -> bool:
     return img.mode in GREY_MODES
 
 
-def _eight_bit(img: Image.Image, mode: str) -> Image.Image:
-    """`img` as an 8-bit 'L' or 'RGB' image; 16-bit and float greyscale are scaled, not clipped."""
+def eight_bit(img: Image.Image, mode: str) -> Image.Image:
+    """`img` as an 8-bit 'L' or 'RGB' image; 16-bit and float greyscale are scaled, not clipped.
+
+    The one decoding of a user's image: the loader, the logged model (`focusml.preprocess`) and the mask
+    tool all go through it, so what a user draws on is what the model trains on."""
     if img.mode.startswith("I") or img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
         if img.mode == "F" and arr.max(initial=0) <= 1.0:
@@ -177,7 +181,7 @@ def _eight_bit(img: Image.Image, mode: str) -> Image.Image:
 def image_array(img: Image.Image, mode: str, size: tuple[int, int]) -> np.ndarray:
     """`img` as the dataset stores it: 8-bit `mode` ('L' or 'RGB'), resized (bilinear) to `size` (w, h), uint8 C×H×W.
     The logged model applies the same to the images it is given (`focusml.preprocess`)."""
-    img = _eight_bit(img, mode)
+    img = eight_bit(img, mode)
     if img.size != size:
         img = img.resize(size, Image.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,29 +23,19 @@ import torch.nn.functional as F
 from focusml import FocusmlError
 from focusml.data.base import Split, annotated
 from focusml.data.stream import Rows
+from focusml.options import AUGMENT_OPTIONS, declared, option
 
 
-@dataclass
+@declared(AUGMENT_OPTIONS)
 class MaskAugment:
-    """Mask augmentation of docs/methods.md, applied per batch to the masks of mask-based methods."""
-
-    dilate: int = 0  # pixels, ≥ 0
-    jitter: int = 0  # max random shift in pixels, ≥ 0
-    scale: float = 0.0  # random scale factor in [1 − scale, 1 + scale], 0 ≤ scale < 1
-    blur: float = 0.0  # Gaussian sigma in pixels; > 0 gives a soft mask in [0, 1]
-    keep_fraction: float = 1.0  # share of training images whose mask is kept, in [0, 1]
+    """Mask augmentation of docs/methods.md, applied per batch to the masks of mask-based methods: dilate and
+    jitter in pixels, a scale factor drawn from [1 − scale, 1 + scale], a Gaussian blur sigma in pixels (> 0:
+    a soft mask in [0, 1]), the share of training images whose mask is kept. Fields: `options.AUGMENT_OPTIONS`."""
 
     def validate(self) -> "MaskAugment":
-        checks = [
-            ("dilate", self.dilate, self.dilate >= 0, "≥ 0 pixels"),
-            ("jitter", self.jitter, self.jitter >= 0, "≥ 0 pixels"),
-            ("scale", self.scale, 0 <= self.scale < 1, "in [0, 1): masks are scaled by a factor in [1−scale, 1+scale]"),
-            ("blur", self.blur, self.blur >= 0, "a Gaussian sigma ≥ 0"),
-            ("keep-fraction", self.keep_fraction, 0 <= self.keep_fraction <= 1, "a share in [0, 1]"),
-        ]
-        for name, value, ok, want in checks:
-            if isinstance(value, float) and math.isnan(value) or not ok:
-                raise FocusmlError(f"--{name} is {value}; it must be {want}.")
+        """Each field as its declared type and in its bounds (FocusmlError naming the flag)."""
+        for o in AUGMENT_OPTIONS:
+            setattr(self, o.name, o.check(getattr(self, o.name)))
         return self
 
     @property
@@ -151,7 +140,7 @@ def examples(masks, cfg: MaskAugment, seed: int = 0, n: int = 8, draws: int = 3
 
 # -- the annotations a run trains with: budget and corruption (applied once, before training) ------
 
-CORRUPTIONS = ("none", "partial", "shifted", "dilated")
+CORRUPTIONS = option("mask_corruption").choices  # declared with the option (focusml.options)
 #: per corruption: (default strength, lowest, highest, what the strength means)
 CORRUPTION_STRENGTH = {
     "partial": (0.5, 0.0, 1.0, "the share of each mask's area that is kept, in (0, 1]"),

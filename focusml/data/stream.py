@@ -20,8 +20,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset as TorchDataset
 
 from focusml import FocusmlError
+from focusml.options import option
 
-MODES = ("auto", "memory", "stream")
+MODES = option("data_loading").choices  # declared with the option (focusml.options)
 #: auto streams a dataset whose decoded tensors exceed this share of the available memory: the rest is
 #: for the model, evaluation buffers (counterfactual splits are built in float) and other processes
 MEMORY_SHARE = 0.25

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from focusml import FocusmlError
-from focusml.data.folder import IMAGE_EXTENSIONS, READ_ERRORS
+from focusml.data.folder import IMAGE_EXTENSIONS, READ_ERRORS, mask_path
 
 
 class UnsafePath(FocusmlError):
@@ -145,8 +145,7 @@ class DatasetTree:
 
     def mask_file(self, rel: str) -> Path:
         """Where the mask of image `rel` lives (masks/<split>/<class>/<stem>.png); may not exist yet."""
-        split, cls, name = split_rel(rel)
-        return self.inside("masks", split, cls, Path(name).stem + ".png")
+        return self.inside(*mask_path(Path(), *split_rel(rel)).parts)
 
     def image_size(self, rel: str) -> tuple[int, int]:
         """From the file's header; BrokenImage when it is not an image."""

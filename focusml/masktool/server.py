@@ -45,9 +45,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 
 import numpy as np
-from PIL import Image
 
 from focusml import FocusmlError
+from focusml.data.folder import eight_bit, image_array
 from focusml.masktool.paths import BrokenImage, DatasetTree, UnsafePath, open_image, split_rel
 
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
@@ -155,7 +155,7 @@ class MaskToolApp:
 
     def image_png(self, rel: str) -> bytes:
         with open_image(self.tree.image_file(rel), rel) as img:
-            img = img.convert("RGB")
+            img = eight_bit(img, "RGB")  # the loader's decoding: a 16-bit or float image shows as the model sees it
             buf = io.BytesIO()
             img.save(buf, format="PNG")
         return buf.getvalue()
@@ -174,11 +174,9 @@ class MaskToolApp:
         cm = self.cam_model
         with open_image(self.tree.image_file(rel), rel) as img:
             size = img.size
-            img = img.convert("L" if cm.in_channels == 1 else "RGB")
-            if cm.image_size and img.size != (cm.image_size, cm.image_size):
-                img = img.resize((cm.image_size, cm.image_size), Image.BILINEAR)
-            arr = np.asarray(img, dtype=np.float32) / 255.0
-        x = torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())[None]
+            arr = image_array(img, "L" if cm.in_channels == 1 else "RGB",  # as the loader decodes and resizes it
+                              (cm.image_size, cm.image_size) if cm.image_size else size)
+        x = torch.from_numpy(arr.astype(np.float32) / 255.0)[None]
         with self._model_lock, torch.no_grad():
             cam, logits = class_cam(cm.model, x)
         prob = torch.softmax(logits, 1)[0]

@@ -1,8 +1,12 @@
 """A run that outlives its process: the local run folder, a resumable checkpoint every epoch, the
 tracking server going away, and `focusml train --resume`.
 
-`RunKeeper` wraps `RunLogger` (it is the outermost `Callbacks` of a tracked run). Every tracked
-run gets a local folder `$FOCUSML_CACHE/runs/<run_id>/` (`run_dir`):
+`RunKeeper` is the outermost `Callbacks` of a tracked run, an explicit wrapper around one list of
+callbacks, `RunLogger` first and then the caller's (`CallbackList`: every hook reaches each of them,
+the logging first). It checks a resumed run before the logger re-attaches it, takes the run's folder
+once the logger has opened the run, saves each checkpoint before handing it on, and turns a lost
+server into `TrackingLost` around every hook. Every tracked run gets a local folder
+`$FOCUSML_CACHE/runs/<run_id>/` (`run_dir`):
 
 - `resume.pt`: the whole training state after the last finished epoch (`train.training_state`),
   replaced atomically every epoch and uploaded as the run's `checkpoints/resume.pt` while the
@@ -24,7 +28,6 @@ is there exactly once.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -38,7 +41,7 @@ from mlflow.entities import Metric
 
 from focusml import FocusmlError, RunFailed
 from focusml.cache import cache_dir
-from focusml.callbacks import Callbacks
+from focusml.callbacks import CallbackList, Callbacks, listed
 from focusml.tracking.log import log_artifact, set_tags
 from focusml.tracking.logger import RunLogger, epoch_step
 from focusml.tracking.store import TrackingLost, fcntl, is_remote, reachable
@@ -111,16 +114,18 @@ def load_state(path: Path) -> dict:
 
 
 class RunKeeper(Callbacks):
-    """The local folder, per-epoch checkpoints and server-loss handling of one tracked run.
+    """The local folder, per-epoch checkpoints and server-loss handling of one tracked run, around
+    `[logger, *callbacks]` (`callbacks`: None, one `Callbacks` or a list, the caller's).
 
     `resume`: the training state to continue from (the run is `logger.resume_id`);
     `fingerprint`: the dataset fingerprint the run logged, checked before re-attaching;
     `checkpoints=False` keeps no resume state (Optuna trials: a stopped trial is retried instead).
     """
 
-    def __init__(self, logger: RunLogger, resume: dict | None = None, fingerprint: str | None = None,
+    def __init__(self, logger: RunLogger, callbacks=None, resume: dict | None = None, fingerprint: str | None = None,
                  checkpoints: bool = True, lock: RunLock | None = None):
         self.logger, self.resume, self.fingerprint, self.checkpoints = logger, resume, fingerprint, checkpoints
+        self.tracked = CallbackList([logger, *listed(callbacks)])
         self.folder: Path | None = None
         self.lock = lock  # already held (`tracking.resume`), else taken when the run opens
         self.epoch = -1 if resume is None else resume["epoch"]
@@ -132,7 +137,7 @@ class RunKeeper(Callbacks):
         if self.resume is not None:
             self._check_resume(ctx)  # before the run is re-attached: a refusal leaves it as it was
         try:
-            with self._server_errors(), self.logger.run_scope(ctx):
+            with self._server_errors(), self.tracked.run_scope(ctx):
                 if self.folder is None and self.checkpoints:
                     self._open(self.logger.run_id)
                 if self.resume is not None:
@@ -218,46 +223,34 @@ class RunKeeper(Callbacks):
 
     def on_checkpoint(self, epoch, state):
         self.epoch = epoch
-        if self.folder is None:
-            self.logger.on_checkpoint(epoch, state)  # on to the caller's own callbacks
-            return
-        path = self.folder / RESUME_FILE
-        _atomic(path, lambda tmp: torch.save(state, tmp))
-        lines = "".join(json.dumps({"epoch": i, "step": epoch_step(i), **h}) + "\n" for i, h in enumerate(state["history"]))
-        _atomic(self.folder / "metrics.jsonl", lambda tmp: tmp.write_text(lines))
-        self._guard(log_artifact, path, "checkpoints")
-        self.logger.on_checkpoint(epoch, state)  # saved first, then on to the caller's own callbacks
+        if self.folder is not None:  # saved first, then handed on
+            path = self.folder / RESUME_FILE
+            _atomic(path, lambda tmp: torch.save(state, tmp))
+            lines = "".join(json.dumps({"epoch": i, "step": epoch_step(i), **h}) + "\n"
+                            for i, h in enumerate(state["history"]))
+            _atomic(self.folder / "metrics.jsonl", lambda tmp: tmp.write_text(lines))
+            self._guard(log_artifact, path, "checkpoints")
+        self._guard(self.tracked.on_checkpoint, epoch, state)
 
     def on_epoch_end(self, epoch, metrics, model):
-        self._guard(self.logger.on_epoch_end, epoch, metrics, model)
+        self._guard(self.tracked.on_epoch_end, epoch, metrics, model)
 
     def on_run_end(self, ctx, result):
-        if self.resume is not None:  # final metrics a cut-off earlier attempt already logged are not sent twice
-            have = self._guard(lambda: mlflow.MlflowClient().get_run(self.logger.run_id).data.metrics)
-            full = result.metrics
-            result.metrics = {k: v for k, v in full.items() if k not in have or not _same(have[k], v)}
-            try:
-                self._guard(self.logger.on_run_end, ctx, result)
-            finally:
-                result.metrics = full
-        else:
-            self._guard(self.logger.on_run_end, ctx, result)
-        if result.warnings:
-            self._guard(set_tags, {"focusml.warning": "; ".join(result.warnings)[:5000]})
+        self._guard(self.tracked.on_run_end, ctx, result)
         if self.folder is not None:
             (self.folder / "finished").write_text("final metrics and artifacts logged\n")
 
     def log_artifact(self, path, artifact_path):
-        self._guard(self.logger.log_artifact, path, artifact_path)
+        self._guard(self.tracked.log_artifact, path, artifact_path)
 
     def log_params(self, params):
-        self._guard(self.logger.log_params, params)
+        self._guard(self.tracked.log_params, params)
 
     def on_prepare(self, desc, step, steps):
-        self.logger.on_prepare(desc, step, steps)
+        self._guard(self.tracked.on_prepare, desc, step, steps)
 
     def on_batch_end(self, epoch, step, steps, loss):
-        self.logger.on_batch_end(epoch, step, steps, loss)
+        self._guard(self.tracked.on_batch_end, epoch, step, steps, loss)
 
 
 END_TAGS = {"focusml.killed": "KILLED", "focusml.failure": "FAILED"}
@@ -276,6 +269,3 @@ def _move_end_tags(client: mlflow.MlflowClient, run_id: str) -> None:
         if key in tags:
             client.delete_tag(run_id, key)
 
-
-def _same(a: float, b: float) -> bool:
-    return a == b or (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9)

@@ -8,27 +8,29 @@ epoch counted from 1 (as the progress bar counts): every epoch, or every `cam_ev
 always the first and the last (the figure is made once and redrawn, `figures.CamSeries`);
 the end logs the model (an MLflow 3 LoggedModel named after the run, at the evaluated epoch's step,
 so it carries that epoch's validation metrics), the final metrics linked to it and to their split's dataset, the figures, the per-image test predictions as a table and the checkpoints.
-Progress hooks are passed on to `inner` (the CLI's progress lines, an Optuna trial), after the
-logging, so a pruned trial's last epoch is logged before it stops.
+It hands nothing on: a tracked run's callbacks are one list with the logger first
+(`keeper.RunKeeper`), so the logging of an epoch comes before the caller's callbacks see it (a
+pruned trial's last epoch is logged before it stops).
 """
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import torch
 
-from focusml.callbacks import Callbacks, as_callbacks
+from focusml.callbacks import Callbacks, RunContext, RunResult
 from focusml.data.masks import examples
 from focusml.evaluate import Predictions
 from focusml.figures import CamSeries, confusion_figure, mask_augment_grid, sample_indices, split_cam_grid
-from focusml.run import RunContext, RunResult
 from focusml.tracking.log import (experiment_name, log_artifact, log_datasets, log_figure, log_final_metrics,
                                   log_image_step, log_metrics, log_model, log_params, log_state_dict, log_table,
-                                  model_name)
+                                  model_name, set_tags)
 from focusml.tracking.pyfunc import own_architecture
 from focusml.tracking.sources import Source, log_lineage
 from focusml.tracking.store import start_run
@@ -41,6 +43,11 @@ def cam_due(step: int, epochs: int, every: int) -> bool:
     return step in (1, epochs) or step % every == 0
 
 
+def same_value(a: float, b: float) -> bool:
+    """Two logged values of one metric are the same (NaN equals NaN; float round-trips through the store)."""
+    return a == b or (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9)
+
+
 def epoch_step(epoch: int) -> int:
     """The MLflow step of an epoch's metrics: one-based, as the progress bar and the CAM grid titles
     count (also what `tracking.keeper` checks when a resumed run re-sends them)."""
@@ -48,9 +55,8 @@ def epoch_step(epoch: int) -> int:
 
 
 class RunLogger(Callbacks):
-    def __init__(self, inner: Callbacks | None = None, parent_run_id: str | None = None,
-                 tags: dict[str, str] | None = None, run_id: str | None = None, lineage: Source | None = None):
-        self.inner = as_callbacks(inner)  # one Callbacks or a list of them
+    def __init__(self, parent_run_id: str | None = None, tags: dict[str, str] | None = None, run_id: str | None = None,
+                 lineage: Source | None = None):
         self.parent_run_id, self.tags = parent_run_id, tags or {}
         self.resume_id = run_id  # continue this run (`focusml train --resume`): its inputs are already logged
         self.lineage = lineage  # --init-from: its tags go on the run, its logged model becomes an input
@@ -89,27 +95,15 @@ class RunLogger(Callbacks):
                 log_image_step(self.cams.image(ctx.model, ctx.device, f"{config.method} on {config.dataset}: before "
                                                f"training, epoch 0/{config.epochs} (val)"), "cam_grid_val", 0)
             try:
-                with self.inner.run_scope(ctx):
-                    yield
+                yield
             finally:
                 self.cams.close()
 
     def log_artifact(self, path: Path, artifact_path: str) -> None:
         log_artifact(path, artifact_path)
-        self.inner.log_artifact(path, artifact_path)
 
     def log_params(self, params: dict) -> None:
         log_params(params)
-        self.inner.log_params(params)
-
-    def on_prepare(self, desc, step, steps):
-        self.inner.on_prepare(desc, step, steps)
-
-    def on_batch_end(self, epoch, step, steps, loss):
-        self.inner.on_batch_end(epoch, step, steps, loss)
-
-    def on_checkpoint(self, epoch, state):
-        self.inner.on_checkpoint(epoch, state)
 
     def on_epoch_end(self, epoch, metrics, model):
         ctx = self.ctx
@@ -118,7 +112,6 @@ class RunLogger(Callbacks):
         if cam_due(step, ctx.config.epochs, ctx.config.cam_every):
             title = f"{ctx.config.method} on {ctx.config.dataset}: epoch {step}/{ctx.config.epochs} (val)"
             log_image_step(self.cams.image(model, ctx.device, title), "cam_grid_val", step)
-        self.inner.on_epoch_end(epoch, metrics, model)
 
     def on_run_end(self, ctx: RunContext, result: RunResult) -> None:
         result.run_id = self.run_id
@@ -140,9 +133,17 @@ class RunLogger(Callbacks):
             self.model_id = info.model_id
             result.model_uri = f"models:/{info.model_id}"
             ctx.model.to(ctx.device)
-        log_final_metrics(result.metrics, self.model_id, self.datasets, step=selected)
+        log_final_metrics(self._unsent(result.metrics), self.model_id, self.datasets, step=selected)
         _log_final_artifacts(ctx, result)
-        self.inner.on_run_end(ctx, result)
+        if result.warnings:
+            set_tags({"focusml.warning": "; ".join(result.warnings)[:5000]})
+
+    def _unsent(self, metrics: dict[str, float]) -> dict[str, float]:
+        """`metrics` less those a cut-off earlier attempt of a resumed run already logged (not sent twice)."""
+        if self.resume_id is None:
+            return metrics
+        have = mlflow.MlflowClient().get_run(self.run_id).data.metrics
+        return {k: v for k, v in metrics.items() if k not in have or not same_value(have[k], v)}
 
 
 def _log_mask_examples(ctx: RunContext) -> None:

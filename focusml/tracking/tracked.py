@@ -1,7 +1,7 @@
 """The tracked run: what `focusml train`, the MLproject entry points and the Optuna trials call.
 
-`run` is the core `focusml.run.run` with `RunLogger` plugged in as its callbacks (wrapped by
-`keeper.RunKeeper`: the run's local folder, a resumable checkpoint every epoch, a lost server),
+`run` is the core `focusml.run.run` with `RunLogger` and the caller's callbacks as one list, wrapped by
+`keeper.RunKeeper` (the run's local folder, a resumable checkpoint every epoch, a lost server),
 after checking that the tracking store answers (so a wrong URI never leaves a half-written run).
 `resume` continues a stopped run in the same MLflow run, from its last finished epoch.
 """
@@ -29,7 +29,7 @@ from focusml.tracking.sources import resolve
 from focusml.tracking.store import setup, terminate_run
 
 
-def run(config: RunConfig, *, callbacks: Callbacks | None = None, parent_run_id: str | None = None,
+def run(config: RunConfig, *, callbacks: Callbacks | list[Callbacks] | None = None, parent_run_id: str | None = None,
         tags: dict[str, str] | None = None, checkpoints: bool = True, data: Dataset | None = None,
         model: torch.nn.Module | None = None) -> RunResult:
     """Train and evaluate one configuration and log everything to MLflow; returns the metrics and run id.
@@ -41,9 +41,8 @@ def run(config: RunConfig, *, callbacks: Callbacks | None = None, parent_run_id:
     config.validate(own_data=data is not None, own_model=model is not None)
     setup()
     source = resolve(config.init_from) if config.init_from else None
-    logger = RunLogger(callbacks, parent_run_id, tags, lineage=source)
-    return run_untracked(config, RunKeeper(logger, checkpoints=checkpoints), init=source.weights if source else None,
-                         data=data, model=model)
+    keeper = RunKeeper(RunLogger(parent_run_id, tags, lineage=source), callbacks, checkpoints=checkpoints)
+    return run_untracked(config, keeper, init=source.weights if source else None, data=data, model=model)
 
 
 def resume_config(run_id: str, given: dict | None = None, device: str | None = None) -> tuple[RunConfig, dict]:
@@ -119,7 +118,7 @@ def find_checkpoint(run_id: str, on_warning: Callable[[str], None] | None = None
     return max(found, key=lambda s: s["epoch"])
 
 
-def resume(run_id: str, *, callbacks: Callbacks | None = None, given: dict | None = None,
+def resume(run_id: str, *, callbacks: Callbacks | list[Callbacks] | None = None, given: dict | None = None,
            device: str | None = None, on_warning: Callable[[str], None] | None = None) -> RunResult:
     """Continue run `run_id` (KILLED, FAILED, or RUNNING with its process gone) in the same MLflow run.
 
@@ -142,7 +141,7 @@ def resume(run_id: str, *, callbacks: Callbacks | None = None, given: dict | Non
             terminate_run(run_id, "FINISHED")
             info = run_info(run_id)
             return RunResult(dict(info.data.metrics), run_id)
-        keeper = RunKeeper(RunLogger(callbacks, run_id=run_id), resume=state,
+        keeper = RunKeeper(RunLogger(run_id=run_id), callbacks, resume=state,
                            fingerprint=params.get("dataset_fingerprint"), lock=lock)
         source = resolve(config.init_from) if config.init_from else None  # the core refuses an unresolved run id
         return run_untracked(config, keeper, init=source.weights if source else None, resume=state)

@@ -9,7 +9,7 @@ the parent runs of dead `tune` calls closed.
   queues a copy of the trial with the same params (WAITING, `retry_history` as Optuna's
   `RetryFailedTrialCallback` writes it), which the next `ask` runs first; at most `MAX_RETRY` times.
   A trial stopped by Ctrl-C or SIGTERM is retried the same way.
-- Every `tune` call records itself as study system attribute `focusml:parent:<run_id>` with a
+- Every `tune` call records itself as study user attribute `focusml:parent:<run_id>` with a
   heartbeat (`ParentBeat`); a later call closes the parent runs of calls that stopped beating, and
   their child runs still RUNNING (KILLED, tag `focusml.killed`) — `close_stale_parents`.
 """
@@ -93,11 +93,10 @@ def fail_dead_local(study: optuna.Study) -> list[int]:
         if host != HOST or not isinstance(pid, int) or pid_alive(pid):
             continue
         try:
-            if not study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another process got there first
-        retry_trial(study, study._storage.get_trial(t._trial_id), f"its worker process (pid {pid}) died")
+            frozen = study.tell(t.number, state=TrialState.FAIL)
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            continue  # another process got there first (tell refuses a finished trial, the storage a race)
+        retry_trial(study, frozen, f"its worker process (pid {pid}) died")
         failed.append(t.number)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -106,7 +105,7 @@ def fail_dead_local(study: optuna.Study) -> list[int]:
 
 
 class ParentBeat:
-    """The heartbeat of one `tune` call (its MLflow parent run) in the study's system attributes."""
+    """The heartbeat of one `tune` call (its MLflow parent run) in the study's user attributes."""
 
     def __init__(self, study: optuna.Study, run_id: str):
         self.study, self.key = study, PARENT + run_id
@@ -114,8 +113,7 @@ class ParentBeat:
         self.thread = threading.Thread(target=self._beat, name="focusml-parent-heartbeat", daemon=True)
 
     def _write(self, done: bool = False) -> None:
-        self.study._storage.set_study_system_attr(self.study._study_id, self.key,
-                                                  {"host": HOST, "pid": os.getpid(), "beat": time.time(), "done": done})
+        self.study.set_user_attr(self.key, {"host": HOST, "pid": os.getpid(), "beat": time.time(), "done": done})
 
     def _beat(self) -> None:
         interval = heartbeat()[0]
@@ -144,7 +142,7 @@ def close_stale_parents(study: optuna.Study) -> list[str]:
     """End the MLflow parent runs of earlier `tune` calls on this study whose process is gone (KILLED)."""
     now, grace = time.time(), heartbeat()[1]
     closed = []
-    for key, value in study._storage.get_study_system_attrs(study._study_id).items():
+    for key, value in study.user_attrs.items():
         if not key.startswith(PARENT) or not isinstance(value, dict) or value.get("done"):
             continue
         if value.get("host") == HOST:  # here the process itself says whether the call lives
@@ -166,5 +164,5 @@ def close_stale_parents(study: optuna.Study) -> list[str]:
         except Exception as e:
             warnings.warn(f"could not close the MLflow parent run {run_id}: {e}")
             continue
-        study._storage.set_study_system_attr(study._study_id, key, {**value, "done": True})
+        study.set_user_attr(key, {**value, "done": True})
     return closed

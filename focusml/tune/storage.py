@@ -102,6 +102,8 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
             pass  # the trial just ended
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        # Optuna's private heartbeat protocol (what `fail_stale_trials` calls; it takes storage-internal trial
+        # ids): pinned by tests/test_tune_recovery.py
         now, grace = time.time(), self.grace_period or 2 * (self.heartbeat_interval or 0)
         return [t._trial_id for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
                 if HEARTBEAT_ATTR in t.system_attrs and now - t.system_attrs[HEARTBEAT_ATTR] > grace]

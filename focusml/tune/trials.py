@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 
 from focusml import tracking
-from focusml.callbacks import Callbacks
+from focusml.callbacks import Callbacks, listed
 from focusml.tune.recovery import CALL_ATTR, HOST, retry_trial
 from focusml.tune.results import WARNING_ATTR
 from focusml.tune.spec import StudySpec
@@ -24,19 +25,13 @@ class TrialPruned(optuna.TrialPruned, tracking.StopRun):
 
 
 class TrialCallbacks(Callbacks):
-    """Reports the per-epoch objective to the trial (single-objective) and prunes on request."""
+    """Reports the per-epoch objective to the trial (single-objective) and prunes on request; the last of a
+    trial's callbacks, so the epoch is logged and shown before a pruned trial stops."""
 
-    def __init__(self, trial: optuna.Trial, spec: StudySpec, inner: Callbacks | None = None):
-        self.trial, self.spec, self.inner = trial, spec, inner or Callbacks()
-
-    def on_prepare(self, desc, step, steps):
-        self.inner.on_prepare(desc, step, steps)
-
-    def on_batch_end(self, epoch, step, steps, loss):
-        self.inner.on_batch_end(epoch, step, steps, loss)
+    def __init__(self, trial: optuna.Trial, spec: StudySpec):
+        self.trial, self.spec = trial, spec
 
     def on_epoch_end(self, epoch, metrics, model):
-        self.inner.on_epoch_end(epoch, metrics, model)
         run_id = tracking.active_run_id()
         if run_id is not None and "mlflow_run_id" not in self.trial.user_attrs:
             self.trial.set_user_attr("mlflow_run_id", run_id)
@@ -66,6 +61,12 @@ class TrialContext:
     experiment: str
 
 
+def running(trial: optuna.Trial) -> FrozenTrial:
+    """The stored record of `trial` (params, attributes) while it runs, through Optuna's public API."""
+    return next(t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if t.number == trial.number)
+
+
 def make_objective(ctx: TrialContext, inner_factory: Callable[[optuna.Trial], Callbacks | None] | None = None):
     def objective(trial: optuna.Trial):
         trial.set_user_attr("worker_pid", os.getpid())  # first: a dead worker's trial is then recognised at once
@@ -74,15 +75,14 @@ def make_objective(ctx: TrialContext, inner_factory: Callable[[optuna.Trial], Ca
         params = {p.name: p.suggest(trial) for p in ctx.spec.search}
         config = ctx.spec.config(params, experiment=ctx.experiment,
                                  run_name=f"{ctx.study_name}-trial-{trial.number}")
-        inner = inner_factory(trial) if inner_factory else None
+        inner = listed(inner_factory(trial)) if inner_factory else []
         try:
-            result = tracking.run(config, callbacks=TrialCallbacks(trial, ctx.spec, inner),
+            result = tracking.run(config, callbacks=[*inner, TrialCallbacks(trial, ctx.spec)],
                                   parent_run_id=ctx.parent_run_id, checkpoints=False,
                                   tags={"optuna.study_name": ctx.study_name, "optuna.trial_number": str(trial.number),
                                         "focusml.tune.parent": ctx.parent_run_id})
         except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the run ended KILLED; the next call retries the trial
-            retry_trial(trial.study, trial.study._storage.get_trial(trial._trial_id),
-                        f"stopped by {getattr(e, 'signal_name', 'SIGINT')}")
+            retry_trial(trial.study, running(trial), f"stopped by {getattr(e, 'signal_name', 'SIGINT')}")
             raise
         trial.set_user_attr("mlflow_run_id", result.run_id)
         if result.warnings:  # the run's focusml.warning: such a trial is not chosen while a healthy one exists
