@@ -7,8 +7,9 @@ For an image `x` with mask `m`, a donor `x_d` of another class from the same spl
 
 - small masks (the shortcut is a patch, a token, a scribble): u = max(m, m_d), s = x_d. Whatever
   either mask marks now comes from the donor, its shortcut included; every other pixel is untouched;
-- a mask covering more than half of the image (a background) leaves the object: u = m there, so
-  the image's object is never covered, and s is the donor's background only
+- a mask covering more than half of the image (a background) leaves the object: u = m there, less
+  a thin band along the object (`erode`: its rim, which the mask marks too, is part of how the
+  object looks), so the image's object is never covered, and s is the donor's background only
   (`background_source`: where the donor's mask does not mark a pixel, its object, s takes marked
   content from elsewhere in the donor), so the donor's object is never pasted in.
 
@@ -71,6 +72,7 @@ class Counterfactuals:
 
 
 LARGE = 0.5  # a mask covering more of its image than this is a background: what it leaves is the object
+RIM = 0.04  # the band along the object left to it (`erode`), as a share of the image side
 
 
 def fill(images: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
@@ -86,17 +88,24 @@ def fill(images: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     return images * known + up * (1 - known)
 
 
+def erode(masks: torch.Tensor) -> torch.Tensor:
+    """N×H×W masks (> 0 = marked) without a band of ~4% of the image side along the unmarked region.
+
+    A mask drawn on a background also marks the object's rim (its blurred, anti-aliased edge, half
+    object), and a model reads the object's shape there: the band is left to the object."""
+    r = max(1, round(RIM * min(masks.shape[-2:])))
+    return -F.max_pool2d(-(masks > 0).float()[:, None], 2 * r + 1, stride=1, padding=r)[:, 0] * masks.float()
+
+
 def background_source(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """N×C×H×W float: each image's marked content, and for its unmarked pixels (its object) marked content
     from elsewhere in the same image.
 
-    The marked region is first eroded by ~4% of the image side, so the object's blurred rim, which a
-    mask drawn on the background also marks, is not taken as background. A hole pixel takes the pixel
+    The marked region is first eroded (`erode`), so the object's rim is not taken as background. A hole pixel takes the pixel
     half an image away (across, down, diagonally: wrapped), the first that is marked, so the hole gets
     the background's own texture and no silhouette; what is left is filled by push-pull."""
     h, w = images.shape[-2:]
-    r = max(1, round(0.04 * min(h, w)))
-    known = -F.max_pool2d(-(masks > 0).float()[:, None], 2 * r + 1, stride=1, padding=r)  # erosion
+    known = (erode(masks) > 0).float()[:, None]
     out, have = images * known, known.bool()
     for shift in ((0, w // 2), (h // 2, 0), (h // 2, w // 2), (h // 4, w // 4), (-h // 4, w // 4)):
         take = ~have & torch.roll(known, shift, (2, 3)).bool()
@@ -112,8 +121,9 @@ def is_large(masks: torch.Tensor) -> torch.Tensor:
 
 def swap_background(images: torch.Tensor, masks: torch.Tensor, donor_images: torch.Tensor,
                     donor_masks: torch.Tensor) -> torch.Tensor:
-    """Float N×C×H×W: each image's masked content replaced by its donor's background (`background_source`)."""
-    m = masks.float()[:, None]
+    """Float N×C×H×W: each image's masked content (but its object's rim, `erode`) replaced by its donor's
+    background (`background_source`)."""
+    m = erode(masks)[:, None]
     return images * (1 - m) + background_source(donor_images, donor_masks) * m
 
 
@@ -126,7 +136,7 @@ def blend(images: torch.Tensor, masks: torch.Tensor, donor_images: torch.Tensor,
         u = torch.maximum(m, md)
     else:
         large, large_d = (is_large(t).view(-1, 1, 1) for t in (m, md))
-        u = torch.where(large, m, torch.maximum(m, md))
+        u = torch.where(large, erode(m), torch.maximum(m, md))
         if bool(large_d.any()):
             source = torch.where(large_d[:, None], background_source(source, md), source)
     u = u * has.view(-1, 1, 1)
