@@ -93,3 +93,50 @@ def test_the_margin_shrinks_until_it_fits():
     # Of the 4 free columns of cells, a margin of 3 would take 3 (more than half); 2 takes half: it fits.
     assert torch.equal(grown, mask_to_grid(m, (7, 7), 2, keep_object=False))
     assert not np.array_equal(grown.numpy(), mask_to_grid(m, (7, 7), 3, keep_object=False).numpy())
+
+
+def _batch(name: str, n: int = 16):
+    from focusml.methods import Batch
+
+    x, m, y = dataset(name).split("train").batch(torch.arange(n))
+    return Batch(x, m, y, torch.arange(n))
+
+
+def _model(channels: int):
+    from focusml.config import RunConfig
+    from focusml.models import build_model
+
+    torch.manual_seed(0)
+    return build_model(RunConfig().model, channels, 5, 28)
+
+
+def test_on_a_background_the_evidence_is_measured_by_swapping_it_and_splits_the_logits_exactly():
+    from focusml.methods import METHODS
+    from focusml.methods.base import swapped_evidence
+
+    batch, model = _batch("backgrounds"), _model(3)
+    features, logits = model.forward_features(batch.x)
+    inside, outside = swapped_evidence(model, batch.x, batch.m, logits)
+    z = logits - model.classifier.bias
+    assert torch.allclose(inside + outside, z - z.mean(1, keepdim=True), atol=1e-5)
+    pas = METHODS["pas"]()
+    got, _ = pas.evidence(model, batch, features, logits)
+    assert torch.allclose(got, inside, atol=1e-6), "every mask here is large: all swapped"
+    pen = pas.penalty(model, batch, features, logits)
+    pen.backward()
+    assert pen.item() > 0 and model.features[0].weight.grad.abs().sum() > 0
+    cells, _ = METHODS["pas"]({"object_guard": "off"}).evidence(model, batch, features, logits)
+    assert not torch.allclose(cells, inside), "off: the cells' split, as before"
+
+
+@pytest.mark.slow  # generates symbols
+def test_on_small_masks_the_evidence_is_the_cells_as_before():
+    from focusml.cam import region_evidence
+    from focusml.methods import METHODS
+
+    batch, model = _batch("symbols"), _model(3)
+    features, logits = model.forward_features(batch.x)
+    pas = METHODS["pas"]()
+    got, _ = pas.evidence(model, batch, features, logits)
+    want, _ = region_evidence(features, model.classifier.weight, batch.m, pas.cells(model, features), keep_object=False)
+    assert torch.equal(got, want)

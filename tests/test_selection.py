@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from focusml import FocusmlError
+from focusml.cam import region_evidence
 from focusml.config import RunConfig
 from focusml.data import Dataset, Split
 from focusml.evaluate import select_metric
@@ -116,11 +117,11 @@ def test_all_evidence_penalty_sees_evidence_against_other_classes():
     m[0, :2, :2] = 1
     y = torch.tensor([0])
     assert pas_term(feats, weight, y, m).item() == 0.0  # the positive true-class CAM shows nothing
-    pen = all_evidence_term(feats, weight, m)
+    pen = all_evidence_term(region_evidence(feats, weight, m)[0])
     assert pen.item() > 0
     pen.backward()
     assert feats.grad[0, 0, 0, 0] != 0 and feats.grad[0, 0, 1, 1] == 0  # only the masked cell is pushed
-    assert all_evidence_term(feats, weight, torch.zeros_like(m)).item() == 0.0
+    assert all_evidence_term(region_evidence(feats, weight, torch.zeros_like(m))[0]).item() == 0.0
 
 
 def test_pas_works_out_an_auto_margin_on_the_first_batch():

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from focusml.cam import mask_to_grid, region_evidence
+from focusml.cam import mask_to_grid
 from focusml.methods.base import (Batch, GridMaskMethod, Method, evidence_param, grid_dilate_param, lam_param,
                                   object_guard_param)
 
@@ -47,10 +47,8 @@ def pas_term(features: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, m: t
     return (inside / md.flatten(1).sum(1).clamp_min(1.0)).mean()
 
 
-def all_evidence_term(features: torch.Tensor, weight: torch.Tensor, m: torch.Tensor, grid_dilate: int = 0,
-                      keep_object: bool = True) -> torch.Tensor:
-    """mean_i Σ_c r_ic², r the masked cells' class-centred contribution to every logit."""
-    inside, _ = region_evidence(features, weight, m, grid_dilate, keep_object)
+def all_evidence_term(inside: torch.Tensor) -> torch.Tensor:
+    """mean_i Σ_c r_ic² for the masked content's class-centred contributions r (N×C, `GridMaskMethod.evidence`)."""
     return inside.pow(2).sum(1).mean()
 
 
@@ -66,6 +64,5 @@ class PAS(GridMaskMethod, Method):
     def penalty(self, model, batch: Batch, features, logits):
         weight = model.classifier.weight
         if self.options["evidence"] == "all":
-            inside, _ = self.evidence(model, batch, features, logits)
-            return SCALE_ALL * inside.pow(2).sum(1).mean()
+            return SCALE_ALL * all_evidence_term(self.evidence(model, batch, features, logits)[0])
         return SCALE * pas_term(features, weight, batch.y, batch.m, self.cells(model, features), self.keep_object)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from focusml.cam import cam_from_features, evidence_share, mask_to_grid, region_evidence
+from focusml.cam import cam_from_features, evidence_share, mask_to_grid
 from focusml.methods.base import (Batch, GridMaskMethod, Method, evidence_param, grid_dilate_param, lam_param,
                                   object_guard_param)
 
@@ -45,12 +45,6 @@ def pasa_term(features: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor
     share = (md * pos).flatten(2).sum(2) / (pos.flatten(2).sum(2) + eps)  # N×C
     p = torch.softmax(logits.detach(), dim=1)
     return (p * share).sum(1).mean()
-
-
-def all_evidence_share_term(features: torch.Tensor, weight: torch.Tensor, m: torch.Tensor,
-                            grid_dilate: int = 0, keep_object: bool = True) -> torch.Tensor:
-    """mean_i of the share of all-class, both-sign evidence from m↓_i (0 for an image without a mask)."""
-    return evidence_share(*region_evidence(features, weight, m, grid_dilate, keep_object), eps=EPS).mean()
 
 
 class PASA(GridMaskMethod, Method):
