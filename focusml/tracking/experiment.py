@@ -79,9 +79,10 @@ HEADLINE = ("acc/test", "acc/val_cf", "flip/test")
 
 def view_state() -> dict:
     """The saved view's state as the web app stores it: its column keys (`metrics.`KEY``, as the runs
-    table names them) and search facets (`orderByKey`, `orderByAsc`); everything else stays the UI's."""
+    table names them; only these, so that they fit beside the run names with the assistant panel open)
+    and search facets (`orderByKey`, `orderByAsc`); everything else stays the UI's."""
     columns = [f"metrics.`{m}`" for m in HEADLINE]
-    return {"selectedColumns": [*columns, "attributes.`Models`"], "orderByKey": columns[0], "orderByAsc": False}
+    return {"selectedColumns": columns, "orderByKey": columns[0], "orderByAsc": False}
 
 
 def add_view(experiment_id: str, tags: dict | None = None, uri: str | None = None) -> bool:
