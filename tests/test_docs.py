@@ -94,6 +94,7 @@ def test_tuning_md_quotes_every_shipped_studys_search_space_and_settings_as_the_
     common = (f"All use {epochs} epochs, {trials} trials, TPE ({startup} random start-up trials), a median pruner "
               f"that judges a trial only after {warmup} of its {epochs} epochs")
     assert common in _flat(page)
+    assert f"focusml tune studies/pas.yaml                                   # {trials} trials, optuna.db here" in page
 
 
 def test_the_readme_quotes_no_test_counts_that_would_go_stale():
@@ -234,3 +235,14 @@ def test_the_readmes_demo_output_is_what_the_demo_prints(tracking_env):
     assert local and served, (shown[-1], printed[-1])
     assert local[1] == served[1].replace(f"/experiments/{eid}/", "/experiments/1/")
     assert local[1] == "#/experiments/1/runs?workflowType=machine_learning&viewStateShareKey=focusml"
+
+
+def test_the_docs_quote_the_torch_pins_make_and_the_mlproject_install():
+    makefile = (REPO / "Makefile").read_text()
+    torch, vision = re.search(r"pip install -q torch==(\S+) torchvision==(\S+)", makefile).groups()
+    env = (REPO / "python_env.yaml").read_text()
+    assert f"torch=={torch}" in env and f"torchvision=={vision}" in env
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert f"torch {torch}, torchvision {vision}" in readme and readme.count(f"torch=={torch} torchvision=={vision}") == 2
+    quoted = set(re.findall(r"torch(?:==| )(\d+\.\d+\.\d+)", readme + (REPO / "docs" / "operations.md").read_text()))
+    assert quoted == {torch}, quoted
