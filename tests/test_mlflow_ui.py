@@ -26,9 +26,21 @@ def _open(browser, url: str):
 
 
 def _metric_columns(page) -> list[str]:
-    """The runs table's metric column headers, in order, once the table has them (the saved view applied)."""
+    """The runs table's metric column headers, in order, once the table has them (the saved view applied);
+    each must be on screen as the page opens: the element at its centre is the header itself (not the
+    assistant panel over it, nor nothing where the table's overflow clips it)."""
     page.locator('[data-testid="sort-header-acc/test"]').first.wait_for()
-    return [t for t in page.locator('[data-testid^="sort-header-"]').all_inner_texts() if "/" in t]
+    names = []
+    for header in page.locator('[data-testid^="sort-header-"]').all():
+        name = header.inner_text()
+        if "/" not in name:
+            continue
+        box = header.bounding_box()
+        hit = page.evaluate("([x, y]) => document.elementFromPoint(x, y)?.closest('[data-testid^=\"sort-header-\"]')"
+                            "?.dataset.testid", [box["x"] + box["width"] / 2, box["y"] + box["height"] / 2])
+        assert hit == f"sort-header-{name}", (name, box, hit)
+        names.append(name)
+    return names
 
 
 def _ml_side(page) -> bool:
