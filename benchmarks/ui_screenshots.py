@@ -1,18 +1,24 @@
-"""Screenshots of the MLflow UI for docs/images/: a real `mlflow server` on 127.0.0.1, a few short
-runs logged through `focusml`, then headless Chromium (Playwright, Debian's /usr/bin/chromium).
+"""Screenshots of the MLflow UI for docs/images/, as a user first sees it: a real `mlflow server` on 127.0.0.1,
+the demo's three runs (baseline, upper bound, pas on decoy-digits, seed 0) and a comparison logged through the
+`focusml` CLI, then headless Chromium (Playwright, Debian's /usr/bin/chromium) with a fresh profile per page,
+opening the links those commands print. No click before a screenshot (not even "Model training": the links
+open the ML view), except on the CAM series page, whose point is the step slider.
 
-    python benchmarks/ui_screenshots.py --epochs 4 --out docs/images
+    python benchmarks/ui_screenshots.py --epochs 8 --out docs/images   # fewer epochs leave every run at chance
 
-Writes mlflow-run-page.png (a training run's overview), mlflow-cam-series.png (the run's `cam_grid_val`
-image series: the card's expanded view at the last epoch, the step slider below, the image opened at full
-size), mlflow-logged-model.png (the LoggedModel page: metrics and datasets) and mlflow-comparison.png (the
-comparison run's chart), each a palette PNG under 300 KB.
+Writes mlflow-runs-view.png (the experiment's runs as `focusml train`'s second link and the demo's last line
+open them: focusml's saved view, headline metrics, best acc/test first), mlflow-run-page.png (the run, from
+the link `focusml train` prints), mlflow-comparison.png (the experiment after `focusml compare`, from the
+link it prints: the runs and the description's table), mlflow-cam-series.png (the run's `cam_grid_val`
+series: the card's expanded view at the last epoch, the image opened at full size) and
+mlflow-logged-model.png (the LoggedModel page, in the ML view), each a palette PNG under 300 KB.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -44,8 +50,9 @@ def wait(url: str, timeout: float = 180) -> None:
 
 
 def focusml(args: list[str], env: dict) -> str:
+    """Run the CLI; its stdout and stderr (where the links are) together."""
     res = subprocess.run([sys.executable, "-m", "focusml", *args], env=env, capture_output=True, text=True, check=True)
-    return res.stdout
+    return res.stdout + res.stderr
 
 
 def shrink(path: Path, colours: int = 128) -> None:
@@ -56,19 +63,9 @@ def shrink(path: Path, colours: int = 128) -> None:
     img.quantize(colors=colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
 
 
-def classic_view(page) -> None:
-    """Switch the UI to its classic ML side ("Model training"); the choice lasts for the browser session."""
-    switch = page.get_by_text("Model training", exact=True)
-    if switch.count():
-        switch.first.click()
-        time.sleep(3)
-
-
-def close_assistant(page) -> None:
-    close = page.get_by_role("button", name="Close", exact=True)
-    if close.count():
-        close.first.click()
-        time.sleep(1)
+def printed(out: str, label: str) -> str:
+    """The URL a focusml command printed after `label` (`label: open URL`, the tracking URI being a server)."""
+    return re.search(re.escape(label) + r": open (\S+)", out).group(1)
 
 
 def cam_series(page) -> dict:
@@ -93,14 +90,13 @@ def cam_series(page) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--out", default="docs/images")
-    ap.add_argument("--work", default=None, help="folder for the store (kept: a second call reuses its runs)")
+    ap.add_argument("--work", default=None, help="folder for the store (kept, to look at afterwards)")
     args = ap.parse_args()
     out = Path(args.out).resolve()
     work = Path(args.work).resolve() if args.work else Path(tempfile.mkdtemp(prefix="focusml-shots-"))
     work.mkdir(parents=True, exist_ok=True)
-    fresh = not (work / "mlflow.db").exists()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
@@ -112,11 +108,14 @@ def main() -> None:
         wait(url)
         env = dict(os.environ, MLFLOW_TRACKING_URI=url, MLFLOW_EXPERIMENT_NAME="demo", PYTHONUNBUFFERED="1")
         env.pop("MLFLOW_RUN_ID", None)
-        if fresh:
-            for method in ("baseline", "upper_bound"):
-                for seed in (0, 1):
-                    focusml(["train", "--method", method, "--epochs", str(args.epochs), "--seed", str(seed)], env)
-        focusml(["compare", "--out", str(work / "comparison")], env)  # a fresh comparison run each call
+        links = {}
+        for method in ("baseline", "upper_bound", "pas"):  # what `make demo` trains, shorter
+            said = focusml(["train", "--method", method, "--epochs", str(args.epochs), "--seed", "0"], env)
+            if method == "baseline":
+                links["run"] = printed(said, "See it in the UI")
+                links["runs"] = printed(said, "Its experiment's runs, headline metrics first")
+        links["compare"] = printed(focusml(["compare", "--out", str(work / "comparison")], env),
+                                   "The table is in the experiment's description")
 
         import mlflow
         from playwright.sync_api import TimeoutError as PlaywrightTimeout
@@ -124,40 +123,37 @@ def main() -> None:
 
         client = mlflow.MlflowClient(tracking_uri=url)
         exp = client.get_experiment_by_name("demo").experiment_id
-        found = client.search_runs([exp], order_by=["attributes.start_time ASC"])
-        run = next(r for r in found if r.data.tags.get("focusml.method") == "baseline")
-        compare_id = [r.info.run_id for r in found if r.data.tags.get("focusml.kind") == "comparison"][-1]  # newest
+        run = next(r for r in client.search_runs([exp]) if r.data.tags.get("focusml.method") == "baseline")
         model_id = run.outputs.model_outputs[0].model_id
-        shots = {
-            "mlflow-run-page.png": (f"{url}/#/experiments/{exp}/runs/{run.info.run_id}", 1400, 1300),
+        run_page = links["run"].split("?")[0]
+        shots = {  # name: (url, viewport width, height)
+            "mlflow-runs-view.png": (links["runs"], 1400, 760),
+            "mlflow-run-page.png": (links["run"], 1400, 1300),
+            "mlflow-comparison.png": (links["compare"], 1400, 900),
             # tall enough for the 920x820 grid at its own size above the slider
-            "mlflow-cam-series.png": (f"{url}/#/experiments/{exp}/runs/{run.info.run_id}/model-metrics", 1400, 1300),
-            "mlflow-logged-model.png": (f"{url}/#/experiments/{exp}/models/{model_id}", 1400, 1100),
-            "mlflow-comparison.png": (f"{url}/#/experiments/{exp}/runs/{compare_id}/artifacts/comparison/comparison.png",
-                                      1400, 1150),
+            "mlflow-cam-series.png": (f"{run_page}/model-metrics?workflowType=machine_learning", 1400, 1300),
+            "mlflow-logged-model.png": (f"{url}/#/experiments/{exp}/models/{model_id}?workflowType=machine_learning",
+                                        1400, 1300),
         }
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"{url}/#/experiments/{exp}/runs")
-            time.sleep(6)
-            classic_view(page)
             for name, (page_url, width, height) in shots.items():
-                page.set_viewport_size({"width": width, "height": height})
+                context = browser.new_context(viewport={"width": width, "height": height})  # a fresh profile
+                page = context.new_page()
                 page.goto(page_url)
                 try:  # the UI keeps polling, so "network idle" may never come
                     page.wait_for_load_state("networkidle", timeout=15_000)
                 except PlaywrightTimeout:
                     pass
-                time.sleep(6)  # charts and images render after the data arrives
-                close_assistant(page)
-                if name == "mlflow-logged-model.png":  # the final test metrics, with their dataset
-                    page.get_by_placeholder("Search metrics").first.fill("/test")
-                    time.sleep(3)
+                time.sleep(8)  # charts and images render after the data arrives
+                page.mouse.move(2, 2)  # no hover marks
                 clip = cam_series(page) if name == "mlflow-cam-series.png" else None
+                if name == "mlflow-comparison.png":  # the description's first line and the runs, not the empty rest
+                    clip = {"x": 0, "y": 0, "width": width, "height": 570}
                 page.screenshot(path=str(out / name), clip=clip)
-                shrink(out / name, 256 if clip else 128)  # 256 colours: the CAM heat maps' gradients
+                shrink(out / name, 256 if name == "mlflow-cam-series.png" else 128)  # 256: the CAM heat maps' gradients
                 print(f"{out / name}: {(out / name).stat().st_size // 1024} KB")
+                context.close()
             browser.close()
     finally:
         os.killpg(server.pid, signal.SIGTERM)

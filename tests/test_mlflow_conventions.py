@@ -100,6 +100,8 @@ def test_a_run_and_its_model_as_mlflow_users_expect(tracking_env, cli_env, tmp_p
     assert res.returncode == 0, res.stderr[-3000:]
     assert "acc/test" in res.stdout and "gap closed" in res.stdout and "version 1" in res.stdout
     assert "gap is only 5.0 points" in res.stderr
+    assert (f"Its run among the experiment's runs, headline metrics first: open {tracking_env}/#/experiments/"
+            f"{exp.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey=focusml") in res.stderr
     version = client.get_model_version(f"reg-{name}", "1")
     tags = version.tags
     assert tags["focusml.method"] == "baseline" and tags["focusml.dataset"] == "decoy-digits"

@@ -1,6 +1,7 @@
-"""The MLflow UI as a user first sees it, in headless Chromium with a fresh profile (no side chosen):
-the link `focusml train` prints opens the run in the classic ML view, and after `focusml compare` the
-experiment's description holds the comparison table."""
+"""The MLflow UI as a user first sees it, in headless Chromium with a fresh profile (no side chosen, no
+columns picked, no clicks): the links `focusml train` prints open the run in the classic ML view and the
+experiment's runs with the headline metrics as columns; after `focusml compare` the experiment's page
+lists the runs best `acc/test` first and its description holds the comparison table."""
 
 from __future__ import annotations
 
@@ -24,6 +25,24 @@ def _open(browser, url: str):
     return ctx, page
 
 
+def _metric_columns(page) -> list[str]:
+    """The runs table's metric column headers, in order, once the table has them (the saved view applied);
+    each must be on screen as the page opens: the element at its centre is the header itself (not the
+    assistant panel over it, nor nothing where the table's overflow clips it)."""
+    page.locator('[data-testid="sort-header-acc/test"]').first.wait_for()
+    names = []
+    for header in page.locator('[data-testid^="sort-header-"]').all():
+        name = header.inner_text()
+        if "/" not in name:
+            continue
+        box = header.bounding_box()
+        hit = page.evaluate("([x, y]) => document.elementFromPoint(x, y)?.closest('[data-testid^=\"sort-header-\"]')"
+                            "?.dataset.testid", [box["x"] + box["width"] / 2, box["y"] + box["height"] / 2])
+        assert hit == f"sort-header-{name}", (name, box, hit)
+        names.append(name)
+    return names
+
+
 def _ml_side(page) -> bool:
     """Whether the sidebar is the ML one ("Model registry") rather than the GenAI one ("Observability", "Sessions")."""
     ml, genai = page.get_by_text("Model registry", exact=True), page.get_by_text("Observability", exact=True)
@@ -40,12 +59,28 @@ def test_the_link_focusml_train_prints_opens_the_run_in_the_ml_view(tracking_env
                          env=cli_env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     link = re.search(r"See it in the UI: open (\S+)", res.stderr).group(1)
+    runs_link = re.search(r"Its experiment's runs, headline metrics first: open (\S+)", res.stderr).group(1)
     run_id = res.stdout.split("run_id: ")[1].split()[0]
     assert link.startswith(tracking_env) and run_id in link and "workflowType=machine_learning" in link
     ctx, page = _open(browser, link)
     try:
         page.get_by_text("baseline-folder-s0", exact=True).first.wait_for()  # the run's page, named
         assert _ml_side(page), page.inner_text("body")[:500]
+    finally:
+        ctx.close()
+    # the experiment's runs: the table has the headline metrics as columns, the run's values in them
+    assert runs_link.endswith("/runs?workflowType=machine_learning&viewStateShareKey=focusml"), runs_link
+    ctx, page = _open(browser, runs_link)
+    try:
+        assert _metric_columns(page) == ["acc/test", "acc/val_cf", "flip/test"]
+        assert _ml_side(page) and page.get_by_text("baseline-folder-s0", exact=True).count()
+    finally:
+        ctx.close()
+    # without the saved view a fresh browser shows no metric column: what the view is for
+    ctx, page = _open(browser, runs_link.split("&viewStateShareKey")[0])
+    try:
+        page.get_by_text("baseline-folder-s0", exact=True).first.wait_for()
+        assert not page.locator('[data-testid="sort-header-acc/test"]').count()
     finally:
         ctx.close()
     # what the link avoids: the run's short route opens a fresh browser on the GenAI side
@@ -64,19 +99,23 @@ def test_after_focusml_compare_the_experiment_page_shows_the_comparison(tracking
     eid = client.create_experiment("ui-compare")
     client.set_experiment_tag(eid, "mlflow.note.content", "Notes by hand.")
     runs = {}
-    for method, acc in (("baseline", 0.3), ("upper_bound", 0.9), ("pas", 0.95)):
+    for method, acc in (("pas", 0.95), ("baseline", 0.3), ("upper_bound", 0.9)):  # newest first would be wrong
         run = client.create_run(eid, tags={"focusml.method": method, "focusml.dataset": "decoy-digits"},
                                 run_name=f"{method}-decoy-digits-s0")
         params = {"method": method, "dataset": "decoy-digits", "seed": 0, "data_seed": 0, "model": "small"}
-        client.log_batch(run.info.run_id, metrics=[Metric("acc/test", acc, 0, 0), Metric("acc/test_cf", acc, 0, 0)],
+        client.log_batch(run.info.run_id, metrics=[Metric("acc/test", acc, 0, 0), Metric("acc/test_cf", acc, 0, 0),
+                                                           Metric("acc/val_cf", acc, 0, 0), Metric("flip/test", 1 - acc, 0, 0)],
                          params=[Param(k, str(v)) for k, v in params.items()])
         client.set_terminated(run.info.run_id)
         runs[method] = run.info.run_id
     main(["compare", "--experiment", "ui-compare", "--out", str(tmp_path / "rep")])
     link = re.search(r"in the experiment's description: open (\S+)", capsys.readouterr().err).group(1)
-    assert link == f"{tracking_env}/#/experiments/{eid}/runs?workflowType=machine_learning"
+    assert link == f"{tracking_env}/#/experiments/{eid}/runs?workflowType=machine_learning&viewStateShareKey=focusml"
     ctx, page = _open(browser, link)
     try:
+        assert _metric_columns(page) == ["acc/test", "acc/val_cf", "flip/test"]
+        names = re.findall(r"(\w+)-decoy-digits-s0", " ".join(page.locator('[role="row"]').all_inner_texts()))
+        assert names == ["pas", "upper_bound", "baseline"], names  # best acc/test first, before any click
         page.get_by_text("Notes by hand.").first.wait_for()  # the user's text first, as written
         page.locator('[data-component-id="mlflow.experiment.metadata_editor.expand_button"]').click()
         page.get_by_text("gap closed (paired)").first.wait_for()  # the table, once the description is expanded

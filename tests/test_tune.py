@@ -154,7 +154,7 @@ def test_tune_cli_tracks_trials_under_a_parent_and_registers_the_best(tracking_e
     # two epochs: one epoch of PAS can leave every trial at chance, and then there are no importances
     main(["tune", str(path), "--n-trials", "3", "--storage", storage, "--register", "tuned-pas",
           "--set", "epochs=2", "--set", "log_model=true"])
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     parent_id = out.split("parent_run_id: ")[1].split()[0]
 
     study = optuna.load_study(study_name="cli-study", storage=storage)
@@ -165,6 +165,8 @@ def test_tune_cli_tracks_trials_under_a_parent_and_registers_the_best(tracking_e
     parent = mlflow.get_run(parent_id)
     assert parent.info.status == "FINISHED" and parent.info.run_name == "tune-cli-study"
     assert parent.data.tags["focusml.kind"] == "tune" and parent.data.params["overrides"] == "epochs=2 log_model=true"
+    assert (f"See its trials in the UI (headline metrics, best acc/test first): open {tracking_env}/#/experiments/"
+            f"{parent.info.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey=focusml") in err
     assert parent.data.params["study_name"] == "cli-study" and parent.data.params["storage"] == storage
     for t in study.trials:
         run = children[t.number]

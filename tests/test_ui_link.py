@@ -29,6 +29,36 @@ def test_every_page_opens_the_ml_view_the_direct_run_route_cannot():
     assert ui_page("5") == f"#/experiments/5/runs?{ML}"
     assert ui_page() == f"#/experiments?{ML}"
     assert ui_page(run_id="r") == "#/runs/r"  # the experiment unknown: the best there is
+    assert ui_page("5", view=True) == f"#/experiments/5/runs?{ML}&viewStateShareKey=focusml"
+    assert ui_page("5", "r", view=True) == f"#/experiments/5/runs/r?{ML}"  # a run's page has no runs table
+
+
+def test_an_experiments_link_opens_focusmls_saved_view_which_it_adds_once(tracking_env):
+    """The view is an experiment tag in the web app's saved-view envelope; the link names it only once it is
+    there, and an experiment that has it as written is left alone (no rewrite at every link)."""
+    import json
+
+    import mlflow
+
+    from focusml.tracking import HEADLINE, VIEW_TAG
+
+    client = mlflow.MlflowClient()
+    eid = client.create_experiment("ui-link-view")
+    assert ui_link(experiment_id=eid) == f"open {tracking_env}/#/experiments/{eid}/runs?{ML}&viewStateShareKey=focusml"
+    held = client.get_experiment(eid).tags[VIEW_TAG]
+    envelope = json.loads(held)
+    assert envelope["name"] == "focusml: headline metrics" and isinstance(envelope["createdAt"], int)
+    state = json.loads(envelope["state"])
+    assert state["selectedColumns"] == [f"metrics.`{m}`" for m in HEADLINE] == [
+        "metrics.`acc/test`", "metrics.`acc/val_cf`", "metrics.`flip/test`"]
+    assert (state["orderByKey"], state["orderByAsc"]) == ("metrics.`acc/test`", False)
+    ui_link(experiment_id=eid)
+    assert client.get_experiment(eid).tags[VIEW_TAG] == held  # kept as it was
+    client.set_experiment_tag(eid, VIEW_TAG, "not a view")  # damaged (or an older focusml's): written again
+    ui_link(experiment_id=eid)
+    assert json.loads(json.loads(client.get_experiment(eid).tags[VIEW_TAG])["state"]) == state
+    # an experiment the store does not know: still a link, without a view that could not be found
+    assert ui_link(experiment_id="987654") == f"open {tracking_env}/#/experiments/987654/runs?{ML}"
 
 
 def test_the_link_follows_mlflow_tracking_uri(monkeypatch, tmp_path):

@@ -93,3 +93,15 @@ def table(rows: list[dict], columns: list[str] | None = None) -> str:
 
 def echo_table(rows: list[dict], columns: list[str] | None = None) -> None:
     click.echo(table(rows, columns))
+
+
+def echo_ui_links(run_id: str) -> None:
+    """On stderr: the run's page in the MLflow UI, then its experiment's runs in focusml's saved view
+    (headline metrics as columns, best acc/test first), where the run compares with the others."""
+    from focusml import tracking
+
+    experiment_id = tracking.run_experiment_id(run_id)
+    click.echo(f"See it in the UI: {tracking.ui_link(run_id, experiment_id=experiment_id)}", err=True)
+    if experiment_id:
+        click.echo(f"Its experiment's runs, headline metrics first: {tracking.ui_link(experiment_id=experiment_id)}",
+                   err=True)

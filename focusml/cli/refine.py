@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from focusml.cli._common import echo_table
+from focusml.cli._common import echo_table, echo_ui_links
 from focusml.cli.train import Announced
 
 ROWS = ("acc/val", "acc/val_cf", "flip/val")
@@ -71,4 +71,4 @@ def refine(source, stages, method, extra, **options):
             click.secho(f"Warning ({name}): {warning}", fg="yellow", err=True)
     click.echo(f"run_id: {done.result.run_id}")
     click.echo(f"Register it: focusml register {done.result.run_id} --name NAME --alias champion", err=True)
-    click.echo(f"See it in the UI: {tracking.ui_link(done.result.run_id)}", err=True)
+    echo_ui_links(done.result.run_id)

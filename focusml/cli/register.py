@@ -37,3 +37,5 @@ def register(run_id, name, alias):
         click.secho(f"Warning: {warning}", fg="yellow", err=True)
     click.echo(f"registered {name} version {reg.version}" + (f", alias {alias}" if alias else "")
                + f" (source {reg.source})")
+    runs = tracking.ui_link(experiment_id=tracking.run_experiment_id(reg.run_id))
+    click.echo(f"Its run among the experiment's runs, headline metrics first: {runs}", err=True)

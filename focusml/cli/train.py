@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import click
 
 from focusml.catalog import listing
-from focusml.cli._common import ProgressBars, echo_table
+from focusml.cli._common import ProgressBars, echo_table, echo_ui_links
 from focusml.options import AUGMENT_OPTIONS, RUN_OPTIONS
 
 _TYPES = {"float": float, "int": int, "str": str}
@@ -122,13 +122,11 @@ class Announced(ProgressBars):
 
 
 def _report(result) -> None:
-    from focusml import tracking
-
     echo_table([{"metric": k, "value": result.metrics.get(k)} for k in SUMMARY_KEYS if k in result.metrics])
     for warning in result.warnings:
         click.secho(f"Warning: {warning}", fg="yellow", err=True)
     click.echo(f"run_id: {result.run_id}")
-    click.echo(f"See it in the UI: {tracking.ui_link(result.run_id)}", err=True)
+    echo_ui_links(result.run_id)
 
 
 def _resume(run_id: str, options: dict) -> None:

@@ -108,7 +108,8 @@ def tune(study_file, n_trials, study_name, storage, workers, register, overrides
     if result.skipped:
         click.echo(f"figures skipped: {', '.join(f'{k} ({v})' for k, v in result.skipped.items())}", err=True)
     click.echo(f"parent_run_id: {result.parent_run_id}")
-    click.echo(f"See its trials in the UI: {tracking.ui_link(result.parent_run_id)}", err=True)
+    trials = tracking.ui_link(experiment_id=tracking.run_experiment_id(result.parent_run_id))
+    click.echo(f"See its trials in the UI (headline metrics, best acc/test first): {trials}", err=True)
     if result.best:
         click.echo(f"best_run_id: {result.best.run_id}")
     if result.registered:

@@ -20,7 +20,8 @@
 """
 
 from focusml.tracking.database import check_connects, check_sqlite_file, is_database, redact, retry_unique, with_driver
-from focusml.tracking.experiment import DEFAULT_EXPERIMENT, NOTE_MARKER, NOTE_TAG, resolve_experiment, write_note
+from focusml.tracking.experiment import (DEFAULT_EXPERIMENT, HEADLINE, NOTE_MARKER, NOTE_TAG, VIEW_TAG, add_view,
+                                         resolve_experiment, write_note)
 from focusml.tracking.log import (active_run_id, experiment_name, log_artifact, log_artifacts_to, log_datasets,
                                   log_dict, log_figure, log_image_step, log_metrics, log_model, log_params,
                                   log_state_dict, log_table, set_tags)
@@ -33,8 +34,8 @@ from focusml.tracking.runs import load_run_data, load_run_model, resolve_run_id,
 from focusml.tracking.sources import Source
 from focusml.tracking.sources import resolve as resolve_source
 from focusml.tracking.store import (DEFAULT_STORE, StopRun, TrackingLost, check_reachable, check_uri, default_uri, setup,
-                                    sqlite_path, search_runs_where, start_run, terminate_run, tracking_uri, ui_link,
-                                    ui_page)
+                                    run_experiment_id, sqlite_path, search_runs_where, start_run, terminate_run, tracking_uri,
+                                    ui_link, ui_page)
 from focusml.tracking.tracked import resume, resume_config, run
 
 __all__ = [
@@ -43,7 +44,8 @@ __all__ = [
     "check_connects", "check_registry_names", "check_reachable", "check_sqlite_file", "check_uri", "default_uri", "experiment_name", "load_run_data", "load_run_model", "log_artifact", "log_artifacts_to",
     "log_datasets", "log_dict", "log_figure", "log_image_step", "log_metrics", "log_model", "log_params", "log_state_dict",
     "log_table", "predict_files", "register", "register_version", "resolve_experiment", "resolve_run_id", "resolve_source", "resume",
-    "resume_config", "run", "run_dir", "run_info", "redact", "retry_unique", "search_runs", "search_runs_where", "set_tags", "setup",
+    "resume_config", "run", "run_dir", "run_experiment_id", "run_info", "redact", "retry_unique", "search_runs", "search_runs_where", "set_tags", "setup",
     "sqlite_path", "start_run", "terminate_run", "tracking_uri", "ui_link", "ui_page", "NOTE_MARKER", "NOTE_TAG", "write_note",
+    "HEADLINE", "VIEW_TAG", "add_view",
     "with_driver", "is_database",
 ]

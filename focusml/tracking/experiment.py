@@ -8,14 +8,23 @@ Every experiment focusml writes to is tagged `mlflow.experimentKind=custom_model
 (unless it already has a kind): MLflow 3's mark of a classic ML experiment (runs, charts, models)
 rather than a GenAI one (traces). The UI (3.17) opens the side the browser last chose whatever the
 tag, so the links focusml prints name the side themselves (`store.ui_page`).
+
+Each such experiment also holds focusml's saved view of its runs (`add_view`): the runs table with
+the headline metrics as columns, best `acc/test` first. The UI's runs table shows no metric column
+until a user picks one (its defaults are Source, Models, Dataset, kept per browser), and its URL
+carries the sort and filter but not the columns; a saved view (an experiment tag, MLflow ≥ 3.15)
+carries both, and the links focusml prints to an experiment open it (`viewStateShareKey`).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import time
 
 import mlflow
 from mlflow.entities import Experiment
+from mlflow.exceptions import MlflowException
 
 from focusml import FocusmlError
 from focusml.tracking.database import retry_unique
@@ -46,6 +55,7 @@ def use_experiment(explicit: str | None = None) -> Experiment:
     else:
         exp = mlflow.set_experiment(resolve_experiment(explicit))
     mark_kind(exp.experiment_id, exp.tags)
+    add_view(exp.experiment_id, exp.tags)
     return exp
 
 
@@ -56,6 +66,49 @@ def mark_kind(experiment_id: str, tags: dict | None = None) -> None:
     if KIND_TAG not in (tags or {}):
         # runs starting together on a new experiment all add the tag: made again if it lost the race
         retry_unique(lambda: mlflow.MlflowClient().set_experiment_tag(experiment_id, KIND_TAG, KIND))
+
+
+#: focusml's saved view: the UI lists it under *Views* by name and opens it from `?viewStateShareKey=focusml`.
+VIEW_ID = "focusml"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_ID}"  # the prefix the MLflow 3.17 web app reads saved views from
+VIEW_NAME = "focusml: headline metrics"
+#: The runs table's metric columns, in order; the first sorts it, highest first. Gap closed is no run's
+#: metric (it needs the baseline and upper bound: `focusml compare` puts it in the description).
+HEADLINE = ("acc/test", "acc/val_cf", "flip/test")
+
+
+def view_state() -> dict:
+    """The saved view's state as the web app stores it: its column keys (`metrics.`KEY``, as the runs
+    table names them; only these, so that they fit beside the run names with the assistant panel open)
+    and search facets (`orderByKey`, `orderByAsc`); everything else stays the UI's."""
+    columns = [f"metrics.`{m}`" for m in HEADLINE]
+    return {"selectedColumns": columns, "orderByKey": columns[0], "orderByAsc": False}
+
+
+def add_view(experiment_id: str, tags: dict | None = None, uri: str | None = None) -> bool:
+    """Give the experiment (of the store `uri`, default MLflow's) focusml's saved view (`VIEW_TAG`) unless
+    it has it as this version writes it; True when the experiment has it afterwards (False: the store
+    could not say or refused, and links leave the view out).
+
+    The tag's value is the web app's envelope `{name, createdAt, updatedAt, state}`, `state` the
+    view as JSON text (the app also reads it uncompressed). A view a user deleted comes back with
+    the next run; one of another focusml version is rewritten."""
+    client = mlflow.MlflowClient(tracking_uri=uri or mlflow.get_tracking_uri())
+    try:
+        if tags is None:
+            tags = client.get_experiment(experiment_id).tags
+        try:
+            held = json.loads(tags.get(VIEW_TAG) or "null")
+            if held["name"] == VIEW_NAME and json.loads(held["state"]) == view_state():
+                return True
+        except (TypeError, KeyError, ValueError):
+            pass
+        now = int(time.time() * 1000)
+        envelope = {"name": VIEW_NAME, "createdAt": now, "updatedAt": now, "state": json.dumps(view_state())}
+        retry_unique(lambda: client.set_experiment_tag(experiment_id, VIEW_TAG, json.dumps(envelope)))
+        return True
+    except (MlflowException, OSError):
+        return False
 
 
 #: The experiment tag MLflow shows, as Markdown, as the experiment's description.

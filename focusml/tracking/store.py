@@ -30,7 +30,7 @@ from mlflow.exceptions import MlflowException
 
 from focusml import FocusmlError, RunFailed, environment
 from focusml.tracking.database import check_sqlite_file, is_database, redact, with_driver
-from focusml.tracking.experiment import mark_kind, use_experiment
+from focusml.tracking.experiment import VIEW_ID, add_view, mark_kind, use_experiment
 
 try:
     import fcntl
@@ -57,17 +57,18 @@ LOCAL_UI = "http://127.0.0.1:5000"
 ML_VIEW = "workflowType=machine_learning"
 
 
-def ui_page(experiment_id: str | None = None, run_id: str | None = None) -> str:
+def ui_page(experiment_id: str | None = None, run_id: str | None = None, view: bool = False) -> str:
     """The UI's route, in the ML view, of a run (`#/experiments/EID/runs/RID`), of an experiment's runs
-    (`#/experiments/EID/runs`), else of the experiments list; relative, so a link to it in a description
-    works under any server prefix. A run without its experiment gets `#/runs/RID`, which the UI
-    redirects to the run in the view the browser last chose."""
+    (`#/experiments/EID/runs`; `view`: in focusml's saved view, `experiment.add_view`), else of the
+    experiments list; relative, so a link to it in a description works under any server prefix. A run
+    without its experiment gets `#/runs/RID`, which the UI redirects to the run in the view the browser
+    last chose."""
     if run_id and not experiment_id:
         return f"#/runs/{run_id}"
     if run_id:
         return f"#/experiments/{experiment_id}/runs/{run_id}?{ML_VIEW}"
     if experiment_id:
-        return f"#/experiments/{experiment_id}/runs?{ML_VIEW}"
+        return f"#/experiments/{experiment_id}/runs?{ML_VIEW}" + (f"&viewStateShareKey={VIEW_ID}" if view else "")
     return f"#/experiments?{ML_VIEW}"
 
 
@@ -87,12 +88,14 @@ def ui_link(run_id: str | None = None, uri: str | None = None, server: str = "fo
 
     An http(s) URI is the UI itself: "open URL" (credentials left out). Any other store (SQLite,
     PostgreSQL) needs a server first: "`focusml server`, then open http://127.0.0.1:5000/...". A run's
-    experiment, unless given, is asked of the store.
+    experiment, unless given, is asked of the store. An experiment's runs open in focusml's saved view
+    (headline metrics as columns, best `acc/test` first), added to the experiment first where missing.
     """
     if run_id and not experiment_id:
         experiment_id = run_experiment_id(run_id, uri)
+    view = bool(experiment_id and not run_id) and add_view(experiment_id, uri=uri)
     uri = uri or tracking_uri()
-    page = ui_page(experiment_id, run_id)
+    page = ui_page(experiment_id, run_id, view)
     if is_remote(uri):
         parts = urllib.parse.urlsplit(uri)
         base = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query="", fragment=""))
@@ -311,6 +314,7 @@ def start_run(experiment: str | None, run_name: str | None = None, parent_run_id
     elif env_run and parent_run_id is None and mlflow.active_run() is None:
         run = mlflow.start_run(run_id=env_run, run_name=run_name, tags=tags, log_system_metrics=system_metrics or None)
         mark_kind(run.info.experiment_id)
+        add_view(run.info.experiment_id)
     else:
         exp = use_experiment(experiment)
         active = mlflow.active_run()
