@@ -7,11 +7,11 @@ For an image `x` with mask `m`, a donor `x_d` of another class from the same spl
 
 - small masks (the shortcut is a patch, a token, a scribble): u = max(m, m_d), s = x_d. Whatever
   either mask marks now comes from the donor, its shortcut included; every other pixel is untouched;
-- a mask covering more than half of the image (a background) leaves the object: u = m there, less
-  a thin band along the object (`erode`: its rim, which the mask marks too, is part of how the
-  object looks), so the image's object is never covered, and s is the donor's background only
-  (`background_source`: where the donor's mask does not mark a pixel, its object, s takes marked
-  content from elsewhere in the donor), so the donor's object is never pasted in.
+- a mask covering more than half of the image (a background) leaves the object: u = m there, so
+  the image's object is never covered, and s is the donor's background only (`background_source`:
+  where the donor's mask does not mark a pixel, its object, s takes marked content from elsewhere
+  in the donor), so the donor's object is never pasted in; the object's rim, part object and part
+  background, is unmixed and put together again on the donor's background (`swap_background`).
 
 A model that reads the shortcut follows the donor, one that reads the object keeps its answer.
 `acc_cf` is the accuracy on `x_cf` against the original label, `flip` the share of predictions
@@ -91,8 +91,8 @@ def fill(images: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
 def erode(masks: torch.Tensor) -> torch.Tensor:
     """N×H×W masks (> 0 = marked) without a band of ~4% of the image side along the unmarked region.
 
-    A mask drawn on a background also marks the object's rim (its blurred, anti-aliased edge, half
-    object), and a model reads the object's shape there: the band is left to the object."""
+    A mask drawn on a background also marks the object's rim (its blurred, anti-aliased edge, part
+    object, part background): the band is where that rim lies."""
     r = max(1, round(RIM * min(masks.shape[-2:])))
     return -F.max_pool2d(-(masks > 0).float()[:, None], 2 * r + 1, stride=1, padding=r)[:, 0] * masks.float()
 
@@ -121,27 +121,45 @@ def is_large(masks: torch.Tensor) -> torch.Tensor:
 
 def swap_background(images: torch.Tensor, masks: torch.Tensor, donor_images: torch.Tensor,
                     donor_masks: torch.Tensor) -> torch.Tensor:
-    """Float N×C×H×W: each image's masked content (but its object's rim, `erode`) replaced by its donor's
-    background (`background_source`)."""
-    m = erode(masks)[:, None]
-    return images * (1 - m) + background_source(donor_images, donor_masks) * m
+    """Float N×C×H×W: each image's masked content replaced by its donor's background (`background_source`).
+
+    The object's rim (the band `erode` leaves) mixes object and background, and a model reads the
+    object's shape in it, so it is neither kept (it would keep the image's own background colour, a
+    shortcut) nor overwritten (a jagged object): each rim pixel is unmixed, x = α·object + (1 − α)·own
+    background, with both colours taken from its neighbourhood (push-pull), and put together again
+    on the donor's background."""
+    marked = (masks > 0).float()[:, None]
+    core = (erode(masks) > 0).float()[:, None]
+    rim = marked - core
+    donor_bg = background_source(donor_images, donor_masks)
+    own_bg, thing = fill(images, core), fill(images, 1 - marked)
+    d = thing - own_bg
+    alpha = ((images - own_bg) * d).sum(1, keepdim=True) / (d.pow(2).sum(1, keepdim=True) + 1e-6)
+    alpha = alpha.clamp(0, 1)
+    return images * (1 - marked) + donor_bg * core + (alpha * thing + (1 - alpha) * donor_bg) * rim
 
 
 def blend(images: torch.Tensor, masks: torch.Tensor, donor_images: torch.Tensor, donor_masks: torch.Tensor,
           has: torch.Tensor, construction: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """(x_cf as uint8, u) for rows of images, masks and their donors' rows (the module docstring's rule)."""
-    m, md = masks.float(), donor_masks.float()
-    source = donor_images.float()
+    """(x_cf as uint8, the share of each pixel that changed) for rows of images, masks and their donors' rows
+    (the module docstring's rule)."""
+    m, md, x, xd = masks.float(), donor_masks.float(), images.float(), donor_images.float()
+    keep = ~has.view(-1, 1, 1, 1)
     if construction == "union":
         u = torch.maximum(m, md)
+        out = x * (1 - u[:, None]) + xd * u[:, None]
     else:
         large, large_d = (is_large(t).view(-1, 1, 1) for t in (m, md))
-        u = torch.where(large, erode(m), torch.maximum(m, md))
-        if bool(large_d.any()):
-            source = torch.where(large_d[:, None], background_source(source, md), source)
-    u = u * has.view(-1, 1, 1)
-    blended = images.float() * (1 - u[:, None]) + source * u[:, None]
-    return blended.round().clamp(0, 255).to(torch.uint8), u
+        # a small mask: the union, but never over the image's object when the donor's mask is a background
+        u = torch.where(large_d, m, torch.maximum(m, md))
+        source = torch.where(large_d[:, None], background_source(xd, md), xd) if bool(large_d.any()) else xd
+        out = x * (1 - u[:, None]) + source * u[:, None]
+        if bool(large.any()):
+            rows = large.flatten()
+            out[rows] = swap_background(x[rows], m[rows], xd[rows], md[rows])
+            u = torch.where(large, (m > 0).float(), u)
+    out = torch.where(keep, x, out)
+    return out.round().clamp(0, 255).to(torch.uint8), u * has.view(-1, 1, 1)
 
 
 class Blended(Rows):
