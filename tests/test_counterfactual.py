@@ -145,3 +145,19 @@ def test_background_source_takes_the_donors_texture_never_its_object_nor_its_rim
     keep[..., 8:20, 8:20] = False  # away from the object, the background is its own
     assert torch.equal(out[keep], images[keep])
     assert float(out[..., 10:18, 10:18].std()) > 10, "the hole gets texture, not a flat colour"
+
+
+def test_the_objects_rim_is_unmixed_onto_the_donors_background():
+    # A 1-px rim that is half object (200) and half the image's own red background; the donor's is blue.
+    x = torch.zeros(1, 3, 28, 28)
+    x[:, 0] = 100.0  # red background
+    x[..., 10:18, 10:18] = 200.0  # the grey object
+    x[..., 9, 10:18] = torch.tensor([150.0, 100.0, 100.0]).view(3, 1)  # rim: ½ grey, ½ red
+    m = torch.ones(1, 28, 28)
+    m[:, 10:18, 10:18] = 0
+    donor = torch.zeros(1, 3, 28, 28)
+    donor[:, 2] = 100.0  # blue background, no object
+    out = counterfactual.swap_background(x, m, donor, torch.ones(1, 28, 28))
+    assert torch.equal(out[..., 10:18, 10:18], x[..., 10:18, 10:18])  # the object untouched
+    assert torch.allclose(out[0, :, 9, 12], torch.tensor([100.0, 100.0, 150.0]), atol=2)  # ½ grey, ½ blue
+    assert torch.allclose(out[0, :, 2, 2], torch.tensor([0.0, 0.0, 100.0]))  # background: the donor's
