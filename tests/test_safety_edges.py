@@ -1,7 +1,8 @@
 """Bad input at the edges and faults that must leave a truthful state (issues 22 and 26), through the CLI
 in this process (`focusml.cli.main`: exit status 2 and one `Error:` line) on tiny data and a SQLite store:
 short run ids, register's name and alias, `runs:/` paths, a taken port, dataset export, types in
-configs and study files, a corrupt resume checkpoint, store and storage URIs.
+configs and study files, a corrupt resume checkpoint, store and storage URIs, a tune call killed while it
+closed a retried trial's run.
 """
 
 from __future__ import annotations
@@ -322,3 +323,59 @@ def test_server_refuses_a_store_in_a_missing_folder(tmp_path, free_port):
     (line,) = res.stderr.strip().splitlines()
     assert f"--backend-store-uri sqlite:///{tmp_path}/missing/mlflow.db: the folder {tmp_path}/missing does not exist" in line
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- I. a tune call that died while it closed a retried trial's run -----------------------------------
+
+
+def test_a_retried_trials_run_left_open_is_closed_saying_why_and_retried(tmp_path, store, free_port):
+    """Issue 26, item 13. A `tune` call fails the trial of a dead worker, queues its retry, then closes the
+    trial's MLflow run; killed (or the server away) in between, the run stays RUNNING. The next call must
+    close it as the trial's own stop ("worker process died; retried"), not as a generic stale child of the dead
+    call: the state the flaky `test_tune_worker_and_whole_tune_sigkilled_then_the_study_resumes_exactly` hit."""
+    import optuna
+
+    from focusml.tune.recovery import CALL_ATTR, HOST, PARENT, on_stale, recover, retry_trial
+    from focusml.tune.storage import open_storage, with_heartbeat
+
+    study = optuna.create_study(study_name="s13", storage=with_heartbeat(open_storage(str(tmp_path / "j"))[0], on_stale))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    client = mlflow.MlflowClient()
+    parent = client.create_run(mlflow.get_experiment_by_name(store).experiment_id,
+                               tags={"focusml.kind": "tune", "optuna.study_name": "s13"}).info.run_id
+    study._storage.set_study_system_attr(study._study_id, PARENT + parent,
+                                         {"host": HOST, "pid": dead.pid, "beat": time.time(), "done": False})
+    trial = study.ask()
+    trial.suggest_float("lr", 0.001, 0.01)
+    for key, value in (("worker_pid", dead.pid), ("worker_host", HOST), (CALL_ATTR, parent)):
+        trial.set_user_attr(key, value)
+    child = client.create_run(mlflow.get_experiment_by_name(store).experiment_id,
+                              tags={"optuna.study_name": "s13", "optuna.trial_number": "0",
+                                    "mlflow.parentRunId": parent}).info.run_id
+
+    # the dead call got as far as failing the trial and queuing its retry; closing the run failed
+    study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+    uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    try:
+        with _no_http_retries(), pytest.warns(UserWarning, match="could not close"):
+            retry_trial(study, study._storage.get_trial(trial._trial_id), f"its worker process (pid {dead.pid}) died")
+    finally:
+        mlflow.set_tracking_uri(uri)
+    assert client.get_run(child).info.status == "RUNNING"
+
+    recover(study)  # what the next `tune` call does first
+    assert [t.state.name for t in study.get_trials(deepcopy=False)] == ["FAIL", "WAITING"]  # retried once
+    run = client.get_run(child)
+    assert run.info.status == "KILLED", run.info.status
+    assert run.data.tags["focusml.killed"] == (f"its worker process (pid {dead.pid}) died; retried as a new trial "
+                                               "with the same params")
+    top = client.get_run(parent)
+    assert top.info.status == "KILLED" and "the tune process stopped" in top.data.tags["focusml.killed"]
+
+
+def _no_http_retries():
+    from focusml import environment
+
+    return environment({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"})

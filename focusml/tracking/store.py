@@ -267,6 +267,12 @@ def search_runs_where(filter_string: str) -> list[str]:
     return [r.info.run_id for r in runs]
 
 
+def search_run_tags_where(filter_string: str) -> dict[str, dict[str, str]]:
+    """{run id: its tags} of the runs, in any experiment, that match an MLflow filter string."""
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string=filter_string, output_format="list")
+    return {r.info.run_id: dict(r.data.tags) for r in runs}
+
+
 def terminate_run(run_id: str, status: str, tags: dict[str, str] | None = None) -> bool:
     """End run `run_id` (not the active one) with `status` and `tags` if it is still RUNNING; True if it was."""
     client = mlflow.MlflowClient()

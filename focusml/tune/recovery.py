@@ -12,6 +12,11 @@ the parent runs of dead `tune` calls closed.
 - Every `tune` call records itself as study system attribute `focusml:parent:<run_id>` with a
   heartbeat (`ParentBeat`); a later call closes the parent runs of calls that stopped beating, and
   their child runs still RUNNING (KILLED, tag `focusml.killed`) — `close_stale_parents`.
+- Closing a retried trial's runs comes after its retry is queued, and a process can die (or the
+  tracking server be away) in between: the retry carries the note (`RETRY_NOTE`), and the next
+  call closes the runs still RUNNING of every trial that is no longer running with that note
+  (`close_retried_runs`), before `close_stale_parents` could close them with the parent's.
+  `recover` runs the three in that order.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ HOST = socket.gethostname()
 PARENT = "focusml:parent:"
 CALL_ATTR = "tune_parent_run_id"  # the MLflow parent run of the `tune` call that ran the trial
 WORKER_ATTRS = ("mlflow_run_id", "worker_pid", "worker_host", CALL_ATTR)  # belong to one attempt, not to its retry
+RETRY_NOTE = "focusml:retry_note"  # on a queued retry: why the trial it repeats stopped (its runs' focusml.killed)
 
 
 def pid_alive(pid: int) -> bool:
@@ -69,15 +75,52 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial, why: str) -> None:
     server and can take seconds, and a process killed in between must not lose the retry."""
     history = [*trial.system_attrs.get("retry_history", []), trial.number]
     again = len(history) <= MAX_RETRY
-    if again:
+    note = f"{why}; retried as a new trial with the same params" if again else f"{why}; retried {MAX_RETRY} times, given up"
+    if again:  # the note travels with the retry, written in the same call: `close_retried_runs` finds it there
         study.add_trial(optuna.trial.create_trial(
             state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
             user_attrs={k: v for k, v in trial.user_attrs.items() if k not in WORKER_ATTRS},
             system_attrs={**{k: v for k, v in trial.system_attrs.items() if not k.startswith("focusml:")},
-                          "failed_trial": history[0], "retry_history": history},
+                          "failed_trial": history[0], "retry_history": history, RETRY_NOTE: note},
         ))
-    note = f"{why}; retried as a new trial with the same params" if again else f"{why}; retried {MAX_RETRY} times, given up"
     close_trial_runs(study.study_name, trial.number, note)
+
+
+def close_retried_runs(study: optuna.Study) -> list[str]:
+    """End the RUNNING MLflow runs of this study's trials that are no longer running (KILLED), with the note
+    their retry carries: what `retry_trial` had queued but could not close (killed, or the server away).
+
+    One search for the study's RUNNING runs; a run whose trial still runs (here or elsewhere) is left alone."""
+    try:
+        runs = tracking.search_run_tags_where(f"tags.`optuna.study_name` = '{study.study_name}' and "
+                                              "attributes.status = 'RUNNING'")
+    except Exception as e:  # the tracking store is away: the next call tries again
+        warnings.warn(f"could not close the MLflow runs of stopped trials: {e}")
+        return []
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    notes = {t.system_attrs["retry_history"][-1]: t.system_attrs[RETRY_NOTE]
+             for t in trials.values() if RETRY_NOTE in t.system_attrs and t.system_attrs.get("retry_history")}
+    closed = []
+    for run_id, tags in runs.items():
+        try:
+            trial = trials[int(tags.get("optuna.trial_number", ""))]
+        except (ValueError, KeyError):
+            continue  # the study's parent run (no trial number)
+        if trial.state == TrialState.RUNNING:
+            continue
+        why = notes.get(trial.number, f"its trial ended {trial.state.name} while the run was open")
+        if tracking.terminate_run(run_id, "KILLED", {"focusml.killed": why}):
+            closed.append(run_id)
+    return closed
+
+
+def recover(study: optuna.Study) -> None:
+    """What a `tune` call does first: retry the trials of dead workers, close the runs of retried trials,
+    then close the parent runs (and their open children) of dead `tune` calls — in this order, so each
+    run is closed with the most precise reason known."""
+    fail_dead_local(study)
+    close_retried_runs(study)
+    close_stale_parents(study)
 
 
 def on_stale(study: optuna.Study, trial: FrozenTrial) -> None:
