@@ -2,7 +2,7 @@
 in this process (`focusml.cli.main`: exit status 2 and one `Error:` line) on tiny data and a SQLite store:
 short run ids, register's name and alias, `runs:/` paths, a taken port, dataset export, types in
 configs and study files, a corrupt resume checkpoint, store and storage URIs, a tune call killed while it
-closed a retried trial's run.
+closed a retried trial's run, an image size that cannot fit in memory.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from focusml import tracking
+from focusml import FocusmlError, tracking
 from focusml.callbacks import Callbacks
 from test_folder import make_tree
-from test_safety_runs import _module_store, assert_refused, cli, sqlite_tracking, store, tiny, tiny_data  # noqa: F401
+from test_safety_runs import (_module_store, assert_refused, cli, runs_in, sqlite_tracking, store, tiny,  # noqa: F401
+                              tiny_data)
 
 
 @pytest.fixture(scope="module")
@@ -379,3 +380,62 @@ def _no_http_retries():
     from focusml import environment
 
     return environment({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"})
+
+
+# ---- J. a run that cannot fit in memory: refused before anything is allocated ------------------------------
+
+
+CAP = 6 * 2**30  # address space of the refused process: a regression fails at once instead of filling the machine
+
+
+@pytest.mark.slow
+def test_an_image_size_too_large_for_the_machine_is_refused_before_allocating(tmp_path, sqlite_tracking):
+    """Issue 26, item 1: `--image-size 100000` grew to 22 GB until the OOM killer ended it (exit 137, no word).
+    Refused now from the estimate (a batch of 32 such greyscale images alone is 1.2 TiB as float32), with the memory
+    this machine has (no override): exit 2, one line naming the numbers and a size that fits, no run. The
+    process runs under a 6 GiB address-space limit, so code that allocated would fail, not swap."""
+    import resource
+
+    root = make_tree(tmp_path / "ds", per_class=2, size=(16, 16))
+    env = {k: v for k, v in os.environ.items() if k != "FOCUSML_MEMORY_AVAILABLE"}
+    res = subprocess.run([sys.executable, "-m", "focusml", "train", "--dataset", "folder", "--data-root", str(root),
+                          "--image-size", "100000", "--epochs", "1"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=600,
+                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (CAP, CAP)))
+    assert res.returncode == 2, res.stderr[-3000:]
+    (line,) = res.stderr.strip().splitlines()
+    assert line.startswith("Error: --image-size 100000 needs at least ") and " TiB of memory (a batch of 32 images " \
+        "100000×100000×1 as float32: 1.2 TiB; the network's activations for it: " in line, line  # greyscale
+    assert "is available here: use --image-size " in line and line.endswith(" or less."), line
+    assert runs_in(sqlite_tracking) == 0
+
+
+@pytest.mark.slow
+def test_the_memory_refusal_names_a_fix_that_works(tmp_path, sqlite_tracking, capsys, monkeypatch):
+    """Issue 26, item 1, with the memory available set by FOCUSML_MEMORY_AVAILABLE: the size the refusal
+    suggests is the largest that passes the estimate, and training at it succeeds; a dataset held in
+    memory that is what does not fit gets `--data-loading stream`, and streaming it trains."""
+    from focusml import memory
+
+    root = make_tree(tmp_path / "ds", per_class=8, size=(16, 16))
+    base = ["train", "--dataset", "folder", "--data-root", str(root), "--epochs", "1", "--batch-size", "8",
+            "--device", "cpu", "--no-log-model", "--experiment", "memory"]
+    monkeypatch.setenv("FOCUSML_MEMORY_AVAILABLE", "64M")
+    code, out, err = cli([*base, "--image-size", "1024"], capsys)
+    line = assert_refused(code, out, err, "--image-size 1024 needs at least", "but 64.0 MiB is available here: use "
+                                                                              "--image-size ")
+    best = int(line.rsplit("--image-size ", 1)[1].split()[0])
+    memory.check("small", 3, 2, best, best, 8, 0, True, best)  # streamed, as auto streams 1024 px here
+    with pytest.raises(FocusmlError):
+        memory.check("small", 3, 2, best + 1, best + 1, 8, 0, True, best + 1)
+    assert runs_in(sqlite_tracking) == 0
+    code, out, err = cli([*base, "--image-size", str(best)], capsys)
+    assert code == 0, err
+
+    # held in memory, the data is what does not fit: 48 RGB images and their masks of 256×256 (12.6 MB)
+    need = memory.needed("small", 3, 2, 256, 256, 8, 48 * 4 * 256 * 256)
+    monkeypatch.setenv("FOCUSML_MEMORY_AVAILABLE", str(need.total - need.data // 2))
+    code, out, err = cli([*base, "--image-size", "256", "--data-loading", "memory"], capsys)
+    assert_refused(code, out, err, "the decoded dataset: 12.0 MiB", "use --data-loading stream")
+    code, out, err = cli([*base, "--image-size", "256", "--data-loading", "stream"], capsys)
+    assert code == 0, err

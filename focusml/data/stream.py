@@ -28,10 +28,11 @@ MEMORY_SHARE = 0.25
 
 
 def available_memory() -> int:
-    """Bytes of memory available to new allocations now (psutil's estimate, page cache counted as free)."""
-    import psutil
+    """Bytes of memory available to new allocations now (`focusml.memory.available`: FOCUSML_MEMORY_AVAILABLE,
+    else MemAvailable, page cache counted as free)."""
+    from focusml.memory import available
 
-    return int(psutil.virtual_memory().available)
+    return available()
 
 
 def streams(mode: str, nbytes: int) -> bool:
