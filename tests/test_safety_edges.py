@@ -331,49 +331,61 @@ def test_server_refuses_a_store_in_a_missing_folder(tmp_path, free_port):
 
 def test_a_retried_trials_run_left_open_is_closed_saying_why_and_retried(tmp_path, store, free_port):
     """Issue 26, item 13. A `tune` call fails the trial of a dead worker, queues its retry, then closes the
-    trial's MLflow run; killed (or the server away) in between, the run stays RUNNING. The next call must
-    close it as the trial's own stop ("worker process died; retried"), not as a generic stale child of the dead
-    call: the state the flaky `test_tune_worker_and_whole_tune_sigkilled_then_the_study_resumes_exactly` hit."""
+    trial's MLflow run; killed (or the server away) between two of these writes, it leaves the run RUNNING,
+    and perhaps no retry. The next call must finish the job: one retry per trial, the run closed as the
+    trial's own stop ("worker process died; retried"), not as a generic stale child of the dead call — the
+    state the flaky `test_tune_worker_and_whole_tune_sigkilled_then_the_study_resumes_exactly` hit.
+    Trial 0: cut off after its retry was queued; trial 1: after it was failed, before its retry."""
     import optuna
 
-    from focusml.tune.recovery import CALL_ATTR, HOST, PARENT, on_stale, recover, retry_trial
+    from focusml.tune.recovery import CALL_ATTR, HOST, PARENT, STOPPING, on_stale, recover, retry_trial
     from focusml.tune.storage import open_storage, with_heartbeat
 
     study = optuna.create_study(study_name="s13", storage=with_heartbeat(open_storage(str(tmp_path / "j"))[0], on_stale))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
+    why = f"its worker process (pid {dead.pid}) died"
     client = mlflow.MlflowClient()
-    parent = client.create_run(mlflow.get_experiment_by_name(store).experiment_id,
-                               tags={"focusml.kind": "tune", "optuna.study_name": "s13"}).info.run_id
+    experiment = mlflow.get_experiment_by_name(store).experiment_id
+    parent = client.create_run(experiment, tags={"focusml.kind": "tune", "optuna.study_name": "s13"}).info.run_id
     study._storage.set_study_system_attr(study._study_id, PARENT + parent,
                                          {"host": HOST, "pid": dead.pid, "beat": time.time(), "done": False})
-    trial = study.ask()
-    trial.suggest_float("lr", 0.001, 0.01)
-    for key, value in (("worker_pid", dead.pid), ("worker_host", HOST), (CALL_ATTR, parent)):
-        trial.set_user_attr(key, value)
-    child = client.create_run(mlflow.get_experiment_by_name(store).experiment_id,
-                              tags={"optuna.study_name": "s13", "optuna.trial_number": "0",
-                                    "mlflow.parentRunId": parent}).info.run_id
+    trials, runs = [], []
+    for number in (0, 1):
+        trial = study.ask()
+        trial.suggest_float("lr", 0.001, 0.01)
+        for key, value in (("worker_pid", dead.pid), ("worker_host", HOST), (CALL_ATTR, parent)):
+            trial.set_user_attr(key, value)
+        trials.append(trial)
+        runs.append(client.create_run(experiment, tags={"optuna.study_name": "s13", "optuna.trial_number": str(number),
+                                                         "mlflow.parentRunId": parent}).info.run_id)
+    for trial in trials:  # what `fail_dead_local` writes first
+        study._storage.set_trial_system_attr(trial._trial_id, STOPPING, why)
+        study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
 
-    # the dead call got as far as failing the trial and queuing its retry; closing the run failed
-    study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+    # trial 0: its retry queued, then closing its run failed (the server away; a kill leaves the same)
     uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"http://127.0.0.1:{free_port()}")  # nothing listens there
     try:
         with _no_http_retries(), pytest.warns(UserWarning, match="could not close"):
-            retry_trial(study, study._storage.get_trial(trial._trial_id), f"its worker process (pid {dead.pid}) died")
+            retry_trial(study, study._storage.get_trial(trials[0]._trial_id), why)
     finally:
         mlflow.set_tracking_uri(uri)
-    assert client.get_run(child).info.status == "RUNNING"
+    assert [client.get_run(r).info.status for r in runs] == ["RUNNING", "RUNNING"]
 
     recover(study)  # what the next `tune` call does first
-    assert [t.state.name for t in study.get_trials(deepcopy=False)] == ["FAIL", "WAITING"]  # retried once
-    run = client.get_run(child)
-    assert run.info.status == "KILLED", run.info.status
-    assert run.data.tags["focusml.killed"] == (f"its worker process (pid {dead.pid}) died; retried as a new trial "
-                                               "with the same params")
+    after = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in after] == ["FAIL", "FAIL", "WAITING", "WAITING"]  # each retried once
+    assert [t.system_attrs["retry_history"] for t in after[2:]] == [[0], [1]]
+    assert [t.params for t in after[2:]] == [after[0].params, after[1].params]
+    for run_id in runs:
+        run = client.get_run(run_id)
+        assert run.info.status == "KILLED", run.info.status
+        assert run.data.tags["focusml.killed"] == f"{why}; retried as a new trial with the same params"
     top = client.get_run(parent)
     assert top.info.status == "KILLED" and "the tune process stopped" in top.data.tags["focusml.killed"]
+    recover(study)  # again: nothing more to do
+    assert len(study.get_trials(deepcopy=False)) == 4
 
 
 def _no_http_retries():

@@ -12,11 +12,12 @@ the parent runs of dead `tune` calls closed.
 - Every `tune` call records itself as study system attribute `focusml:parent:<run_id>` with a
   heartbeat (`ParentBeat`); a later call closes the parent runs of calls that stopped beating, and
   their child runs still RUNNING (KILLED, tag `focusml.killed`) — `close_stale_parents`.
-- Closing a retried trial's runs comes after its retry is queued, and a process can die (or the
-  tracking server be away) in between: the retry carries the note (`RETRY_NOTE`), and the next
-  call closes the runs still RUNNING of every trial that is no longer running with that note
-  (`close_retried_runs`), before `close_stale_parents` could close them with the parent's.
-  `recover` runs the three in that order.
+- Recovery is a sequence of writes, and a process can die (or the tracking server be away) between
+  any two; each step is redone by the next call. A trial failed for a dead worker carries the reason
+  (`STOPPING`, written just before): one whose retry was never queued is queued (`retry_unqueued`;
+  a trial is retried once, `retried`). The retry carries its note (`RETRY_NOTE`): the runs still
+  RUNNING of every trial that no longer runs are closed with it (`close_retried_runs`), before
+  `close_stale_parents` could close them with the parent's. `recover` runs them in that order.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ PARENT = "focusml:parent:"
 CALL_ATTR = "tune_parent_run_id"  # the MLflow parent run of the `tune` call that ran the trial
 WORKER_ATTRS = ("mlflow_run_id", "worker_pid", "worker_host", CALL_ATTR)  # belong to one attempt, not to its retry
 RETRY_NOTE = "focusml:retry_note"  # on a queued retry: why the trial it repeats stopped (its runs' focusml.killed)
+STOPPING = "focusml:stopping"  # on a trial `fail_dead_local` fails, written just before: why
 
 
 def pid_alive(pid: int) -> bool:
@@ -76,7 +78,8 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial, why: str) -> None:
     history = [*trial.system_attrs.get("retry_history", []), trial.number]
     again = len(history) <= MAX_RETRY
     note = f"{why}; retried as a new trial with the same params" if again else f"{why}; retried {MAX_RETRY} times, given up"
-    if again:  # the note travels with the retry, written in the same call: `close_retried_runs` finds it there
+    if again and not retried(study, trial.number):  # once: a call cut short here is redone by `recover`
+        # the note travels with the retry, written in the same call: `close_retried_runs` finds it there
         study.add_trial(optuna.trial.create_trial(
             state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
             user_attrs={k: v for k, v in trial.user_attrs.items() if k not in WORKER_ATTRS},
@@ -84,6 +87,22 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial, why: str) -> None:
                           "failed_trial": history[0], "retry_history": history, RETRY_NOTE: note},
         ))
     close_trial_runs(study.study_name, trial.number, note)
+
+
+def retried(study: optuna.Study, number: int) -> bool:
+    """Whether a retry of trial `number` is already in the study."""
+    return any((t.system_attrs.get("retry_history") or [None])[-1] == number for t in study.get_trials(deepcopy=False))
+
+
+def retry_unqueued(study: optuna.Study) -> list[int]:
+    """Queue the retry of each trial `fail_dead_local` failed (it wrote `STOPPING` first) whose process died
+    before it could queue it; the retry closes the trial's runs too."""
+    queued = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if STOPPING in t.system_attrs and not retried(study, t.number):
+            retry_trial(study, t, t.system_attrs[STOPPING])
+            queued.append(t.number)
+    return queued
 
 
 def close_retried_runs(study: optuna.Study) -> list[str]:
@@ -119,6 +138,7 @@ def recover(study: optuna.Study) -> None:
     then close the parent runs (and their open children) of dead `tune` calls — in this order, so each
     run is closed with the most precise reason known."""
     fail_dead_local(study)
+    retry_unqueued(study)
     close_retried_runs(study)
     close_stale_parents(study)
 
@@ -135,12 +155,14 @@ def fail_dead_local(study: optuna.Study) -> list[int]:
         pid, host = t.user_attrs.get("worker_pid"), t.user_attrs.get("worker_host")
         if host != HOST or not isinstance(pid, int) or pid_alive(pid):
             continue
-        try:
+        why = f"its worker process (pid {pid}) died"
+        try:  # the reason first, on the running trial: a call killed after failing it queues no retry, `recover` does
+            study._storage.set_trial_system_attr(t._trial_id, STOPPING, why)
             if not study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another process got there first
-        retry_trial(study, study._storage.get_trial(t._trial_id), f"its worker process (pid {pid}) died")
+        retry_trial(study, study._storage.get_trial(t._trial_id), why)
         failed.append(t.number)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
