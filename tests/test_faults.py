@@ -227,10 +227,10 @@ def test_server_killed_mid_run_then_resume_sends_the_rest_once(cli_env, tmp_path
 
 class FreezingProxy:
     """A TCP relay to a real server that can freeze: from `freeze()` on it takes every byte a client sends and
-    never answers, as a stopped (SIGSTOP) server does, and notes when the first unanswered request came."""
+    never answers, as a stopped (SIGSTOP) server does, and notes when each unanswered piece came."""
 
     def __init__(self, target: int):
-        self.target, self.frozen, self.first_unanswered = target, threading.Event(), None
+        self.target, self.frozen, self.unanswered = target, threading.Event(), []  # arrival times while frozen
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
@@ -252,8 +252,8 @@ class FreezingProxy:
         try:
             while data := src.recv(65536):
                 if self.frozen.is_set():
-                    if from_client and self.first_unanswered is None:
-                        self.first_unanswered = time.time()
+                    if from_client:
+                        self.unanswered.append(time.time())
                     continue
                 dst.sendall(data)
         except OSError:
@@ -267,7 +267,7 @@ class FreezingProxy:
 def test_a_frozen_server_is_given_up_within_the_documented_time(cli_env, tmp_path, free_port, wait_healthy,
                                                                stopper, monkeypatch):
     """Issue 26, item 12: a server that accepts connections but never answers (frozen) costs the run at most
-    `store.give_up_s()` from the first request it leaves unanswered to the process's exit (exit 3), the
+    `store.give_up_s()` from the first request it leaves unanswered to its `Error:` line (exit 3), the
     bound docs/operations.md states: the call's attempts and backoff, the /health probe, the two closing
     calls, nothing else (no background upload the process waits for at exit). Small HTTP limits keep it short."""
     from focusml.tracking.store import give_up_s
@@ -288,15 +288,19 @@ def test_a_frozen_server_is_given_up_within_the_documented_time(cli_env, tmp_pat
     stopper(proc)
     wait_for("the first epoch's metrics", lambda: epoch_done(exp), proc=proc)
     proxy.freeze()
+    # when it says so (its stderr is unbuffered), not when it has exited: interpreter shutdown is not giving up
+    said = wait_for("the Error line", lambda: time.time() if "\nError: " in "\n" + output(tmp_path, "train")[1] else None)
     code = proc.wait(timeout=300)
-    ended = time.time()
     proxy.close()
     err = output(tmp_path, "train")[1]
     assert code == 3, err
     assert err.strip().splitlines()[-1].startswith("Error: the tracking server at http://127.0.0.1:"), err[-2000:]
-    took = ended - proxy.first_unanswered
-    print(f"gave up {took:.1f} s after the first unanswered request (bound {bound:.0f} s)")
-    assert took <= bound + 6, (took, bound)  # + the process's own exit (interpreter shutdown, under load)
+    first = proxy.unanswered[0]
+    took = said - first
+    arrivals = [round(t - first, 1) for t in proxy.unanswered]
+    print(f"gave up {took:.1f} s after the first unanswered request (bound {bound:.0f} s); requests at {arrivals}")
+    assert took <= bound + 3, (took, bound, arrivals)  # + the 0.3 s poll and CPU time between the calls
+    assert len(arrivals) >= 4 and arrivals[-1] >= bound - 3 - 1, arrivals  # it did try to close the run, last
 
 
 # ---- SIGKILL during end-of-run logging, then --resume: one LoggedModel --------------------------------------

@@ -109,8 +109,8 @@ HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
 }
-PROBE_S = 5.0  # the /health probe after a failed call (at most the request timeout)
-CLOSE_S = 3.0  # each of the two calls that try to close the run after the server was lost (no retries)
+PROBE_S = 5  # the /health probe after a failed call (at most the request timeout)
+CLOSE_S = 3  # each of the two calls that try to close the run after the server was lost (no retries)
 
 
 def _http(key: str) -> float:
@@ -120,12 +120,13 @@ def _http(key: str) -> float:
         return float(HTTP_DEFAULTS[key])
 
 
-def probe_timeout() -> float:
-    return min(PROBE_S, _http("MLFLOW_HTTP_REQUEST_TIMEOUT"))
+def probe_timeout() -> int:
+    return max(1, min(PROBE_S, int(_http("MLFLOW_HTTP_REQUEST_TIMEOUT"))))
 
 
-def close_timeout() -> float:
-    return min(CLOSE_S, _http("MLFLOW_HTTP_REQUEST_TIMEOUT"))
+def close_timeout() -> int:
+    """Whole seconds: MLflow reads MLFLOW_HTTP_REQUEST_TIMEOUT as an int (a "3.0" fails every call at once)."""
+    return max(1, min(CLOSE_S, int(_http("MLFLOW_HTTP_REQUEST_TIMEOUT"))))
 
 
 def give_up_s() -> float:
