@@ -24,6 +24,9 @@ import torch
 from focusml import FocusmlError
 
 ENV = "FOCUSML_MEMORY_AVAILABLE"
+#: `--data-loading auto` streams a folder dataset whose decoded tensors exceed this share of the available
+#: memory: the rest is for the model, evaluation buffers (counterfactual splits are built in float) and others
+MEMORY_SHARE = 0.25
 UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
@@ -132,16 +135,23 @@ def largest_size(fits, start: int) -> int | None:
     return low
 
 
-def check(model: str, channels: int, num_classes: int, height: int, width: int, batch: int, data_bytes: int,
-          streamed: bool, image_size: int | None) -> None:
+def streams(loading: str, nbytes: int, have: int) -> bool:
+    """Whether `--data-loading loading` streams a dataset of `nbytes` decoded bytes when `have` bytes are available."""
+    return loading == "stream" or (loading == "auto" and nbytes > MEMORY_SHARE * have)
+
+
+def check(model: str, channels: int, num_classes: int, height: int, width: int, batch: int, decoded: int,
+          streamed: bool, image_size: int | None, loading: str = "auto") -> None:
     """Refuse (FocusmlError, one line naming the numbers and the fix) a run whose `needed` exceeds `available()`.
 
-    The fix: `--data-loading stream` when the dataset held in memory is what does not fit, else the largest
-    `--image-size` that fits (else a smaller batch)."""
+    `decoded`: the dataset's bytes when held in memory (held unless `streamed`). The fix: `--data-loading
+    stream` when the dataset held in memory is what does not fit, else the largest `--image-size` that fits
+    with `loading` as given (auto streams at the smaller size only if its rule says so), else a smaller batch."""
     have = available()
-    if data_bytes + FAR * batch * channels * height * width * 4 <= have:
+    held = 0 if streamed else decoded
+    if held + FAR * batch * channels * height * width * 4 <= have:
         return
-    need = needed(model, channels, num_classes, height, width, batch, data_bytes)
+    need = needed(model, channels, num_classes, height, width, batch, held)
     if need.total <= have:
         return
     what = f"--image-size {image_size}" if image_size else f"images of {width}×{height}"
@@ -152,8 +162,9 @@ def check(model: str, channels: int, num_classes: int, height: int, width: int, 
         fix = "--data-loading stream (images read from disk per batch)"
     else:
         def fits(s: int) -> bool:
-            held = 0 if streamed else data_bytes * s * s // (height * width)
-            return needed(model, channels, num_classes, s, s, batch, held).total <= have
+            at = decoded * s * s // (height * width)
+            kept = 0 if streams(loading, at, have) else at
+            return needed(model, channels, num_classes, s, s, batch, kept).total <= have
 
         best = largest_size(fits, max(height, width) - 1)
         fix = f"--image-size {best} or less" if best else f"a smaller --batch-size than {batch}"

@@ -82,8 +82,9 @@ def load_data(config: RunConfig) -> Dataset:
         image_size=config.image_size,
         train_size=config.train_size,
         loading=config.data_loading,
-        fits=lambda channels, height, width, classes, held, streamed: memory.check(
-            config.model, channels, classes, height, width, config.batch_size, held, streamed, config.image_size),
+        fits=lambda channels, height, width, classes, decoded, streamed: memory.check(
+            config.model, channels, classes, height, width, config.batch_size, decoded, streamed, config.image_size,
+            config.data_loading),
     )
     if not (_kept["on"] and DATASETS[config.dataset].builtin):
         return load(config.dataset, options)

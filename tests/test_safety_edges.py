@@ -20,7 +20,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from focusml import FocusmlError, tracking
+from focusml import tracking
 from focusml.callbacks import Callbacks
 from test_folder import make_tree
 from test_safety_runs import (_module_store, assert_refused, cli, runs_in, sqlite_tracking, store, tiny,  # noqa: F401
@@ -437,17 +437,16 @@ def test_the_memory_refusal_names_a_fix_that_works(tmp_path, sqlite_tracking, ca
     line = assert_refused(code, out, err, "--image-size 1024 needs at least", "but 64.0 MiB is available here: use "
                                                                               "--image-size ")
     best = int(line.rsplit("--image-size ", 1)[1].split()[0])
-    memory.check("small", 3, 2, best, best, 8, 0, True, best)  # streamed, as auto streams 1024 px here
-    with pytest.raises(FocusmlError):
-        memory.check("small", 3, 2, best + 1, best + 1, 8, 0, True, best + 1)
+    code, out, err = cli([*base, "--image-size", str(best + 1)], capsys)  # the largest: one more is refused
+    assert_refused(code, out, err, f"--image-size {best + 1} needs at least")
     assert runs_in(sqlite_tracking) == 0
     code, out, err = cli([*base, "--image-size", str(best)], capsys)
     assert code == 0, err
 
-    # held in memory, the data is what does not fit: 48 RGB images and their masks of 256×256 (12.6 MB)
-    need = memory.needed("small", 3, 2, 256, 256, 8, 48 * 4 * 256 * 256)
+    # held in memory, the data is what does not fit: 48 greyscale images and their masks of 256×256 (6.3 MB)
+    need = memory.needed("small", 1, 2, 256, 256, 8, 48 * 2 * 256 * 256)
     monkeypatch.setenv("FOCUSML_MEMORY_AVAILABLE", str(need.total - need.data // 2))
     code, out, err = cli([*base, "--image-size", "256", "--data-loading", "memory"], capsys)
-    assert_refused(code, out, err, "the decoded dataset: 12.0 MiB", "use --data-loading stream")
+    assert_refused(code, out, err, "256×256×1 as float32", "the decoded dataset: 6.0 MiB", "use --data-loading stream")
     code, out, err = cli([*base, "--image-size", "256", "--data-loading", "stream"], capsys)
     assert code == 0, err
