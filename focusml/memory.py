@@ -14,7 +14,6 @@ to cap a run on a shared machine, and to test the refusal), else the kernel's Me
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass
