@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from focusml import FocusmlError, methods
+from focusml import FocusmlError, memory, methods
 from focusml.cache import cache_dir
 from focusml.callbacks import Callbacks, RunContext, RunResult, as_callbacks
 from focusml.config import RunConfig
@@ -56,6 +56,9 @@ def load_data(config: RunConfig) -> Dataset:
         image_size=config.image_size,
         train_size=config.train_size,
         loading=config.data_loading,
+        fits=lambda channels, height, width, classes, decoded, streamed: memory.check(
+            config.model, channels, classes, height, width, config.batch_size, decoded, streamed, config.image_size,
+            config.data_loading),
     )
     if not (_kept["on"] and DATASETS[config.dataset].builtin):
         return load(config.dataset, options)

@@ -7,6 +7,8 @@ run states say what happened, and a study ends with exactly its number of trials
 - SIGTERM and SIGINT: the run ends KILLED, tagged with the signal, exit 143 / 130;
 - the tracking server killed mid-run: the trainer gives up within a bounded time (exit 3) with
   its checkpoint and metrics on disk, and `--resume` after the server is back sends the rest once;
+- a frozen server (accepts, never answers): given up within `store.give_up_s()` (issue 26);
+- SIGKILL during end-of-run logging, twice, then `--resume`: one LoggedModel (issue 26);
 - 4 first runs started together on a new SQLite store all finish;
 - a tune worker SIGKILLed is replaced and its trial retried; the whole tune SIGKILLed and run
   again completes the study to exactly n_trials, every stopped run closed.
@@ -19,8 +21,10 @@ from __future__ import annotations
 import math
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -168,6 +172,19 @@ def test_sigterm_and_sigint_end_the_run_killed(tracking_env, cli_env, tmp_path, 
 # ---- the tracking server killed mid-run ------------------------------------------------------------------
 
 
+def serve(folder: Path, port: int, log: str, stopper, wait_healthy) -> subprocess.Popen:
+    """A real `mlflow server` on 127.0.0.1:`port` with its store and artifacts in `folder` (the same on a restart)."""
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        cwd=folder, stdout=open(folder / log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+        env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
+    stopper(proc)
+    wait_healthy(f"http://127.0.0.1:{port}", proc)
+    return proc
+
+
 @pytest.mark.server
 def test_server_killed_mid_run_then_resume_sends_the_rest_once(cli_env, tmp_path, free_port, wait_healthy,
                                                                stop_group, stopper):
@@ -175,19 +192,7 @@ def test_server_killed_mid_run_then_resume_sends_the_rest_once(cli_env, tmp_path
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-
-    def serve(log: str) -> subprocess.Popen:
-        proc = subprocess.Popen(
-            [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-             "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1"],
-            cwd=tmp_path, stdout=open(tmp_path / log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
-            env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
-        stopper(proc)
-        wait_healthy(url, proc)
-        return proc
-
-    server = serve("server1.log")
+    server = serve(tmp_path, port, "server1.log", stopper, wait_healthy)
     env = dict(cli_env, MLFLOW_TRACKING_URI=url)
     mlflow.set_tracking_uri(url)
     exp = "faults-server"
@@ -212,12 +217,158 @@ def test_server_killed_mid_run_then_resume_sends_the_rest_once(cli_env, tmp_path
     assert len(spooled) >= 1
     assert gave_up < 120  # the epoch in progress (seconds here) + MLflow's bounded retries (about 7 s)
 
-    serve("server2.log")
+    serve(tmp_path, port, "server2.log", stopper, wait_healthy)
     res = subprocess.run([str(VENV_BIN / "focusml"), "train", "--resume", rid], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     assert mlflow.get_run(rid).info.status == "FINISHED"
     assert_every_epoch_once(rid, 3)
+
+
+class FreezingProxy:
+    """A TCP relay to a real server that can freeze: from `freeze()` on it takes every byte a client sends and
+    never answers, as a stopped (SIGSTOP) server does, and notes when each unanswered piece came."""
+
+    def __init__(self, target: int):
+        self.target, self.frozen, self.unanswered = target, threading.Event(), []  # arrival times while frozen
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def freeze(self) -> None:
+        self.frozen.set()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                return
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if self.frozen.is_set():
+                    if from_client:
+                        self.unanswered.append(time.time())
+                    continue
+                dst.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.server
+def test_a_frozen_server_is_given_up_within_the_documented_time(cli_env, tmp_path, free_port, wait_healthy,
+                                                               stopper, monkeypatch):
+    """Issue 26, item 12: a server that accepts connections but never answers (frozen) costs the run at most
+    `store.give_up_s()` from the first request it leaves unanswered to its `Error:` line (exit 3), the
+    bound docs/operations.md states: the call's attempts and backoff, the /health probe, the two closing
+    calls, nothing else (no background upload the process waits for at exit). Small HTTP limits keep it short."""
+    from focusml.tracking.store import give_up_s
+
+    limits = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "4", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+              "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0"}
+    for key, value in limits.items():
+        monkeypatch.setenv(key, value)
+    bound = give_up_s()
+    assert bound == 2 * 4 + 4 + 2 * 3
+    port = free_port()
+    serve(tmp_path, port, "server.log", stopper, wait_healthy)
+    proxy = FreezingProxy(port)
+    mlflow.set_tracking_uri(f"http://127.0.0.1:{port}")  # the test looks past the proxy
+    exp = "faults-frozen"
+    proc = start(["train", "--epochs", "50", "--experiment", exp, *FAST],
+                 dict(cli_env, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{proxy.port}", **limits), tmp_path, "train")
+    stopper(proc)
+    wait_for("the first epoch's metrics", lambda: epoch_done(exp), proc=proc)
+    proxy.freeze()
+    # when it says so (its stderr is unbuffered), not when it has exited: interpreter shutdown is not giving up
+    said = wait_for("the Error line", lambda: time.time() if "\nError: " in "\n" + output(tmp_path, "train")[1] else None)
+    code = proc.wait(timeout=300)
+    proxy.close()
+    err = output(tmp_path, "train")[1]
+    assert code == 3, err
+    assert err.strip().splitlines()[-1].startswith("Error: the tracking server at http://127.0.0.1:"), err[-2000:]
+    first = proxy.unanswered[0]
+    took = said - first
+    arrivals = [round(t - first, 1) for t in proxy.unanswered]
+    print(f"gave up {took:.1f} s after the first unanswered request (bound {bound:.0f} s); requests at {arrivals}")
+    assert took <= bound + 3, (took, bound, arrivals)  # + the 0.3 s poll and CPU time between the calls
+    assert len(arrivals) >= 4 and arrivals[-1] >= bound - 3 - 1, arrivals  # it did try to close the run, last
+
+
+# ---- SIGKILL during end-of-run logging, then --resume: one LoggedModel --------------------------------------
+
+KILL_IN = """
+import os, signal, sys
+import {module} as m
+def killed(*a, **k):
+    os.kill(os.getpid(), signal.SIGKILL)
+m.{name} = killed
+from focusml.cli import main
+main(sys.argv[1:])
+"""
+
+
+def killed_at(point: str, args: list[str], env, cwd) -> subprocess.CompletedProcess:
+    """`focusml ARGS` in a process that SIGKILLs itself when it reaches `point` ("module:attribute" of a
+    function it calls at the end of a run): a kill at a chosen place, not at a chosen time."""
+    module, name = point.split(":")
+    return subprocess.run([str(VENV_BIN / "python"), "-c", KILL_IN.format(module=module, name=name), *args],
+                          env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.server
+def test_sigkill_during_end_of_run_logging_then_resume_leaves_one_logged_model(cli_env, tmp_path, free_port,
+                                                                              wait_healthy, stopper):
+    """Issue 26, item 8. Killed while the model's files upload (the LoggedModel stays PENDING), resumed and
+    killed again after the model and the final metrics are logged (a READY LoggedModel), resumed again: the
+    run ends FINISHED with one LoggedModel, READY, at the evaluated epoch's step, carrying the final metrics
+    (the stale PENDING one is deleted, the READY one used again), and `register` finds it."""
+    from focusml.tracking.log import run_model, run_models
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    serve(tmp_path, port, "server.log", stopper, wait_healthy)
+    mlflow.set_tracking_uri(url)
+    env = dict(cli_env, MLFLOW_TRACKING_URI=url)
+    exp = "faults-end-of-run"
+    first = killed_at("mlflow.tracking.client:MlflowClient.log_model_artifacts",
+                      ["train", "--epochs", "2", "--select", "acc/val", "--experiment", exp, "--batch-size", "256",
+                       "--device", "cpu"], env, tmp_path)
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    (run,) = MlflowClient().search_runs([mlflow.get_experiment_by_name(exp).experiment_id])
+    rid = run.info.run_id
+    assert [m.status.name for m in run_models(rid)] == ["PENDING"]
+
+    second = killed_at("focusml.tracking.logger:_log_final_artifacts", ["train", "--resume", rid], env, tmp_path)
+    assert second.returncode == -signal.SIGKILL, second.stderr[-2000:]
+    assert [m.status.name for m in run_models(rid)] == ["READY"]  # the PENDING one replaced
+    assert mlflow.get_run(rid).info.status == "RUNNING"
+
+    res = subprocess.run([str(VENV_BIN / "focusml"), "train", "--resume", rid], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = mlflow.get_run(rid)
+    assert r.info.status == "FINISHED"
+    (model,) = run_models(rid)
+    assert model.status.name == "READY" and run_model(r).model_id == model.model_id
+    selected = int(r.data.metrics["selected_epoch"])
+    linked = {m.key: m for m in model.metrics}
+    assert {"acc/test", "acc/val", "selected_epoch"} <= set(linked), sorted(linked)
+    assert {m.step for m in model.metrics} == {selected}
+    assert all(linked[k].value == r.data.metrics[k] for k in ("acc/test", "selected_epoch"))
+    assert_every_epoch_once(rid, 2)
+    reg = subprocess.run([str(VENV_BIN / "focusml"), "register", rid, "--name", "faults-one-model"], env=env,
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert reg.returncode == 0, reg.stderr[-2000:]
+    assert MlflowClient().get_model_version("faults-one-model", "1").source == model.model_uri
 
 
 # ---- 4 first runs on a new SQLite store ------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Bad input at the edges and faults that must leave a truthful state (issues 22 and 26), through the CLI
 in this process (`focusml.cli.main`: exit status 2 and one `Error:` line) on tiny data and a SQLite store:
 short run ids, register's name and alias, `runs:/` paths, a taken port, dataset export, types in
-configs and study files, a corrupt resume checkpoint, store and storage URIs.
+configs and study files, a corrupt resume checkpoint, store and storage URIs, a tune call killed while it
+closed a retried trial's run, an image size that cannot fit in memory.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import pytest
 from focusml import tracking
 from focusml.callbacks import Callbacks
 from test_folder import make_tree
-from test_safety_runs import _module_store, assert_refused, cli, sqlite_tracking, store, tiny, tiny_data  # noqa: F401
+from test_safety_runs import (_module_store, assert_refused, cli, runs_in, sqlite_tracking, store, tiny,  # noqa: F401
+                              tiny_data)
 
 
 @pytest.fixture(scope="module")
@@ -322,3 +324,129 @@ def test_server_refuses_a_store_in_a_missing_folder(tmp_path, free_port):
     (line,) = res.stderr.strip().splitlines()
     assert f"--backend-store-uri sqlite:///{tmp_path}/missing/mlflow.db: the folder {tmp_path}/missing does not exist" in line
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- I. a tune call that died while it closed a retried trial's run -----------------------------------
+
+
+def test_a_retried_trials_run_left_open_is_closed_saying_why_and_retried(tmp_path, store, free_port):
+    """Issue 26, item 13. A `tune` call fails the trial of a dead worker, queues its retry, then closes the
+    trial's MLflow run; killed (or the server away) between two of these writes, it leaves the run RUNNING,
+    and perhaps no retry. The next call must finish the job: one retry per trial, the run closed as the
+    trial's own stop ("worker process died; retried"), not as a generic stale child of the dead call — the
+    state the flaky `test_tune_worker_and_whole_tune_sigkilled_then_the_study_resumes_exactly` hit.
+    Trial 0: cut off after its retry was queued; trial 1: after it was failed, before its retry."""
+    import optuna
+
+    from focusml.tune.recovery import CALL_ATTR, HOST, PARENT, STOPPING, on_stale, recover, retry_trial
+    from focusml.tune.storage import open_storage, with_heartbeat
+
+    study = optuna.create_study(study_name="s13", storage=with_heartbeat(open_storage(str(tmp_path / "j"))[0], on_stale))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    why = f"its worker process (pid {dead.pid}) died"
+    client = mlflow.MlflowClient()
+    experiment = mlflow.get_experiment_by_name(store).experiment_id
+    parent = client.create_run(experiment, tags={"focusml.kind": "tune", "optuna.study_name": "s13"}).info.run_id
+    study._storage.set_study_system_attr(study._study_id, PARENT + parent,
+                                         {"host": HOST, "pid": dead.pid, "beat": time.time(), "done": False})
+    trials, runs = [], []
+    for number in (0, 1):
+        trial = study.ask()
+        trial.suggest_float("lr", 0.001, 0.01)
+        for key, value in (("worker_pid", dead.pid), ("worker_host", HOST), (CALL_ATTR, parent)):
+            trial.set_user_attr(key, value)
+        trials.append(trial)
+        runs.append(client.create_run(experiment, tags={"optuna.study_name": "s13", "optuna.trial_number": str(number),
+                                                         "mlflow.parentRunId": parent}).info.run_id)
+    for trial in trials:  # what `fail_dead_local` writes first
+        study._storage.set_trial_system_attr(trial._trial_id, STOPPING, why)
+        study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+
+    # trial 0: its retry queued, then closing its run failed (the server away; a kill leaves the same)
+    uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    try:
+        with _no_http_retries(), pytest.warns(UserWarning, match="could not close"):
+            retry_trial(study, study._storage.get_trial(trials[0]._trial_id), why)
+    finally:
+        mlflow.set_tracking_uri(uri)
+    assert [client.get_run(r).info.status for r in runs] == ["RUNNING", "RUNNING"]
+
+    recover(study)  # what the next `tune` call does first
+    after = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in after] == ["FAIL", "FAIL", "WAITING", "WAITING"]  # each retried once
+    assert [t.system_attrs["retry_history"] for t in after[2:]] == [[0], [1]]
+    assert [t.params for t in after[2:]] == [after[0].params, after[1].params]
+    for run_id in runs:
+        run = client.get_run(run_id)
+        assert run.info.status == "KILLED", run.info.status
+        assert run.data.tags["focusml.killed"] == f"{why}; retried as a new trial with the same params"
+    top = client.get_run(parent)
+    assert top.info.status == "KILLED" and "the tune process stopped" in top.data.tags["focusml.killed"]
+    recover(study)  # again: nothing more to do
+    assert len(study.get_trials(deepcopy=False)) == 4
+
+
+def _no_http_retries():
+    from focusml import environment
+
+    return environment({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"})
+
+
+# ---- J. a run that cannot fit in memory: refused before anything is allocated ------------------------------
+
+
+CAP = 6 * 2**30  # address space of the refused process: a regression fails at once instead of filling the machine
+
+
+@pytest.mark.slow
+def test_an_image_size_too_large_for_the_machine_is_refused_before_allocating(tmp_path, sqlite_tracking):
+    """Issue 26, item 1: `--image-size 100000` grew to 22 GB until the OOM killer ended it (exit 137, no word).
+    Refused now from the estimate (a batch of 32 such greyscale images alone is 1.2 TiB as float32), with the memory
+    this machine has (no override): exit 2, one line naming the numbers and a size that fits, no run. The
+    process runs under a 6 GiB address-space limit, so code that allocated would fail, not swap."""
+    import resource
+
+    root = make_tree(tmp_path / "ds", per_class=2, size=(16, 16))
+    env = {k: v for k, v in os.environ.items() if k != "FOCUSML_MEMORY_AVAILABLE"}
+    res = subprocess.run([sys.executable, "-m", "focusml", "train", "--dataset", "folder", "--data-root", str(root),
+                          "--image-size", "100000", "--epochs", "1"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=600,
+                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (CAP, CAP)))
+    assert res.returncode == 2, res.stderr[-3000:]
+    (line,) = res.stderr.strip().splitlines()
+    assert line.startswith("Error: --image-size 100000 needs at least ") and " TiB of memory (a batch of 32 images " \
+        "100000×100000×1 as float32: 1.2 TiB; the network's activations for it: " in line, line  # greyscale
+    assert "is available here: use --image-size " in line and line.endswith(" or less."), line
+    assert runs_in(sqlite_tracking) == 0
+
+
+@pytest.mark.slow
+def test_the_memory_refusal_names_a_fix_that_works(tmp_path, sqlite_tracking, capsys, monkeypatch):
+    """Issue 26, item 1, with the memory available set by FOCUSML_MEMORY_AVAILABLE: the size the refusal
+    suggests is the largest that passes the estimate, and training at it succeeds; a dataset held in
+    memory that is what does not fit gets `--data-loading stream`, and streaming it trains."""
+    from focusml import memory
+
+    root = make_tree(tmp_path / "ds", per_class=8, size=(16, 16))
+    base = ["train", "--dataset", "folder", "--data-root", str(root), "--epochs", "1", "--batch-size", "8",
+            "--device", "cpu", "--no-log-model", "--experiment", "memory"]
+    monkeypatch.setenv("FOCUSML_MEMORY_AVAILABLE", "64M")
+    code, out, err = cli([*base, "--image-size", "1024"], capsys)
+    line = assert_refused(code, out, err, "--image-size 1024 needs at least", "but 64.0 MiB is available here: use "
+                                                                              "--image-size ")
+    best = int(line.rsplit("--image-size ", 1)[1].split()[0])
+    code, out, err = cli([*base, "--image-size", str(best + 1)], capsys)  # the largest: one more is refused
+    assert_refused(code, out, err, f"--image-size {best + 1} needs at least")
+    assert runs_in(sqlite_tracking) == 0
+    code, out, err = cli([*base, "--image-size", str(best)], capsys)
+    assert code == 0, err
+
+    # held in memory, the data is what does not fit: 48 greyscale images and their masks of 256×256 (6.3 MB)
+    need = memory.needed("small", 1, 2, 256, 256, 8, 48 * 2 * 256 * 256)
+    monkeypatch.setenv("FOCUSML_MEMORY_AVAILABLE", str(need.total - need.data // 2))
+    code, out, err = cli([*base, "--image-size", "256", "--data-loading", "memory"], capsys)
+    assert_refused(code, out, err, "256×256×1 as float32", "the decoded dataset: 6.0 MiB", "use --data-loading stream")
+    code, out, err = cli([*base, "--image-size", "256", "--data-loading", "stream"], capsys)
+    assert code == 0, err

@@ -410,6 +410,8 @@ def load_folder(options: DataOptions) -> Dataset:
                 clean.append(split)
     rows = sum(len(items) for items in plan.values()) + sum(len(plan[split]) for split in clean)
     stream = streams(options.loading, decoded_bytes(rows, _channels(mode), size))
+    if options.fits is not None:  # before anything is decoded: a size that cannot fit is refused, not tried
+        options.fits(_channels(mode), size[1], size[0], len(classes), decoded_bytes(rows, _channels(mode), size), stream)
     splits = {split: _load_split(root, split, classes, mode, size, resize, items, stream)
               for split, items in plan.items()}
     for split in clean:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +20,9 @@ class DataOptions:
     image_size: int | None = None  # resize folder images (and masks) to this square size
     train_size: int | None = None  # decoy-mnist / decoy-fashion: keep the first N (shuffled) training images
     loading: str = "auto"  # folder: auto | memory | stream (read from disk on demand; focusml.data.stream)
+    #: folder: called before anything is decoded with (channels, height, width, classes, the decoded bytes,
+    #: streamed); raises FocusmlError when the run cannot fit in memory (`focusml.memory.check`)
+    fits: Callable[[int, int, int, int, int, bool], None] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)

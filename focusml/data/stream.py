@@ -7,7 +7,7 @@ split works unchanged through `Split.batch` and indexing; passes over a whole sp
 `batches`, which reads batches in DataLoader worker processes while the caller computes.
 
 `streams(mode, nbytes)` is the `--data-loading auto` rule (docs/datasets.md): stream when the
-decoded dataset would take more than `MEMORY_SHARE` of the memory available now.
+decoded dataset would take more than `memory.MEMORY_SHARE` of the memory available now.
 """
 
 from __future__ import annotations
@@ -19,20 +19,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset as TorchDataset
 
-from focusml import FocusmlError
+from focusml import FocusmlError, memory
 from focusml.options import option
 
 MODES = option("data_loading").choices  # declared with the option (focusml.options)
-#: auto streams a dataset whose decoded tensors exceed this share of the available memory: the rest is
-#: for the model, evaluation buffers (counterfactual splits are built in float) and other processes
-MEMORY_SHARE = 0.25
 
 
 def available_memory() -> int:
-    """Bytes of memory available to new allocations now (psutil's estimate, page cache counted as free)."""
-    import psutil
-
-    return int(psutil.virtual_memory().available)
+    """Bytes of memory available to new allocations now (`focusml.memory.available`: FOCUSML_MEMORY_AVAILABLE,
+    else MemAvailable, page cache counted as free)."""
+    return memory.available()
 
 
 def streams(mode: str, nbytes: int) -> bool:
@@ -41,7 +37,7 @@ def streams(mode: str, nbytes: int) -> bool:
         raise FocusmlError(f"--data-loading is {mode!r}; choose one of {', '.join(MODES)}.")
     if mode != "auto":
         return mode == "stream"
-    return nbytes > MEMORY_SHARE * available_memory()
+    return memory.streams(mode, nbytes, available_memory())
 
 
 def workers() -> int:

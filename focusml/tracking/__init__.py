@@ -34,7 +34,7 @@ from focusml.tracking.runs import load_run_data, load_run_model, resolve_run_id,
 from focusml.tracking.sources import Source
 from focusml.tracking.sources import resolve as resolve_source
 from focusml.tracking.store import (DEFAULT_STORE, StopRun, TrackingLost, check_reachable, check_uri, default_uri, setup,
-                                    run_experiment_id, sqlite_path, search_runs_where, start_run, terminate_run, tracking_uri,
+                                    run_experiment_id, sqlite_path, search_run_tags_where, search_runs_where, start_run, terminate_run, tracking_uri,
                                     ui_link, ui_page)
 from focusml.tracking.tracked import resume, resume_config, run
 
@@ -44,7 +44,7 @@ __all__ = [
     "check_connects", "check_registry_names", "check_reachable", "check_sqlite_file", "check_uri", "default_uri", "experiment_name", "load_run_data", "load_run_model", "log_artifact", "log_artifacts_to",
     "log_datasets", "log_dict", "log_figure", "log_image_step", "log_metrics", "log_model", "log_params", "log_state_dict",
     "log_table", "predict_files", "register", "register_version", "resolve_experiment", "resolve_run_id", "resolve_source", "resume",
-    "resume_config", "run", "run_dir", "run_experiment_id", "run_info", "redact", "retry_unique", "search_runs", "search_runs_where", "set_tags", "setup",
+    "resume_config", "run", "run_dir", "run_experiment_id", "run_info", "redact", "retry_unique", "search_runs", "search_run_tags_where", "search_runs_where", "set_tags", "setup",
     "sqlite_path", "start_run", "terminate_run", "tracking_uri", "ui_link", "ui_page", "NOTE_MARKER", "NOTE_TAG", "write_note",
     "HEADLINE", "VIEW_TAG", "add_view",
     "with_driver", "is_database",

@@ -44,7 +44,7 @@ from focusml.cache import cache_dir
 from focusml.callbacks import CallbackList, Callbacks, listed
 from focusml.tracking.log import log_artifact, set_tags
 from focusml.tracking.logger import RunLogger, epoch_step
-from focusml.tracking.store import TrackingLost, fcntl, is_remote, reachable
+from focusml.tracking.store import TrackingLost, fcntl, is_remote, probe_timeout, reachable
 
 RESUME_FILE = "resume.pt"
 
@@ -94,7 +94,7 @@ def _lost(e: BaseException) -> str | None:
     """Why the tracking server counts as gone after `e`, or None when `e` is another failure."""
     if not is_remote():
         return None
-    why = reachable(mlflow.get_tracking_uri())
+    why = reachable(mlflow.get_tracking_uri(), probe_timeout())
     if why is not None:
         return why
     if isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):

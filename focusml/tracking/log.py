@@ -19,7 +19,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
-from mlflow.entities import Metric
+from mlflow.entities import LoggedModelStatus, Metric
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
 
 import focusml
@@ -77,7 +78,10 @@ def log_figure(fig, path: str) -> None:
 
 
 def log_image_step(image, key: str, step: int) -> None:
-    mlflow.log_image(image, key=key, step=step)
+    """One step of an image series. Synchronous: MLflow's default here is a background upload whose
+    failure is only logged, and which the process waits for at exit (a frozen server held a run that
+    had given up for minutes more); this way a lost server surfaces at this call, as `TrackingLost`."""
+    mlflow.log_image(image, key=key, step=step, synchronous=True)
 
 
 def log_dict(obj: dict, path: str) -> None:
@@ -187,6 +191,42 @@ def model_name(run_name: str | None) -> str:
     """A LoggedModel's name from its run's (`pas-decoy-digits-s0`): the UI's model lists then say which run
     each model is. MLflow refuses / : . % " ' in the name, each run of them becomes "-"; "model" if none is left."""
     return re.sub(r"[/:.%\"']+", "-", run_name or "").strip("-") or "model"
+
+
+def run_models(run_id: str) -> list:
+    """The LoggedModels run `run_id` logged (deleted ones left out), oldest first."""
+    experiment = mlflow.MlflowClient().get_run(run_id).info.experiment_id
+    models = mlflow.search_logged_models(experiment_ids=[experiment], filter_string=f"source_run_id = '{run_id}'",
+                                         output_format="list")
+    return sorted(models, key=lambda m: m.creation_timestamp)
+
+
+def keep_one_model(run_id: str, name: str):
+    """Before a resumed run logs its model: the model named `name` an earlier attempt of the run completed
+    (READY; the newest), to be used again, or None. Every other model of that name the run has (a PENDING
+    upload the kill cut short, a FAILED one, a surplus) is deleted, so the run ends with one LoggedModel."""
+    models = [m for m in run_models(run_id) if m.name == name]
+    ready = [m for m in models if m.status == LoggedModelStatus.READY]
+    kept = ready[-1] if ready else None
+    client = mlflow.MlflowClient()
+    for m in models:
+        if kept is None or m.model_id != kept.model_id:
+            client.delete_logged_model(m.model_id)
+    return kept
+
+
+def run_model(run):
+    """The LoggedModel of `run` (an MLflow Run): the first of its model outputs that still exists and is READY
+    (a resumed run may list the deleted stale attempt `keep_one_model` replaced); None if it has none."""
+    client = mlflow.MlflowClient()
+    for output in (run.outputs.model_outputs if run.outputs else []):
+        try:
+            model = client.get_logged_model(output.model_id)
+        except MlflowException:  # deleted
+            continue
+        if model.status == LoggedModelStatus.READY:
+            return model
+    return None
 
 
 def log_model(model: torch.nn.Module, example: torch.Tensor, classes: list[str], arch: dict[str, Any],

@@ -11,6 +11,9 @@ so it carries that epoch's validation metrics), the final metrics linked to it a
 It hands nothing on: a tracked run's callbacks are one list with the logger first
 (`keeper.RunKeeper`), so the logging of an epoch comes before the caller's callbacks see it (a
 pruned trial's last epoch is logged before it stops).
+The end is idempotent: a resumed run whose earlier attempt was killed while it logged its end keeps
+that attempt's model if it was completed (READY), else replaces it (`log.keep_one_model`), so a run has
+one LoggedModel whatever was killed when.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from focusml.evaluate import Predictions
 from focusml.figures import CamSeries, confusion_figure, mask_augment_grid, sample_indices, split_cam_grid
 from focusml.tracking.log import (experiment_name, log_artifact, log_datasets, log_figure, log_final_metrics,
                                   log_image_step, log_metrics, log_model, log_params, log_state_dict, log_table,
-                                  model_name, set_tags)
+                                  keep_one_model, model_name, set_tags)
 from focusml.tracking.pyfunc import own_architecture
 from focusml.tracking.sources import Source, log_lineage
 from focusml.tracking.store import start_run
@@ -116,11 +119,16 @@ class RunLogger(Callbacks):
     def on_run_end(self, ctx: RunContext, result: RunResult) -> None:
         result.run_id = self.run_id
         config, data = ctx.config, ctx.data
-        selected = int(result.metrics.get("selected_epoch", config.epochs))  # counted from 1
+        selected = selected_step(result, config.epochs)
         own, code_paths, why_not = own_architecture(ctx.model) if config.log_model else ({}, [], None)
         if why_not:
             result.warnings.append(f"no MLflow model logged (the weights are in checkpoints/): {why_not}")
-        if config.log_model and own is not None:  # first, so the final metrics can name it
+        # a resumed run whose earlier attempt was killed at its end may have logged the model already
+        kept = keep_one_model(self.run_id, model_name(self.run_name)) if self.resume_id and config.log_model else None
+        if kept is not None:
+            self.model_id = kept.model_id
+            result.model_uri = f"models:/{kept.model_id}"
+        elif config.log_model and own is not None:  # first, so the final metrics can name it
             test = data.split("test")
             x, _, _ = test.batch(torch.arange(min(2, len(test))))
             c, h, w = data.image_shape
@@ -144,6 +152,15 @@ class RunLogger(Callbacks):
             return metrics
         have = mlflow.MlflowClient().get_run(self.run_id).data.metrics
         return {k: v for k, v in metrics.items() if k not in have or not same_value(have[k], v)}
+
+
+def selected_step(result: RunResult, epochs: int) -> int:
+    """The evaluated epoch, counted from 1 (the model's and the final metrics' step): the loop's own choice,
+    as `run.summary` puts it in `selected_epoch`. Not read from `result.metrics`, which a resumed run
+    narrows to the metrics its cut-off earlier attempt had not logged yet."""
+    if result.fit is not None:
+        return result.fit.selected_epoch + 1
+    return int(result.metrics.get("selected_epoch", epochs))
 
 
 def _log_mask_examples(ctx: RunContext) -> None:
@@ -177,7 +194,7 @@ def _log_final_artifacts(ctx: RunContext, result: RunResult) -> None:
     config, data, model, fitted = ctx.config, ctx.data, ctx.model, result.fit
     log_figure(confusion_figure(result.confusion, data.classes), "figures/confusion_matrix.png")
     test = data.split("test")
-    selected = int(result.metrics.get("selected_epoch", config.epochs))
+    selected = selected_step(result, config.epochs)
     log_figure(split_cam_grid(model, data, "test", sample_indices(test.labels, data.num_classes), ctx.device,
                               f"{config.method} on {config.dataset}: test (shortcut broken), epoch {selected}"),
                "figures/cam_grid_test.png")

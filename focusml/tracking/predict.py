@@ -14,6 +14,7 @@ import mlflow
 
 from focusml import FocusmlError
 from focusml.tracking.database import redact
+from focusml.tracking.log import run_model
 from focusml.tracking.pyfunc import PREDICTION, CamClassifier
 from focusml.tracking.store import setup
 
@@ -27,8 +28,8 @@ def model_uri(source: str) -> str:
     if not match or bool(match.group(1)) != bool(match.group(3)):
         return source
     run = mlflow.MlflowClient().get_run(match.group(2))
-    outputs = run.outputs.model_outputs if run.outputs else []
-    return f"models:/{outputs[0].model_id}" if outputs else f"runs:/{match.group(2)}/model"
+    logged = run_model(run)
+    return f"models:/{logged.model_id}" if logged is not None else f"runs:/{match.group(2)}/model"
 
 
 def load_classifier(source: str) -> mlflow.pyfunc.PyFuncModel:

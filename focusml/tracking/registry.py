@@ -19,6 +19,7 @@ from mlflow.utils.validation import (  # MLflow's own rules, so a name it would 
     _validate_model_alias_name, _validate_model_alias_name_reserved, _validate_model_name)
 
 from focusml import FocusmlError
+from focusml.tracking.log import run_model
 from focusml.tracking.runs import resolve_run_id
 
 #: the metrics shown and written into the description, in this order
@@ -147,11 +148,10 @@ def register_version(run_id: str, name: str, alias: str | None = "champion", art
         run = client.get_run(run_id)
     except mlflow.exceptions.MlflowException as e:
         raise FocusmlError(f"run {run_id} not found in {mlflow.get_tracking_uri()}: {e.message}") from None
-    models = list(run.outputs.model_outputs if run.outputs else [])
+    logged = run_model(run)
     source = f"runs:/{run_id}/{artifact}"
     metrics = dict(run.data.metrics)
-    if models:
-        logged = client.get_logged_model(models[0].model_id)
+    if logged is not None:
         source = logged.model_uri
         metrics.update({m.key: m.value for m in (logged.metrics or [])})  # the evaluated checkpoint's
     elif not client.list_artifacts(run_id, artifact):

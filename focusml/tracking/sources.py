@@ -30,6 +30,7 @@ from mlflow.entities import LoggedModelInput
 
 from focusml import FocusmlError
 from focusml.models import InitWeights, read_init_file, read_state_dict, source_kind
+from focusml.tracking.log import run_model
 from focusml.tracking.runs import resolve_run_id
 
 CHECKPOINTS = "checkpoints"
@@ -175,8 +176,8 @@ def resolve(source: str) -> Source:
     run = _get_run(run_id, source)
     artifact = named_artifact(run_id, path, source) or evaluated_checkpoint(run_id, source)
     state = _download_state(run_id, artifact, source)
-    if model_id is None and run.outputs and run.outputs.model_outputs:
-        model_id = run.outputs.model_outputs[0].model_id
+    if model_id is None and (logged := run_model(run)) is not None:
+        model_id = logged.model_id
     tags = {"focusml.init_from": run_id, "focusml.init_from_checkpoint": artifact, **tags}
     return Source(InitWeights(state, source, run.data.params.get("model") or None), tags, model_id)
 

@@ -6,7 +6,8 @@ before any run starts, so a wrong URI never leaves a half-written run behind.
 
 - **Bounded HTTP**: `setup` gives MLflow's HTTP client a timeout and a retry budget
   (`HTTP_DEFAULTS`, each overridable by its environment variable), so a server that goes away
-  costs seconds, not minutes; `TrackingLost` is what a run raises then (exit status 3).
+  costs seconds, not minutes (at most `give_up_s()` after the call that meets it); `TrackingLost`
+  is what a run raises then (exit status 3).
 - **Truthful end states** (`start_run`): FINISHED; FAILED with the reason as tag
   `focusml.failure` (exception type and message, one line); KILLED for Ctrl-C and SIGTERM
   (`focusml.Terminated`) with tag `focusml.killed`; a run that cannot reach the server to say
@@ -104,15 +105,43 @@ def ui_link(run_id: str | None = None, uri: str | None = None, server: str = "fo
 
 
 #: MLflow's HTTP client limits unless the environment sets them: 15 s per request, 3 retries with
-#: backoff 0, 2, 4 s. A server whose port is closed is given up after about 7 s, one that
-#: accepts but never answers after about 4 × 15 + 7 = 67 s (MLflow's defaults: 120 s and 7
-#: retries, about 15 minutes).
+#: backoff 0, 2, 4 s (+ up to 0.5 s jitter each). MLflow's own defaults: 120 s and 7 retries, about 15 minutes.
 HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
 }
+PROBE_S = 5  # the /health probe after a failed call (at most the request timeout)
+CLOSE_S = 3  # each of the two calls that try to close the run after the server was lost (no retries)
+
+
+def _http(key: str) -> float:
+    try:
+        return float(os.environ.get(key, HTTP_DEFAULTS[key]))
+    except ValueError:
+        return float(HTTP_DEFAULTS[key])
+
+
+def probe_timeout() -> int:
+    return max(1, min(PROBE_S, int(_http("MLFLOW_HTTP_REQUEST_TIMEOUT"))))
+
+
+def close_timeout() -> int:
+    """Whole seconds: MLflow reads MLFLOW_HTTP_REQUEST_TIMEOUT as an int (a "3.0" fails every call at once)."""
+    return max(1, min(CLOSE_S, int(_http("MLFLOW_HTTP_REQUEST_TIMEOUT"))))
+
+
+def give_up_s() -> float:
+    """The most seconds a run takes to give up (exit 3) once its next MLflow call meets a server that accepts
+    connections but never answers (frozen, SIGSTOP): the call's attempts, each one request timeout, the
+    backoff between them (urllib3: 0, then factor × 2, × 4, …, each + at most the jitter), the /health
+    probe, and the two calls that try to close the run. With the defaults: 4 × 15 + 6 + 1 + 5 + 2 × 3 = 78 s.
+    A server whose port is closed is given up in about the backoff alone (connections are refused at once)."""
+    timeout, retries = _http("MLFLOW_HTTP_REQUEST_TIMEOUT"), int(_http("MLFLOW_HTTP_REQUEST_MAX_RETRIES"))
+    factor, jitter = _http("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"), _http("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER")
+    backoff = sum(factor * 2 ** (n - 1) + jitter for n in range(2, retries + 1))
+    return (retries + 1) * timeout + backoff + probe_timeout() + 2 * close_timeout()
 
 
 class TrackingLost(RunFailed):
@@ -235,8 +264,8 @@ def _one_line(e: BaseException) -> str:
 
 
 def _quick_http():
-    """MLflow calls that give up at once (no retries, 3 s): for closing a run after the server was lost."""
-    return environment({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"})
+    """MLflow calls that give up at once (no retries, `close_timeout()`): for closing a run after the server was lost."""
+    return environment({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(close_timeout())})
 
 
 def end_active(status: str, tags: dict[str, str] | None = None, quick: bool = False) -> bool:
@@ -268,6 +297,12 @@ def search_runs_where(filter_string: str) -> list[str]:
     """The ids of the runs, in any experiment, that match an MLflow filter string."""
     runs = mlflow.search_runs(search_all_experiments=True, filter_string=filter_string, output_format="list")
     return [r.info.run_id for r in runs]
+
+
+def search_run_tags_where(filter_string: str) -> dict[str, dict[str, str]]:
+    """{run id: its tags} of the runs, in any experiment, that match an MLflow filter string."""
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string=filter_string, output_format="list")
+    return {r.info.run_id: dict(r.data.tags) for r in runs}
 
 
 def terminate_run(run_id: str, status: str, tags: dict[str, str] | None = None) -> bool:

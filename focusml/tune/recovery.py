@@ -12,6 +12,12 @@ the parent runs of dead `tune` calls closed.
 - Every `tune` call records itself as study user attribute `focusml:parent:<run_id>` with a
   heartbeat (`ParentBeat`); a later call closes the parent runs of calls that stopped beating, and
   their child runs still RUNNING (KILLED, tag `focusml.killed`) — `close_stale_parents`.
+- Recovery is a sequence of writes, and a process can die (or the tracking server be away) between
+  any two; each step is redone by the next call. A trial failed for a dead worker carries the reason
+  (`STOPPING`, written just before): one whose retry was never queued is queued (`retry_unqueued`;
+  a trial is retried once, `retried`). The retry carries its note (`RETRY_NOTE`): the runs still
+  RUNNING of every trial that no longer runs are closed with it (`close_retried_runs`), before
+  `close_stale_parents` could close them with the parent's. `recover` runs them in that order.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ HOST = socket.gethostname()
 PARENT = "focusml:parent:"
 CALL_ATTR = "tune_parent_run_id"  # the MLflow parent run of the `tune` call that ran the trial
 WORKER_ATTRS = ("mlflow_run_id", "worker_pid", "worker_host", CALL_ATTR)  # belong to one attempt, not to its retry
+RETRY_NOTE = "focusml:retry_note"  # on a queued retry: why the trial it repeats stopped (its runs' focusml.killed)
+STOPPING = "focusml:stopping"  # on a trial `fail_dead_local` fails, written just before: why
 
 
 def pid_alive(pid: int) -> bool:
@@ -69,15 +77,70 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial, why: str) -> None:
     server and can take seconds, and a process killed in between must not lose the retry."""
     history = [*trial.system_attrs.get("retry_history", []), trial.number]
     again = len(history) <= MAX_RETRY
-    if again:
+    note = f"{why}; retried as a new trial with the same params" if again else f"{why}; retried {MAX_RETRY} times, given up"
+    if again and not retried(study, trial.number):  # once: a call cut short here is redone by `recover`
+        # the note travels with the retry, written in the same call: `close_retried_runs` finds it there
         study.add_trial(optuna.trial.create_trial(
             state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
             user_attrs={k: v for k, v in trial.user_attrs.items() if k not in WORKER_ATTRS},
             system_attrs={**{k: v for k, v in trial.system_attrs.items() if not k.startswith("focusml:")},
-                          "failed_trial": history[0], "retry_history": history},
+                          "failed_trial": history[0], "retry_history": history, RETRY_NOTE: note},
         ))
-    note = f"{why}; retried as a new trial with the same params" if again else f"{why}; retried {MAX_RETRY} times, given up"
     close_trial_runs(study.study_name, trial.number, note)
+
+
+def retried(study: optuna.Study, number: int) -> bool:
+    """Whether a retry of trial `number` is already in the study."""
+    return any((t.system_attrs.get("retry_history") or [None])[-1] == number for t in study.get_trials(deepcopy=False))
+
+
+def retry_unqueued(study: optuna.Study) -> list[int]:
+    """Queue the retry of each trial `fail_dead_local` failed (it wrote `STOPPING` first) whose process died
+    before it could queue it; the retry closes the trial's runs too."""
+    queued = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if STOPPING in t.system_attrs and not retried(study, t.number):
+            retry_trial(study, t, t.system_attrs[STOPPING])
+            queued.append(t.number)
+    return queued
+
+
+def close_retried_runs(study: optuna.Study) -> list[str]:
+    """End the RUNNING MLflow runs of this study's trials that are no longer running (KILLED), with the note
+    their retry carries: what `retry_trial` had queued but could not close (killed, or the server away).
+
+    One search for the study's RUNNING runs; a run whose trial still runs (here or elsewhere) is left alone."""
+    try:
+        runs = tracking.search_run_tags_where(f"tags.`optuna.study_name` = '{study.study_name}' and "
+                                              "attributes.status = 'RUNNING'")
+    except Exception as e:  # the tracking store is away: the next call tries again
+        warnings.warn(f"could not close the MLflow runs of stopped trials: {e}")
+        return []
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    notes = {t.system_attrs["retry_history"][-1]: t.system_attrs[RETRY_NOTE]
+             for t in trials.values() if RETRY_NOTE in t.system_attrs and t.system_attrs.get("retry_history")}
+    closed = []
+    for run_id, tags in runs.items():
+        try:
+            trial = trials[int(tags.get("optuna.trial_number", ""))]
+        except (ValueError, KeyError):
+            continue  # the study's parent run (no trial number)
+        if trial.state == TrialState.RUNNING:
+            continue
+        why = notes.get(trial.number, f"its trial ended {trial.state.name} while the run was open")
+        if tracking.terminate_run(run_id, "KILLED", {"focusml.killed": why}):
+            closed.append(run_id)
+    return closed
+
+
+def recover(study: optuna.Study) -> None:
+    """What a `tune` call does first: retry the trials of dead workers, close the runs of retried trials,
+    then close the parent runs (and their open children) of dead `tune` calls — in this order, so each
+    run is closed with the most precise reason known."""
+    fail_dead_local(study)
+    retry_unqueued(study)
+    close_retried_runs(study)
+    close_stale_parents(study)
 
 
 def on_stale(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -92,11 +155,15 @@ def fail_dead_local(study: optuna.Study) -> list[int]:
         pid, host = t.user_attrs.get("worker_pid"), t.user_attrs.get("worker_host")
         if host != HOST or not isinstance(pid, int) or pid_alive(pid):
             continue
-        try:
+        why = f"its worker process (pid {pid}) died"
+        try:  # the reason first, on the running trial: a call killed after failing it queues no retry, `recover` does.
+            # Optuna has no public way to write a running trial's attribute from another process: storage API,
+            # pinned by tests/test_tune_recovery.py and tests/test_faults.py.
+            study._storage.set_trial_system_attr(t._trial_id, STOPPING, why)
             frozen = study.tell(t.number, state=TrialState.FAIL)
         except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
             continue  # another process got there first (tell refuses a finished trial, the storage a race)
-        retry_trial(study, frozen, f"its worker process (pid {pid}) died")
+        retry_trial(study, frozen, why)
         failed.append(t.number)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

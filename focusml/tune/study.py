@@ -24,7 +24,7 @@ from focusml.tracking.database import reason
 from focusml.tune.report import log_setup, summarise
 from focusml.tune.results import StudyResult, TrialRecord
 from focusml.tune.spec import StudySpec
-from focusml.tune.recovery import ParentBeat, close_stale_parents, fail_dead_local, on_stale
+from focusml.tune.recovery import ParentBeat, on_stale, recover
 from focusml.tune.storage import DEFAULT_JOURNAL, open_storage, with_heartbeat
 from focusml.tune.trials import TrialContext, make_objective
 from focusml.tune.workers import run_workers
@@ -80,8 +80,7 @@ def run_study(spec: StudySpec, *, n_trials: int | None = None, study_name: str |
                            "pick another --study-name.")
     study.set_metric_names([o.metric for o in spec.objectives])  # optuna-dashboard shows "acc/val_cf", not "Objective 0"
     n_before = len(study.trials)  # before the retries below: they are this call's trials
-    fail_dead_local(study)  # trials of dead workers: failed, their runs closed, queued again
-    close_stale_parents(study)
+    recover(study)  # trials of dead workers failed and queued again, the runs of stopped trials and calls closed
     if n_trials is None:  # complete the study to the file's n_trials
         states = [t.state for t in study.get_trials(deepcopy=False)]
         on_the_way = sum(s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
