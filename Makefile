@@ -44,8 +44,8 @@ benchmark: setup
 	$(BIN)/python benchmarks/matrix.py --jobs 2
 
 mlproject: setup
-	$(BIN)/python -m focusml.mlproject > MLproject
-	$(BIN)/python -m focusml.catalog
+	$(BIN)/python -m focusml.generate.mlproject > MLproject
+	$(BIN)/python -m focusml.generate.catalog
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns mlartifacts

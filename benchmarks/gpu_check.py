@@ -2,7 +2,7 @@
 
 What `benchmarks/gpu_check.sh` runs on a machine with a GPU (docs/benchmarks.md); it runs on CPU
 too (`--device cpu`, `--toy` for a seconds-long check). No MLflow: each cell is one core run
-(`focusml.run.run`) of a built-in dataset loaded once, optionally cut down (`--images`) and
+(`focusml.core.run.run`) of a built-in dataset loaded once, optionally cut down (`--images`) and
 upscaled (`--image-size`, so the torchvision backbones have pixels to work on). A warm-up run
 per precision goes first (CUDA context, cuDNN's kernel choice) and is not shown.
 
@@ -32,14 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's focus
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-import focusml.run as core  # noqa: E402
+import focusml.core.run as core  # noqa: E402
 from focusml import FocusmlError  # noqa: E402
-from focusml.config import RunConfig  # noqa: E402
-from focusml.data import Dataset, Split  # noqa: E402
-from focusml.methods import METHODS  # noqa: E402
-from focusml.methods.generative import Generative, inpainter  # noqa: E402
-from focusml.precision import Precision  # noqa: E402
-from focusml.train import resolve_device  # noqa: E402
+from focusml.core.config import RunConfig  # noqa: E402
+from focusml.core.data import Dataset, Split  # noqa: E402
+from focusml.core.methods import METHODS  # noqa: E402
+from focusml.core.methods.generative import Generative, inpainter  # noqa: E402
+from focusml.core.precision import Precision  # noqa: E402
+from focusml.core.train import resolve_device  # noqa: E402
 
 TOY = {"images": 48, "batch_size": 16, "inpainter_steps": 2}
 

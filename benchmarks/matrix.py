@@ -1,6 +1,6 @@
 """The whole matrix: every method × every built-in dataset × seeds, judged where the shortcut is broken.
 
-Each run is the core `focusml.run.run` (no tracking, one thread per worker process) with the
+Each run is the core `focusml.core.run.run` (no tracking, one thread per worker process) with the
 method's defaults unless `--set`/`--grid` say otherwise. The table per dataset comes from
 `focusml.analysis.summary` (the same code as `focusml compare`): acc/test, gap closed (each seed
 paired with its own baseline and upper bound), the counterfactual metrics acc/test_cf and
@@ -41,14 +41,14 @@ import torch
 import torch.nn.functional as F
 
 from focusml.analysis.summary import METRICS, markdown_table, mean_std, summarise, to_markdown
-from focusml.cache import cache_dir
-from focusml.config import RunConfig
-from focusml.data import DATASETS
-from focusml.methods import METHODS, Batch
-from focusml.methods.generative import Generative, inpainter
-from focusml.models import build_model
-from focusml.run import load_data, run
-from focusml.train import resolve_device
+from focusml.core.cache import cache_dir
+from focusml.core.config import RunConfig
+from focusml.core.data import DATASETS
+from focusml.core.methods import METHODS, Batch
+from focusml.core.methods.generative import Generative, inpainter
+from focusml.core.models import build_model
+from focusml.core.run import load_data, run
+from focusml.core.train import resolve_device
 
 BUILTIN = [name for name, info in DATASETS.items() if info.builtin]
 REFERENCES = ("baseline", "upper_bound")

@@ -1,14 +1,14 @@
-"""What tracking costs: a bare PyTorch loop, `focusml.train.fit` alone and a tracked `focusml train`,
+"""What tracking costs: a bare PyTorch loop, `focusml.core.train.fit` alone and a tracked `focusml train`,
 side by side in one run; and Optuna trials per hour with 1 and 2 worker processes.
 
 Cases, interleaved (every repeat runs each case once, in turn), for each `--epochs` value:
 
-- `bare loop`: the same model (`focusml.models.build_model`), training tensors, batch size, Adam,
+- `bare loop`: the same model (`focusml.core.models.build_model`), training tensors, batch size, Adam,
   learning rate, cosine schedule and epochs, in this process: the loop only (no validation, no
   start-up);
 - `bare script`: that loop as a fresh `python` process (interpreter, `import torch`, the tensors
   from a file, the loop): what a user waits for with a plain script;
-- `fit alone`: `focusml.train.fit` in this process (the loop with per-epoch validation, no tracking);
+- `fit alone`: `focusml.core.train.fit` in this process (the loop with per-epoch validation, no tracking);
 - `focusml train`: a tracked `focusml train --no-log-model --device cpu` subprocess against a
   local SQLite store (`MLFLOW_TRACKING_URI=sqlite:///<tmp>/mlflow.db`, created by an untimed
   warm-up run), wall time including interpreter start-up and imports; with `--server`, also
@@ -45,7 +45,7 @@ BARE = '''
 import sys, time
 import torch
 import torch.nn.functional as F
-from focusml.models import build_model
+from focusml.core.models import build_model
 
 
 def bare_loop(x, y, classes, epochs, batch_size=32, lr=3e-3, seed=0, model_name="small"):
@@ -108,8 +108,8 @@ class Bench:
     def __init__(self, tmp: Path, server: str | None = None):
         import torch
 
-        from focusml.config import RunConfig
-        from focusml.run import load_data
+        from focusml.core.config import RunConfig
+        from focusml.core.run import load_data
 
         self.tmp, self.server = tmp, server
         self.config = RunConfig(device="cpu", log_model=False)
@@ -133,9 +133,9 @@ class Bench:
     def fit_alone(self, epochs: int) -> float:
         import torch
 
-        from focusml import methods
-        from focusml.models import build_model
-        from focusml.train import fit
+        from focusml.core import methods
+        from focusml.core.models import build_model
+        from focusml.core.train import fit
 
         config = with_epochs(self.config, epochs)
         method = methods.get(config.method)(config.method_params)
@@ -172,19 +172,19 @@ def with_epochs(config, epochs: int):
 
 #: (module, attribute, label): the parts of a tracked run, each timed where the run calls it
 PHASES = [
-    ("focusml.run", "load_data", "data: load/generate"),
+    ("focusml.core.run", "load_data", "data: load/generate"),
     ("focusml.tracking.logger", "start_run", "MLflow: start run"),
     ("focusml.tracking.logger", "log_params", "MLflow: params"),
     ("focusml.tracking.logger", "log_datasets", "MLflow: datasets"),
-    ("focusml.train", "train_step", "epoch: training steps"),
-    ("focusml.evaluate.Evaluator", "validation", "epoch: validation"),
+    ("focusml.core.train", "train_step", "epoch: training steps"),
+    ("focusml.core.evaluate.Evaluator", "validation", "epoch: validation"),
     ("focusml.tracking.logger", "log_metrics", "epoch: log metrics"),
-    ("focusml.figures.CamSeries", "image", "epoch: CAM grid (cam_grid_val, step 0 too)"),
+    ("focusml.core.figures.CamSeries", "image", "epoch: CAM grid (cam_grid_val, step 0 too)"),
     ("focusml.tracking.logger", "split_cam_grid", "CAM grid figure (before: every step; now: test)"),
     ("focusml.tracking.logger", "to_pil", "CAM grid to image (before)"),
     ("focusml.tracking.logger", "log_image_step", "epoch: CAM grid log_image"),
     ("focusml.tracking.keeper.RunKeeper", "on_checkpoint", "epoch: resume.pt checkpoint"),
-    ("focusml.run", "test_metrics", "end: test metrics"),
+    ("focusml.core.run", "test_metrics", "end: test metrics"),
     ("focusml.tracking.logger", "log_final_metrics", "end: final metrics"),
     ("focusml.tracking.logger", "log_figure", "end: figures (log)"),
     ("focusml.tracking.logger", "confusion_figure", "end: confusion figure"),
@@ -220,7 +220,7 @@ def phases(epochs: int, env: dict[str, str]) -> "pd.DataFrame":  # noqa: F821
     imports = float(out.stdout.split()[-1])
     rows = [("start: interpreter", time.perf_counter() - start - imports, 1), ("start: imports", imports, 1)]
     from focusml import tracking
-    from focusml.config import RunConfig
+    from focusml.core.config import RunConfig
 
     totals: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)

@@ -54,10 +54,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmar
 from matrix import run_pool, warm_caches  # noqa: E402
 
 from focusml.analysis.summary import fmt_mean_std, gap_closed, markdown_table  # noqa: E402
-from focusml.config import RunConfig  # noqa: E402
-from focusml.data.masks import CORRUPTION_STRENGTH, parse_budget  # noqa: E402
-from focusml.methods import METHODS  # noqa: E402
-from focusml.run import load_data  # noqa: E402
+from focusml.core.config import RunConfig  # noqa: E402
+from focusml.core.data.masks import CORRUPTION_STRENGTH, parse_budget  # noqa: E402
+from focusml.core.methods import METHODS  # noqa: E402
+from focusml.core.run import load_data  # noqa: E402
 
 STUDIES = ("budget", "corrupt", "retrain", "stages")
 REFERENCES = ("baseline", "upper_bound")
@@ -86,7 +86,7 @@ def one_run(j: dict) -> dict:
     """
     import torch
 
-    from focusml.run import run as run_untracked
+    from focusml.core.run import run as run_untracked
     from focusml.tracking import RunLogger, resolve_source, setup
     from focusml.tracking.log import log_metrics
 
@@ -356,7 +356,7 @@ def stages_budget_table(frame: pd.DataFrame) -> str:
 
 
 def budget_figure(frame: pd.DataFrame, path: Path) -> None:
-    from focusml.figures import close, plt
+    from focusml.core.figures import close, plt
 
     datasets = list(dict.fromkeys(frame["dataset"]))
     fig, axes = plt.subplots(1, len(datasets), figsize=(6.2 * len(datasets), 4.4), squeeze=False)

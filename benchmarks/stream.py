@@ -4,13 +4,13 @@ Two measurements, each job in its own process (so one job's memory never counts 
 
 - `big`: a folder dataset whose decoded tensors (images and masks, every split) need ≥ `--big-gib`
   GiB: small PNG files on disk, upscaled by `--image-size` (default 256). One epoch streamed
-  (`--data-loading stream`), then the test metrics, with `focusml.train.fit` and a deliberately tiny
+  (`--data-loading stream`), then the test metrics, with `focusml.core.train.fit` and a deliberately tiny
   CAM network (strided convolutions), so that the epoch takes minutes on a CPU, not hours: memory is
   the point here. Peak memory, sampled every 50 ms: the process's resident set plus what its
   DataLoader workers hold of their own (USS), so a page a forked worker shares with its parent counts
   once; the plain sum of resident sets, which counts those pages twice, is given beside it.
 - `speed`: a dataset that fits (`--fit-images` training images at `--fit-size`), loaded both ways in
-  one process and trained one epoch at a time (`focusml.train.fit`, the default `small` model), in
+  one process and trained one epoch at a time (`focusml.core.train.fit`, the default `small` model), in
   memory and streamed, `--repeats` pairs, so each pair shares the machine's load; images/s over the
   training loop (`time/epoch_s`, files in the page cache) and the ratio pair by pair.
 
@@ -126,7 +126,7 @@ def tiny_model(channels: int, classes: int):
     """A CAM network with almost no compute per pixel (the `big` job measures memory, not a model)."""
     from torch import nn
 
-    from focusml.models import CamNet
+    from focusml.core.models import CamNet
 
     features = nn.Sequential(nn.Conv2d(channels, 8, 4, stride=4), nn.ReLU(),
                              nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
@@ -136,12 +136,12 @@ def tiny_model(channels: int, classes: int):
 def job_big(root: str, image_size: int, batch_size: int) -> dict:
     import torch
 
-    from focusml import methods
-    from focusml.config import RunConfig
-    from focusml.data.stream import workers
-    from focusml.evaluate import test_metrics
-    from focusml.run import load_data
-    from focusml.train import fit
+    from focusml.core import methods
+    from focusml.core.config import RunConfig
+    from focusml.core.data.stream import workers
+    from focusml.core.evaluate import test_metrics
+    from focusml.core.run import load_data
+    from focusml.core.train import fit
 
     import psutil
 
@@ -172,16 +172,16 @@ def job_speed(root: str, image_size: int, batch_size: int, repeats: int) -> dict
     """Training throughput in memory and streamed, epoch by epoch in pairs, in this one process.
 
     Both loadings of the dataset are held; every epoch trains a fresh `small` model (seed 0) with
-    `focusml.train.fit`, so each measurement does the same work. One untimed epoch per loading
+    `focusml.core.train.fit`, so each measurement does the same work. One untimed epoch per loading
     first (kernels, page cache); then `repeats` pairs, the first of each pair alternating, so the
     two epochs of a pair run seconds apart and share the machine's load."""
     import torch
 
-    from focusml import methods
-    from focusml.config import RunConfig
-    from focusml.models import build_model
-    from focusml.run import load_data
-    from focusml.train import fit
+    from focusml.core import methods
+    from focusml.core.config import RunConfig
+    from focusml.core.models import build_model
+    from focusml.core.run import load_data
+    from focusml.core.train import fit
 
     configs = {mode: RunConfig(dataset="folder", data_root=root, image_size=image_size, data_loading=mode, epochs=1,
                                batch_size=batch_size, device="cpu", select="last").validate()

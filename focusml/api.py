@@ -1,7 +1,7 @@
 """The Python API: train, refine and evaluate your own network on your own data, tracked like `focusml train`.
 
 Thin over the one code path the CLI takes: `fit` builds a `RunConfig` from the same options and calls
-`focusml.tracking.run` (or the untracked core `focusml.run.run` with `track=False`), `refine` calls
+`focusml.tracking.run` (or the untracked core `focusml.core.run.run` with `track=False`), `refine` calls
 `focusml.tracking.refine`; your network and data travel as `model=` / `data=` of those runs. So the
 metrics, the checkpoint selection, the CAM images and the logged model are those of the CLI. docs/api.md.
 
@@ -21,15 +21,15 @@ from typing import Any
 import torch
 
 from focusml import FocusmlError
-from focusml.callbacks import Callbacks
-from focusml.config import RunConfig
-from focusml.data import DATASETS, Dataset
-from focusml.data.own import as_dataset
-from focusml.evaluate import test_metrics
-from focusml.models import Adapted, adapt
-from focusml.run import RunResult, load_data
-from focusml.run import run as run_untracked
-from focusml.train import resolve_device
+from focusml.core.callbacks import Callbacks
+from focusml.core.config import RunConfig
+from focusml.core.data import DATASETS, Dataset
+from focusml.core.data.own import as_dataset
+from focusml.core.evaluate import test_metrics
+from focusml.core.models import Adapted, adapt
+from focusml.core.run import RunResult, load_data
+from focusml.core.run import run as run_untracked
+from focusml.core.train import resolve_device
 
 __all__ = ["as_dataset", "adapt", "evaluate", "fit", "refine"]
 

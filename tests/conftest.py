@@ -110,14 +110,14 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def digits():
-    from focusml.data import load
+    from focusml.core.data import load
 
     return load("decoy-digits")
 
 
 def _tiny_config(**kw):
     """A 1-epoch, CPU run config for tests."""
-    from focusml.config import RunConfig
+    from focusml.core.config import RunConfig
 
     base = dict(epochs=1, batch_size=64, device="cpu", log_model=False)
     base.update(kw)

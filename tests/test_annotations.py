@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from focusml import FocusmlError
-from focusml.callbacks import Callbacks
-from focusml.config import RunConfig
-from focusml.data.masks import annotate, budget_rows, corrupt, parse_budget
-from focusml.run import run, training_data
+from focusml.core.callbacks import Callbacks
+from focusml.core.config import RunConfig
+from focusml.core.data.masks import annotate, budget_rows, corrupt, parse_budget
+from focusml.core.run import run, training_data
 
 
 def annotated(masks: torch.Tensor) -> torch.Tensor:

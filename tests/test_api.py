@@ -1,6 +1,6 @@
 """The Python API (docs/api.md): your own network and your own data through `focusml.fit`, `refine`, `score`.
 
-Networks: torchvision's (random init, built offline), a small one defined here (not from focusml.models),
+Networks: torchvision's (random init, built offline), a small one defined here (not from focusml.core.models),
 a timm-style one (`forward_features` + `get_classifier`; timm itself is not installed). Data: a
 `torch.utils.data.Dataset` yielding (image, mask or None, label). The tracked tests use a real MLflow server.
 """
@@ -22,8 +22,8 @@ from torch import nn
 
 import focusml
 from focusml import FocusmlError
-from focusml.callbacks import Callbacks
-from focusml.models import Adapted, adapt
+from focusml.core.callbacks import Callbacks
+from focusml.core.models import Adapted, adapt
 
 SIZE = 32
 

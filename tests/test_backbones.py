@@ -10,15 +10,15 @@ import torchvision
 from PIL import Image
 
 from focusml import FocusmlError
-from focusml.cam import cam_from_features
-from focusml.config import RunConfig
-from focusml.data import DataOptions, load
-from focusml.methods import METHODS, Batch
-from focusml.methods.base import PrepareContext
-from focusml.methods.cdep.decomposition import decompose
-from focusml.models import build_model, guess_architecture, imagenet_file, load_pretrained
-from focusml.run import run
-from focusml.train import train_step
+from focusml.core.cam import cam_from_features
+from focusml.core.config import RunConfig
+from focusml.core.data import DataOptions, load
+from focusml.core.methods import METHODS, Batch
+from focusml.core.methods.base import PrepareContext
+from focusml.core.methods.cdep.decomposition import decompose
+from focusml.core.models import build_model, guess_architecture, imagenet_file, load_pretrained
+from focusml.core.run import run
+from focusml.core.train import train_step
 
 BACKBONES = ["resnet18", "resnet50", "densenet121"]
 #: resnet18 in the fast loop; the two big nets (seconds to build and run on a CPU) only in `make test`

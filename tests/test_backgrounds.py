@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from focusml import counterfactual
-from focusml.cam import guarded, mask_to_grid, object_cells
-from focusml.data import CLEAN_SPLITS, SPLITS, DataOptions, Split, load
-from focusml.data.symbols import COLOURS
+from focusml.core import counterfactual
+from focusml.core.cam import guarded, mask_to_grid, object_cells
+from focusml.core.data import CLEAN_SPLITS, SPLITS, DataOptions, Split, load
+from focusml.core.data.symbols import COLOURS
 
 _cache: dict = {}
 
@@ -96,23 +96,23 @@ def test_the_margin_shrinks_until_it_fits():
 
 
 def _batch(name: str, n: int = 16):
-    from focusml.methods import Batch
+    from focusml.core.methods import Batch
 
     x, m, y = dataset(name).split("train").batch(torch.arange(n))
     return Batch(x, m, y, torch.arange(n))
 
 
 def _model(channels: int):
-    from focusml.config import RunConfig
-    from focusml.models import build_model
+    from focusml.core.config import RunConfig
+    from focusml.core.models import build_model
 
     torch.manual_seed(0)
     return build_model(RunConfig().model, channels, 5, 28)
 
 
 def test_on_a_background_the_evidence_is_measured_by_swapping_it_and_splits_the_logits_exactly():
-    from focusml.methods import METHODS
-    from focusml.methods.base import swapped_evidence
+    from focusml.core.methods import METHODS
+    from focusml.core.methods.base import swapped_evidence
 
     batch, model = _batch("backgrounds"), _model(3)
     features, logits = model.forward_features(batch.x)
@@ -131,8 +131,8 @@ def test_on_a_background_the_evidence_is_measured_by_swapping_it_and_splits_the_
 
 @pytest.mark.slow  # generates symbols
 def test_on_small_masks_the_evidence_is_the_cells_as_before():
-    from focusml.cam import region_evidence
-    from focusml.methods import METHODS
+    from focusml.core.cam import region_evidence
+    from focusml.core.methods import METHODS
 
     batch, model = _batch("symbols"), _model(3)
     features, logits = model.forward_features(batch.x)

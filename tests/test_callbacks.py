@@ -9,9 +9,10 @@ import mlflow
 import optuna
 import pytest
 
-from focusml import methods, tracking
-from focusml.callbacks import CallbackList, Callbacks, listed
-from focusml.methods import Method
+from focusml import tracking
+from focusml.core import methods
+from focusml.core.callbacks import CallbackList, Callbacks, listed
+from focusml.core.methods import Method
 from focusml.tracking.keeper import RESUME_FILE, run_dir
 
 HOOKS = {name for name, value in vars(Callbacks).items() if callable(value) and not name.startswith("_")}

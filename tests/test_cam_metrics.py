@@ -4,8 +4,8 @@ import math
 
 import torch
 
-from focusml.cam import cam_from_features, cam_in_mask, class_cam, mask_to_grid, minmax, upsample, wrong_reason
-from focusml.models import small_cnn
+from focusml.core.cam import cam_from_features, cam_in_mask, class_cam, mask_to_grid, minmax, upsample, wrong_reason
+from focusml.core.models import small_cnn
 
 
 def test_cam_equals_manual_weighted_sum():
@@ -77,7 +77,7 @@ def test_test_metrics_match_scikit_learn():
     import numpy as np
     from sklearn.metrics import balanced_accuracy_score, confusion_matrix as sk_confusion, f1_score
 
-    from focusml.evaluate import balanced_accuracy, confusion_matrix, macro_f1
+    from focusml.core.evaluate import balanced_accuracy, confusion_matrix, macro_f1
 
     rng = np.random.default_rng(0)
     for trial in range(200):

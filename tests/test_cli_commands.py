@@ -12,8 +12,8 @@ import torch
 from click.testing import CliRunner
 
 from focusml.cli import cli
-from focusml.data import DataOptions, load
-from focusml.methods import METHODS
+from focusml.core.data import DataOptions, load
+from focusml.core.methods import METHODS
 
 
 def test_export_then_load_as_folder_gives_the_same_tensors(tmp_path, digits):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from focusml import catalog
+from focusml.generate import catalog
 
 HEAVY = ("torch", "mlflow", "sklearn", "optuna", "pandas")
 
@@ -19,7 +19,7 @@ LIGHT = [["--help"], ["methods"], ["datasets", "list"], ["datasets", "--help"], 
 
 
 def test_catalog_is_current():
-    assert catalog.stored() is not None, "focusml/catalog.json is out of date: run `python -m focusml.catalog`"
+    assert catalog.stored() is not None, "focusml/generate/catalog.json is out of date: run `python -m focusml.generate.catalog`"
     assert catalog.stored() == {"digest": catalog.sources_digest(), **catalog.build()}
 
 
@@ -41,7 +41,7 @@ def test_a_stale_catalog_is_not_used(tmp_path, monkeypatch):
 
 
 def test_methods_lists_every_registered_method():
-    from focusml.methods import METHODS
+    from focusml.core.methods import METHODS
 
     out = subprocess.run([sys.executable, "-m", "focusml", "methods"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

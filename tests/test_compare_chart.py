@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from focusml import methods
+from focusml.core import methods
 from focusml.analysis.compare import chart, note_markdown
 from focusml.analysis.summary import METRICS, summarise
-from focusml.figures import close
+from focusml.core.figures import close
 from focusml.tracking.experiment import NOTE_MARKER, merge_note
 
 

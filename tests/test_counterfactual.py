@@ -4,9 +4,9 @@ import math
 
 import torch
 
-from focusml import counterfactual
-from focusml.cam import evidence_in_mask, evidence_share, region_evidence
-from focusml.data import Split
+from focusml.core import counterfactual
+from focusml.core.cam import evidence_in_mask, evidence_share, region_evidence
+from focusml.core.data import Split
 
 
 def _split(masks, labels, values):

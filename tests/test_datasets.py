@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from focusml import FocusmlError
-from focusml.data import CLEAN_SPLITS, SPLITS, DataOptions, load
+from focusml.core.data import CLEAN_SPLITS, SPLITS, DataOptions, load
 
 GENERATED = ["decoy-digits", "symbols", "xray-tokens", "sketches"]
 # Content hashes of the seed-0 datasets: the generators must give these bytes on every machine.
@@ -52,14 +52,14 @@ def decode(name: str, image: np.ndarray, mask: np.ndarray) -> int:
         assert (patch == shade).all() and (255 - shade) % 25 == 0
         return (255 - shade) // 25
     if name == "symbols":
-        from focusml.data.symbols import COLOURS
+        from focusml.core.data.symbols import COLOURS
 
         hits = [k for k, c in enumerate(COLOURS) if (patch == c.astype(int)[:, None, None]).all()]
         assert len(hits) == 1
         return hits[0]
     if name == "xray-tokens":
-        from focusml.data import draw
-        from focusml.data.xray_tokens import LETTERS, PLATE
+        from focusml.core.data import draw
+        from focusml.core.data.xray_tokens import LETTERS, PLATE
 
         hits = [k for k, letter in enumerate(LETTERS)
                 if (patch[0] == np.where(np.pad(draw.glyph(letter), 1), PLATE[1], PLATE[0])).all()]
@@ -100,9 +100,9 @@ def test_generator_has_every_split_and_is_deterministic(name):
 def test_generation_depends_on_the_seed_only(module):
     import importlib
 
-    from focusml.data import draw
+    from focusml.core.data import draw
 
-    mod = importlib.import_module(f"focusml.data.{module}")
+    mod = importlib.import_module(f"focusml.core.data.{module}")
     add = {"symbols": "add_tag", "xray_tokens": "add_token", "sketches": "add_signature"}[module]
     sizes = {"train": 12, "val": 4, "test": 6}
 
@@ -170,7 +170,7 @@ def test_xray_opacity_and_token_are_where_they_should_be():
 
 
 def test_sketch_signature_stays_in_its_band():
-    from focusml.data.sketches import BAND
+    from focusml.core.data.sketches import BAND
 
     data = dataset("sketches")
     for split_name in SPLITS:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from focusml.data import DataOptions
-from focusml.data.folder import load_folder, mask_path
+from focusml.core.data import DataOptions
+from focusml.core.data.folder import load_folder, mask_path
 from focusml.masktool import CamModel, DatasetTree, MaskToolApp
 
 W, H = 9, 7
@@ -39,7 +39,7 @@ def test_the_mask_tool_and_the_loader_decode_a_16_bit_png_identically(sixteen_bi
     shown = np.asarray(Image.open(io.BytesIO(app.image_png("train/a/x.png"))))
     assert shown.shape == (H, W, 3) and all(np.array_equal(shown[..., c], want) for c in range(3))
 
-    import focusml.cam
+    import focusml.core.cam
 
     seen = {}
 
@@ -47,7 +47,7 @@ def test_the_mask_tool_and_the_loader_decode_a_16_bit_png_identically(sixteen_bi
         seen["x"] = x
         raise RuntimeError("recorded")
 
-    monkeypatch.setattr(focusml.cam, "class_cam", class_cam)
+    monkeypatch.setattr(focusml.core.cam, "class_cam", class_cam)
     app.cam_model = CamModel(model=None, classes=["a", "b"])
     monkeypatch.setattr(CamModel, "in_channels", 1)
     with pytest.raises(RuntimeError, match="recorded"):

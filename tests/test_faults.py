@@ -109,8 +109,8 @@ def stopper(stop_group):
 
 
 def test_sigkill_then_resume_finishes_the_same_run_with_the_same_metrics(tracking_env, cli_env, tmp_path, stopper):
-    from focusml.config import RunConfig
-    from focusml.run import run as run_untracked
+    from focusml.core.config import RunConfig
+    from focusml.core.run import run as run_untracked
     from focusml.tracking import run_dir
 
     exp = "faults-sigkill"

@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from focusml.cam import upsample
-from focusml.data import Split
+from focusml.core.cam import upsample
+from focusml.core.data import Split
 from focusml.analysis.filters import Report, analyse, match_filters, receptive_field, write_report
 from focusml.analysis.filters.report import filter_figure, shares_figure
-from focusml.models import small_cnn
+from focusml.core.models import small_cnn
 from focusml.tracking.predict import model_uri
 
 N, S = 96, 28

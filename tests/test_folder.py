@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from focusml import FocusmlError
-from focusml.data import DataOptions, load
+from focusml.core.data import DataOptions, load
 
 CLASSES = ("cat", "dog")
 
@@ -232,8 +232,8 @@ def test_clean_tree_must_mirror_images(tmp_path):
 
 
 def test_export_then_load_round_trips_a_builtin_dataset(tmp_path, digits):
-    from focusml.data import Dataset
-    from focusml.data.folder import export
+    from focusml.core.data import Dataset
+    from focusml.core.data.folder import export
 
     small = Dataset(digits.name, digits.classes,
                     {k: type(v)(v.images[:60], v.masks[:60], v.labels[:60]) for k, v in digits.splits.items()})

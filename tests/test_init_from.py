@@ -13,11 +13,11 @@ import torch
 from mlflow import MlflowClient
 
 from focusml import FocusmlError, tracking
-from focusml.callbacks import Callbacks
+from focusml.core.callbacks import Callbacks
 from focusml.cli import main
-from focusml.config import RunConfig
-from focusml.models import InitWeights, build_model, load_init_state, source_kind
-from focusml.run import run as run_untracked
+from focusml.core.config import RunConfig
+from focusml.core.models import InitWeights, build_model, load_init_state, source_kind
+from focusml.core.run import run as run_untracked
 from focusml.tracking.sources import resolve
 
 REPO = Path(__file__).resolve().parents[1]
@@ -194,7 +194,7 @@ def test_mlflow_run_entry_point_takes_init_from_and_a_mask_budget(tracking_env, 
 def test_every_mlproject_training_entry_point_takes_the_new_options():
     import yaml
 
-    from focusml.methods import METHODS
+    from focusml.core.methods import METHODS
 
     entries = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
     for name, cls in METHODS.items():

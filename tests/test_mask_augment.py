@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from focusml.config import MaskAugment
-from focusml.data import masks as aug
+from focusml.core.config import MaskAugment
+from focusml.core.data import masks as aug
 
 
 def square(h=12, w=12, top=4, left=4, size=3, n=1):

@@ -18,7 +18,7 @@ from torch import nn
 
 from focusml.masktool import CamModel, DatasetTree, MaskToolApp, UnsafePath, make_server
 from focusml.masktool.paths import split_rel
-from focusml.models import CamNet
+from focusml.core.models import CamNet
 
 W, H = 12, 10  # not square, so a swapped axis shows
 

@@ -11,13 +11,13 @@ import torch.nn.functional as F
 
 from focusml import FocusmlError
 from focusml.cli import main as cli_main
-from focusml.methods import Batch, get
-from focusml.methods.pas import SCALE as PAS_SCALE
-from focusml.methods.pas import pas_term
-from focusml.methods.pasa import SCALE as PASA_SCALE
-from focusml.methods.pasa import pasa_term
-from focusml.models import small_cnn
-from focusml.run import run
+from focusml.core.methods import Batch, get
+from focusml.core.methods.pas import SCALE as PAS_SCALE
+from focusml.core.methods.pas import pas_term
+from focusml.core.methods.pasa import SCALE as PASA_SCALE
+from focusml.core.methods.pasa import pasa_term
+from focusml.core.models import small_cnn
+from focusml.core.run import run
 
 
 def corner_masks(n=4, size=28, patch=4):
@@ -167,7 +167,7 @@ def test_loss_training_changes_the_model_and_logs_the_penalty(name, baseline_sta
 
 
 def test_grid_dilate_grows_the_grid_mask_by_whole_cells_only():
-    from focusml.cam import mask_to_grid
+    from focusml.core.cam import mask_to_grid
 
     m = torch.zeros(1, 28, 28)
     m[0, :4, :4] = 1  # the decoy: exactly cell (0, 0) of the 7×7 grid

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from focusml import FocusmlError
-from focusml.methods.generative import inpainter
-from focusml.methods import Batch, PrepareContext, get
-from focusml.models import small_cnn
-from focusml.run import run as run_untracked
-from focusml.train import layer_hooks
+from focusml.core.methods.generative import inpainter
+from focusml.core.methods import Batch, PrepareContext, get
+from focusml.core.models import small_cnn
+from focusml.core.run import run as run_untracked
+from focusml.core.train import layer_hooks
 
 
 @pytest.fixture
@@ -83,7 +83,7 @@ def test_holes_for_the_inpainter_never_overlap_a_mask(digits):
 
 def test_builtin_inpainter_is_cached_by_fingerprint_and_logged(digits, tmp_path, monkeypatch, ctx_for):
     small = inpainter.InpainterSettings(steps=3, batch_size=8, width=8)
-    monkeypatch.setattr("focusml.methods.generative.Generative.settings", small)
+    monkeypatch.setattr("focusml.core.methods.generative.Generative.settings", small)
     logged, steps = [], []
     method = get("generative")({"p": 1.0})
     method.prepare(ctx_for(digits, tmp_path, logged=logged, progress=lambda d, i, n: steps.append((i, n))))
@@ -164,8 +164,8 @@ def test_selective_dropout_zeroes_exactly_the_masked_cells_of_the_chosen_layer(d
 
 
 def test_selective_dropout_default_layers_input_and_last_block_training_only(digits, tmp_path, ctx_for):
-    from focusml.evaluate import predict
-    from focusml.data import Split
+    from focusml.core.evaluate import predict
+    from focusml.core.data import Split
 
     torch.manual_seed(0)
     model = small_cnn(1, 10)
@@ -213,7 +213,7 @@ def baseline_state(tiny_config):
 @pytest.mark.parametrize("name,opts", [("random_crop", {}), ("generative", {}), ("selective_dropout", {})])
 def test_replacement_training_changes_the_model(name, opts, baseline_state, monkeypatch, tiny_config):
     """One short run per method: the model moves away from the baseline trained with the same seed."""
-    monkeypatch.setattr("focusml.methods.generative.Generative.settings",
+    monkeypatch.setattr("focusml.core.methods.generative.Generative.settings",
                         inpainter.InpainterSettings(steps=20, batch_size=16, width=8))
     result = run_untracked(tiny_config(method=name, method_params=opts))
     diff = max(float((result.model.state_dict()[k] - v).abs().max()) for k, v in baseline_state.items())
@@ -224,10 +224,10 @@ def test_replacement_training_changes_the_model(name, opts, baseline_state, monk
 def test_tracked_generative_run_logs_the_inpainter_and_the_mask_grid(tracking_env, monkeypatch, tiny_config):
     import mlflow
 
-    from focusml.config import MaskAugment
+    from focusml.core.config import MaskAugment
     from focusml.tracking import run
 
-    monkeypatch.setattr("focusml.methods.generative.Generative.settings",
+    monkeypatch.setattr("focusml.core.methods.generative.Generative.settings",
                         inpainter.InpainterSettings(steps=5, batch_size=8, width=8))
     result = run(tiny_config(method="generative", experiment="test-generative", augment=MaskAugment(dilate=1, blur=1.0)))
     client = mlflow.MlflowClient()

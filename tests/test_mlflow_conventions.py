@@ -198,7 +198,7 @@ def test_progress_is_one_plain_line_per_epoch_off_a_terminal(capsys):
 
 
 def test_cam_grid_is_square_ish_and_says_when_a_cam_is_dead():
-    from focusml.figures import RIGHT, WRONG, cam_grid, close, grid_shape
+    from focusml.core.figures import RIGHT, WRONG, cam_grid, close, grid_shape
 
     assert grid_shape(20) == (4, 5) and grid_shape(4) == (2, 3) and grid_shape(1) == (1, 2)
     n = 6
@@ -215,7 +215,7 @@ def test_cam_grid_is_square_ish_and_says_when_a_cam_is_dead():
 
 
 def test_cam_series_redraws_the_same_image_as_a_fresh_figure_and_keeps_first_and_last():
-    from focusml.figures import CamGrid, close
+    from focusml.core.figures import CamGrid, close
     from focusml.tracking.logger import cam_due
 
     n = 4
@@ -232,7 +232,7 @@ def test_cam_series_redraws_the_same_image_as_a_fresh_figure_and_keeps_first_and
     assert [s for s in range(1, 8) if cam_due(s, 7, 3)] == [1, 3, 6, 7]
     assert all(cam_due(s, 20, 1) for s in range(1, 21))
     from focusml import FocusmlError
-    from focusml.config import RunConfig
+    from focusml.core.config import RunConfig
 
     with pytest.raises(FocusmlError, match="--cam-every"):
         RunConfig(cam_every=0).validate()
@@ -254,7 +254,7 @@ def _tidy(rows):
 def test_compare_warns_on_a_tiny_gap_and_on_runs_trained_differently():
     from focusml.analysis.compare import PANELS, chart, warnings_for
     from focusml.analysis.summary import summarise
-    from focusml.figures import close
+    from focusml.core.figures import close
 
     rows, raw = [], []
     for i, (method, seed, acc, epochs) in enumerate([("baseline", 0, 0.50, 20), ("upper_bound", 0, 0.55, 20),

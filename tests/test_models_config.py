@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from focusml import FocusmlError
-from focusml.config import MaskAugment, RunConfig, load_yaml
-from focusml.models import build_model, load_pretrained
+from focusml.core.config import MaskAugment, RunConfig, load_yaml
+from focusml.core.models import build_model, load_pretrained
 
 
 def test_vgg_cam_grid_and_channels():

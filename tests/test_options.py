@@ -1,4 +1,4 @@
-"""One declaration per run option (focusml.options): the CLI, the MLproject, YAML configs and the checks
+"""One declaration per run option (focusml.core.options): the CLI, the MLproject, YAML configs and the checks
 are derived from it, so a new option is one `Option` plus its use."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import pytest
 import yaml
 
 from focusml import FocusmlError
-from focusml.options import RUN_OPTIONS, Option, option
+from focusml.core.options import RUN_OPTIONS, Option, option
 
 # Run in a fresh interpreter: the option is declared before anything reads the declarations.
 THROWAWAY = textwrap.dedent("""
     import json, sys
-    import focusml.options as o
+    import focusml.core.options as o
 
     o.RUN_OPTIONS = (*o.RUN_OPTIONS, o.Option("throwaway", int, 3, "a throwaway option", low=1,
                                               mlproject=o.EVERY_METHOD))
@@ -27,7 +27,7 @@ THROWAWAY = textwrap.dedent("""
     from focusml import FocusmlError
     from focusml.cli import cli
     from focusml.cli.train import config_from_options
-    from focusml.mlproject import render
+    from focusml.generate.mlproject import render
 
     out = {"help": CliRunner().invoke(cli, ["train", "--help"], terminal_width=200).output}
     out["mlproject"] = yaml.safe_load(render())["entry_points"]["pas"]
@@ -56,7 +56,7 @@ def test_a_new_option_is_one_declaration_found_in_the_cli_the_mlproject_and_yaml
 
 
 def test_every_option_the_mlproject_shows_is_an_entry_point_parameter():
-    from focusml.mlproject import render
+    from focusml.generate.mlproject import render
 
     entry = yaml.safe_load(render())["entry_points"]["baseline"]
     shown = [o.name for o in RUN_OPTIONS if o.mlproject == "every method"]

@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from focusml import FocusmlError
-from focusml.cam import class_cam, grad_cam, mask_to_grid, minmax
-from focusml.methods.cdep.decomposition import decompose, propagate
-from focusml.methods import Batch, get
-from focusml.models import CamNet, small_cnn, vgg_cam
-from focusml.run import run
-from focusml.train import train_step
+from focusml.core.cam import class_cam, grad_cam, mask_to_grid, minmax
+from focusml.core.methods.cdep.decomposition import decompose, propagate
+from focusml.core.methods import Batch, get
+from focusml.core.models import CamNet, small_cnn, vgg_cam
+from focusml.core.run import run
+from focusml.core.train import train_step
 
 
 def _one_channel_net(a=0.7, b=0.5, w=(1.5, -0.5, 0.25), beta=(0.1, -0.2, 0.0)) -> CamNet:
@@ -48,7 +48,7 @@ def test_rrr_penalty_matches_hand_computation():
     p = torch.softmax(logits.detach(), 1)
     coef = (w.sum() - 3 * (p * w).sum(1)) * a / 25
     hand = (m.flatten(1).sum(1) * coef**2).mean()
-    from focusml.methods.rrr import SCALE
+    from focusml.core.methods.rrr import SCALE
 
     assert pen.item() == pytest.approx(SCALE * hand.item(), rel=1e-5)
     pen.backward()  # create_graph: the penalty trains the weights (double backward)
@@ -96,7 +96,7 @@ def test_rrr_gradcam_penalty_is_masked_normalised_cam_squared():
     # For a GAP model Grad-CAM = ReLU(CAM)/(h·w), and min-max normalisation removes the factor.
     cam, _ = class_cam(model, x)
     cells = mask_to_grid(m, cam.shape[-2:])
-    from focusml.methods.rrr_gradcam import SCALE
+    from focusml.core.methods.rrr_gradcam import SCALE
 
     expected = SCALE * ((cells * minmax(cam.clamp_min(0))) ** 2).flatten(1).sum(1).mean()
     assert pen.item() == pytest.approx(expected.item(), rel=1e-4)

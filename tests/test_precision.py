@@ -1,4 +1,4 @@
-"""`--amp` and `--channels-last` (focusml/precision.py): bf16 trains on CPU with finite losses and is
+"""`--amp` and `--channels-last` (focusml/core/precision.py): bf16 trains on CPU with finite losses and is
 logged; a bad value is one line and exit 2; divergence is still caught; evaluation stays float32;
 channels-last changes nothing on CPU beyond float rounding; `benchmarks/gpu_check.sh` runs at toy size."""
 
@@ -16,14 +16,14 @@ import pytest
 import torch
 
 from focusml import FocusmlError, tracking
-from focusml.callbacks import Callbacks
+from focusml.core.callbacks import Callbacks
 from focusml.cli import main
-from focusml.config import RunConfig
-from focusml.methods import Batch, get
-from focusml.models import build_model
-from focusml.precision import Precision, channels_last
-from focusml.run import run
-from focusml.train import Diverged, train_step
+from focusml.core.config import RunConfig
+from focusml.core.methods import Batch, get
+from focusml.core.models import build_model
+from focusml.core.precision import Precision, channels_last
+from focusml.core.run import run
+from focusml.core.train import Diverged, train_step
 from test_folder import make_tree
 
 REPO = Path(__file__).resolve().parents[1]
@@ -175,7 +175,7 @@ def test_gpu_check_runs_on_cpu_at_toy_size(tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     out = res.stdout
     assert out.startswith("device cpu") and "AMP = --amp auto → bf16" in out
-    from focusml.methods import METHODS
+    from focusml.core.methods import METHODS
 
     rows = {line.split()[0]: line for line in out.splitlines() if line.split() and line.split()[0] in METHODS}
     assert set(rows) == {m for m, cls in METHODS.items() if not cls.replaces_training}, out

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from focusml import FocusmlError
-from focusml.data import DataOptions, load
-from focusml.preprocess import ACCEPTED
+from focusml.core.data import DataOptions, load
+from focusml.core.preprocess import ACCEPTED
 from focusml.tracking.predict import model_uri
 
 

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from focusml import FocusmlError
-from focusml.data.folder import image_array
-from focusml.preprocess import ACCEPTED, to_batch
+from focusml.core.data.folder import image_array
+from focusml.core.preprocess import ACCEPTED, to_batch
 
 
 def _png(arr: np.ndarray, fmt: str = "PNG") -> bytes:

@@ -11,12 +11,12 @@ from torch import nn
 
 from focusml import FocusmlError
 from focusml.cli import main
-from focusml.config import RunConfig
-from focusml.data.base import Dataset, Split
-from focusml.methods import METHODS
-from focusml.methods.head_refit import fit_path, swap_donors, temperature
-from focusml.models import CamNet
-from focusml.train import refit
+from focusml.core.config import RunConfig
+from focusml.core.data.base import Dataset, Split
+from focusml.core.methods import METHODS
+from focusml.core.methods.head_refit import fit_path, swap_donors, temperature
+from focusml.core.models import CamNet
+from focusml.core.train import refit
 
 SIZE = 8
 

@@ -21,7 +21,7 @@ import mlflow
 import pytest
 
 from focusml import tracking
-from focusml.callbacks import Callbacks
+from focusml.core.callbacks import Callbacks
 from test_folder import make_tree
 from test_safety_runs import (_module_store, assert_refused, cli, runs_in, sqlite_tracking, store, tiny,  # noqa: F401
                               tiny_data)
@@ -427,7 +427,7 @@ def test_the_memory_refusal_names_a_fix_that_works(tmp_path, sqlite_tracking, ca
     """Issue 26, item 1, with the memory available set by FOCUSML_MEMORY_AVAILABLE: the size the refusal
     suggests is the largest that passes the estimate, and training at it succeeds; a dataset held in
     memory that is what does not fit gets `--data-loading stream`, and streaming it trains."""
-    from focusml import memory
+    from focusml.core import memory
 
     root = make_tree(tmp_path / "ds", per_class=8, size=(16, 16))
     base = ["train", "--dataset", "folder", "--data-root", str(root), "--epochs", "1", "--batch-size", "8",

@@ -20,9 +20,9 @@ import torch
 
 from conftest import VENV_BIN
 from focusml import FocusmlError
-from focusml.config import RunConfig, check_device
-from focusml.data import DataOptions, load
-from focusml.models import build_model, load_pretrained, read_state_dict
+from focusml.core.config import RunConfig, check_device
+from focusml.core.data import DataOptions, load
+from focusml.core.models import build_model, load_pretrained, read_state_dict
 from test_folder import make_tree, write_image, write_mask
 
 

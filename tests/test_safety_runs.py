@@ -24,10 +24,10 @@ import pytest
 import torch
 
 from focusml import FocusmlError, tracking
-from focusml.callbacks import Callbacks
-from focusml.config import MaskAugment, RunConfig
-from focusml.run import health_warnings, run
-from focusml.train import Diverged, FitResult
+from focusml.core.callbacks import Callbacks
+from focusml.core.config import MaskAugment, RunConfig
+from focusml.core.run import health_warnings, run
+from focusml.core.train import Diverged, FitResult
 from test_folder import make_tree
 
 
@@ -141,7 +141,7 @@ def test_a_penalty_method_that_diverges_names_lambda_too(tiny_data):
 
 
 def test_chance_accuracy_and_an_all_zero_cam_are_flagged(tiny_data):
-    from focusml.data import DataOptions, load
+    from focusml.core.data import DataOptions, load
 
     data = load("folder", DataOptions(root=tiny_data))
     fitted = FitResult(history=[{"acc/val": 0.5}], selected_epoch=0)
@@ -155,9 +155,9 @@ def test_chance_accuracy_and_an_all_zero_cam_are_flagged(tiny_data):
 
 @pytest.mark.slow
 def test_warnings_are_tagged_and_non_finite_metrics_are_logged(tiny_data, store, monkeypatch):
-    import focusml.run
+    import focusml.core.run
 
-    monkeypatch.setattr(focusml.run, "health_warnings", lambda *a: ["first thing", "second thing"])
+    monkeypatch.setattr(focusml.core.run, "health_warnings", lambda *a: ["first thing", "second thing"])
     result = tracking.run(tiny(tiny_data, epochs=1, experiment=store))
     r = mlflow.get_run(result.run_id)
     assert r.data.tags["focusml.warning"] == "first thing; second thing" and r.info.status == "FINISHED"
@@ -197,9 +197,9 @@ def assert_refused(code, out, err, *needles):
      ["--inpainter os:system names Python's standard library (module 'os')", "give module:callable"]),
     (["--method", "generative", "--inpainter", "subprocess:run"], ["names Python's standard library"]),
     (["--method", "generative", "--inpainter", "torch:zeros"], ["--inpainter torch:zeros is a built-in function"]),
-    (["--method", "generative", "--inpainter", "focusml.methods.generative.inpainter:fill"],
+    (["--method", "generative", "--inpainter", "focusml.core.methods.generative.inpainter:fill"],
      ["but an inpainter is called as fn(x_masked, m)"]),
-    (["--method", "generative", "--inpainter", "focusml.methods.generative.inpainter:VERSION"],
+    (["--method", "generative", "--inpainter", "focusml.core.methods.generative.inpainter:VERSION"],
      ["names a value of type int, not a callable"]),
     (["--method", "generative", "--inpainter", "torch.nn:PairwiseDistance"],
      ["it must return a tensor shaped like its input"]),  # takes two inputs, returns distances: the trial call shows it

@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from focusml import FocusmlError
-from focusml.cam import region_evidence
-from focusml.config import RunConfig
-from focusml.data import Dataset, Split
-from focusml.evaluate import select_metric
-from focusml.methods import Batch, get
-from focusml.methods.pas import all_evidence_term, pas_term
-from focusml.models import build_model, grid_margin, receptive_field
-from focusml.run import run
-from focusml.train import FitResult, Selector
+from focusml.core.cam import region_evidence
+from focusml.core.config import RunConfig
+from focusml.core.data import Dataset, Split
+from focusml.core.evaluate import select_metric
+from focusml.core.methods import Batch, get
+from focusml.core.methods.pas import all_evidence_term, pas_term
+from focusml.core.models import build_model, grid_margin, receptive_field
+from focusml.core.run import run
+from focusml.core.train import FitResult, Selector
 
 
 class Tiny(torch.nn.Module):

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from focusml import FocusmlError
-from focusml.config import RunConfig
-from focusml.data import DataOptions, load, stream
-from focusml.data.stream import batches
-from focusml.run import run
+from focusml.core.config import RunConfig
+from focusml.core.data import DataOptions, load, stream
+from focusml.core.data.stream import batches
+from focusml.core.run import run
 
 from test_folder import make_tree
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from focusml.run import run as run_untracked
+from focusml.core.run import run as run_untracked
 from focusml.tracking import run
-from focusml.train import Callbacks
+from focusml.core.train import Callbacks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -134,14 +134,14 @@ def test_runs_are_reproducible_from_their_seed(tiny_config):
 
 
 def test_upper_bound_trains_on_clean_split(digits):
-    from focusml.methods import get
+    from focusml.core.methods import get
 
     assert get("upper_bound").train_split == "train_clean"
     assert digits.split("train_clean").masks.sum() == 0
 
 
 def test_mlproject_is_current():
-    from focusml.mlproject import render
+    from focusml.generate.mlproject import render
 
     assert (REPO / "MLproject").read_text() == render(), "run `make mlproject` to regenerate MLproject"
 

@@ -101,7 +101,7 @@ def test_shipped_studies_are_valid_and_tuned_alike():
     same = lambda s: (s.fixed, s.objectives, s.sampler, s.sampler_options, s.pruner, s.pruner_options, s.n_trials,  # noqa: E731
                       [(p.name, p.type, p.low, p.high, p.log) for p in s.search if p.name in ("dilate", "jitter", "blur")])
     assert same(specs["pas"]) == same(specs["pasa"]) == same(specs["rrr"])
-    from focusml.methods import get
+    from focusml.core.methods import get
 
     for s in specs.values():
         defaults = {p.name: p.default for p in get(s.method).params}

@@ -21,7 +21,7 @@ import pandas as pd
 from focusml import FocusmlError, tracking
 from focusml.analysis.summary import (AUGMENT_DEFAULTS, COLUMNS, COMPARISON_TAG, PAIR_ON, display_rows, markdown_table,
                                       summarise, tidy_runs, to_markdown)
-from focusml.figures import close, plt
+from focusml.core.figures import close, plt
 
 __all__ = ["AUGMENT_DEFAULTS", "COLUMNS", "COMPARISON_TAG", "PAIR_ON", "PANELS", "bar_chart", "chart", "compare",
            "display_rows", "load_runs", "log_report", "note_markdown", "report", "summarise", "tidy_runs",

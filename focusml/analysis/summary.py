@@ -29,7 +29,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from focusml import methods
+from focusml.core import methods
 
 COMPARISON_TAG = "focusml.comparison"
 PAIR_ON = ("dataset", "seed", "data_seed", "model")

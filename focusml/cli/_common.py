@@ -9,7 +9,7 @@ import click
 from tabulate import tabulate
 from tqdm.auto import tqdm
 
-from focusml.callbacks import Callbacks
+from focusml.core.callbacks import Callbacks
 
 
 def interactive(stream=None) -> bool:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from focusml.catalog import listing
+from focusml.generate.catalog import listing
 from focusml.cli._common import echo_table
 
 
@@ -33,8 +33,8 @@ def export(name, out_dir, data_seed, data_root, force):
     Atomic: the files appear in OUT_DIR all at once (an interrupted export leaves nothing). A non-empty
     OUT_DIR is refused unless it is the same export (same dataset, data seed and data) or --force is given.
     """
-    from focusml.data import DataOptions, load  # torch: only when a dataset is read
-    from focusml.data.exporting import export_dataset
+    from focusml.core.data import DataOptions, load  # torch: only when a dataset is read
+    from focusml.core.data.exporting import export_dataset
 
     data = load(name, DataOptions(seed=data_seed, root=Path(data_root) if data_root else None))
     out = export_dataset(data, Path(out_dir), name, data_seed, force)
@@ -56,8 +56,8 @@ def export(name, out_dir, data_seed, data_root, force):
 @click.option("--image-size", type=int, default=None, help="resize folder images (and masks) to N×N")
 def show(name, out_file, split_name, per_class, data_seed, data_root, download, image_size):
     """Write a sample grid of dataset NAME: a row per class, masks outlined in cyan."""
-    from focusml.data import DataOptions, load
-    from focusml.figures import close, sample_grid
+    from focusml.core.data import DataOptions, load
+    from focusml.core.figures import close, sample_grid
 
     data = load(name, DataOptions(seed=data_seed, root=Path(data_root) if data_root else None,
                                   download=download, image_size=image_size))

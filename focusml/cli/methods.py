@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from focusml.catalog import listing
+from focusml.generate.catalog import listing
 from focusml.cli._common import echo_table
 
 

@@ -11,15 +11,15 @@ from contextlib import contextmanager
 
 import click
 
-from focusml.catalog import listing
+from focusml.generate.catalog import listing
 from focusml.cli._common import ProgressBars, echo_table, echo_ui_links
-from focusml.options import AUGMENT_OPTIONS, RUN_OPTIONS
+from focusml.core.options import AUGMENT_OPTIONS, RUN_OPTIONS
 
 _TYPES = {"float": float, "int": int, "str": str}
 
 
 def run_option(o):
-    """The click option of declared run option `o` (focusml.options). Its default is None so that a value
+    """The click option of declared run option `o` (focusml.core.options). Its default is None so that a value
     given here can be told apart from one in `--config FILE.yaml`; the effective default is said in the help.
     An optional value is taken as text (the MLproject passes "" for "not given") and typed by the config."""
     if o.type is bool:
@@ -37,8 +37,8 @@ def run_option(o):
 
 
 def run_options(fn):
-    """Every declared run option and mask-augmentation option (focusml.options) and every method's option as a
-    click option. Method options come from the stored catalog (`focusml.catalog`), so `focusml train --help`
+    """Every declared run option and mask-augmentation option (focusml.core.options) and every method's option as a
+    click option. Method options come from the stored catalog (`focusml.generate.catalog`), so `focusml train --help`
     imports no torch.
     """
     opts = [run_option(o) for o in (*RUN_OPTIONS, *AUGMENT_OPTIONS)]
@@ -58,7 +58,7 @@ def run_options(fn):
 
 def config_from_options(options: dict):
     """The RunConfig of the given options over `--config FILE.yaml` (imports the library: torch)."""
-    from focusml.config import RunConfig, load_yaml
+    from focusml.core.config import RunConfig, load_yaml
 
     config_file = options.pop("config_file", None)
     values = load_yaml(config_file) if config_file else {}
@@ -131,7 +131,7 @@ def _report(result) -> None:
 
 def _resume(run_id: str, options: dict) -> None:
     from focusml import tracking
-    from focusml.config import load_yaml
+    from focusml.core.config import load_yaml
 
     device = options.pop("device", None)
     config_file = options.pop("config_file", None)

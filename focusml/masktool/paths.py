@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from focusml import FocusmlError
-from focusml.data.folder import IMAGE_EXTENSIONS, READ_ERRORS, mask_path
+from focusml.core.data.folder import IMAGE_EXTENSIONS, READ_ERRORS, mask_path
 
 
 class UnsafePath(FocusmlError):
@@ -78,7 +78,7 @@ def split_rel(rel: str) -> tuple[str, str, str]:
 
 
 class DatasetTree:
-    """A folder dataset on disk (layout of focusml.data.folder), seen through safe paths only."""
+    """A folder dataset on disk (layout of focusml.core.data.folder), seen through safe paths only."""
 
     def __init__(self, root: str | os.PathLike):
         root = Path(root)

@@ -47,7 +47,7 @@ from importlib import resources
 import numpy as np
 
 from focusml import FocusmlError
-from focusml.data.folder import eight_bit, image_array
+from focusml.core.data.folder import eight_bit, image_array
 from focusml.masktool.paths import BrokenImage, DatasetTree, UnsafePath, open_image, split_rel
 
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
@@ -167,7 +167,7 @@ class MaskToolApp:
     def cam(self, rel: str) -> dict:
         import torch
 
-        from focusml.cam import class_cam, minmax, upsample
+        from focusml.core.cam import class_cam, minmax, upsample
 
         if self.cam_model is None:
             raise ApiError(HTTPStatus.NOT_FOUND, "no model: start the tool with --run RUN_ID to see CAMs")

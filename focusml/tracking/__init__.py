@@ -10,7 +10,7 @@
 - `pyfunc`: the logged model, a pyfunc giving class probabilities and the predicted class name
   for images as a user has them (paths, bytes, arrays of any size);
 - `predict`: `predict_files`, a logged model's predictions on image files (`focusml predict`);
-- `logger`: `RunLogger`, a run's logging as `Callbacks` plugged into the core `focusml.run.run`;
+- `logger`: `RunLogger`, a run's logging as `Callbacks` plugged into the core `focusml.core.run.run`;
 - `keeper`: `RunKeeper`, a run's local folder, per-epoch resumable checkpoint and server loss;
 - `tracked`: `run`, the tracked run that the CLI, the MLproject and the tuner call, and
   `resume`, which continues a stopped run;

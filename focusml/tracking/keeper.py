@@ -40,8 +40,8 @@ import torch
 from mlflow.entities import Metric
 
 from focusml import FocusmlError, RunFailed
-from focusml.cache import cache_dir
-from focusml.callbacks import CallbackList, Callbacks, listed
+from focusml.core.cache import cache_dir
+from focusml.core.callbacks import CallbackList, Callbacks, listed
 from focusml.tracking.log import log_artifact, set_tags
 from focusml.tracking.logger import RunLogger, epoch_step
 from focusml.tracking.store import TrackingLost, fcntl, is_remote, probe_timeout, reachable

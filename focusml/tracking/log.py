@@ -24,8 +24,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
 
 import focusml
-from focusml.figures import close
-from focusml.preprocess import ACCEPTED
+from focusml.core.figures import close
+from focusml.core.preprocess import ACCEPTED
 from focusml.tracking.database import retry_unique
 from focusml.tracking.pyfunc import frame
 

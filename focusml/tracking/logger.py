@@ -1,4 +1,4 @@
-"""Logging a run to MLflow as `Callbacks` plugged into the core `focusml.run.run`.
+"""Logging a run to MLflow as `Callbacks` plugged into the core `focusml.core.run.run`.
 
 `RunLogger.run_scope` opens the MLflow run once the inputs are accepted (so a refused input
 leaves no run behind) and logs the params, the train/val/test datasets and (when mask
@@ -27,10 +27,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from focusml.callbacks import Callbacks, RunContext, RunResult
-from focusml.data.masks import examples
-from focusml.evaluate import Predictions
-from focusml.figures import CamSeries, confusion_figure, mask_augment_grid, sample_indices, split_cam_grid
+from focusml.core.callbacks import Callbacks, RunContext, RunResult
+from focusml.core.data.masks import examples
+from focusml.core.evaluate import Predictions
+from focusml.core.figures import CamSeries, confusion_figure, mask_augment_grid, sample_indices, split_cam_grid
 from focusml.tracking.log import (experiment_name, log_artifact, log_datasets, log_figure, log_final_metrics,
                                   log_image_step, log_metrics, log_model, log_params, log_state_dict, log_table,
                                   keep_one_model, model_name, set_tags)

@@ -1,7 +1,7 @@
 """The logged MLflow model: a pyfunc that turns images into class probabilities and the class name.
 
 `CamClassifier` is what `mlflow.pyfunc.load_model("models:/NAME@champion").predict(x)` runs. `x`
-is what a user has (`focusml.preprocess.ACCEPTED`): image file paths, PNG/JPEG bytes, uint8
+is what a user has (`focusml.core.preprocess.ACCEPTED`): image file paths, PNG/JPEG bytes, uint8
 arrays of any size and channel count (H×W, H×W×C, N×H×W×C), a list or a one-column DataFrame of
 those, or the network's own float input N×C×H×W in [0, 1]. The model applies the training
 preprocessing itself (channels, resize, scale to [0, 1]) and refuses anything else with one line.
@@ -30,12 +30,12 @@ import pandas as pd
 import torch
 
 from focusml import FocusmlError
-from focusml.preprocess import to_batch
+from focusml.core.preprocess import to_batch
 
 PREDICTION = "prediction"
 
 # MLflow suggests type hints on `predict` (a warning at class creation, shown even under filters);
-# the inputs are checked by `focusml.preprocess` instead (no MLflow schema can say "paths, bytes or
+# the inputs are checked by `focusml.core.preprocess` instead (no MLflow schema can say "paths, bytes or
 # arrays of any size"), so the suggestion is not shown.
 _show, warnings.showwarning = warnings.showwarning, lambda *args, **kwargs: None
 
@@ -50,7 +50,7 @@ class CamClassifier(mlflow.pyfunc.PythonModel):
         self.network = None
 
     def load_context(self, context):
-        from focusml.models import build_model
+        from focusml.core.models import build_model
 
         config = context.model_config or {}
         self.classes = list(config.get("classes", self.classes))
@@ -120,7 +120,7 @@ def own_architecture(model: torch.nn.Module) -> tuple[dict[str, Any] | None, lis
 
 def rebuild_own(arch: dict[str, Any]) -> torch.nn.Module:
     """Your own network from a logged model's `arch` (`own_architecture`), wrapped as it was trained."""
-    from focusml.models import Adapted
+    from focusml.core.models import Adapted
 
     build = arch["build"]
     builder = functools.reduce(getattr, build["name"].split("."), importlib.import_module(build["module"]))

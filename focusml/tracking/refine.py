@@ -26,13 +26,14 @@ from typing import Callable
 import mlflow
 import torch
 
-from focusml import FocusmlError, methods
-from focusml.callbacks import Callbacks
-from focusml.config import MaskAugment, RunConfig
-from focusml.data import Dataset
-from focusml.evaluate import SELECTABLE
-from focusml.models import source_kind
-from focusml.run import RunResult
+from focusml import FocusmlError
+from focusml.core import methods
+from focusml.core.callbacks import Callbacks
+from focusml.core.config import MaskAugment, RunConfig
+from focusml.core.data import Dataset
+from focusml.core.evaluate import SELECTABLE
+from focusml.core.models import source_kind
+from focusml.core.run import RunResult
 from focusml.tracking.runs import run_info
 from focusml.tracking.sources import source_run
 from focusml.tracking.store import setup

@@ -20,8 +20,8 @@ from mlflow.entities import ViewType
 from torch import nn
 
 from focusml import FocusmlError
-from focusml.data import DataOptions, Dataset, load
-from focusml.models import build_model, input_channels
+from focusml.core.data import DataOptions, Dataset, load
+from focusml.core.models import build_model, input_channels
 from focusml.tracking.store import setup
 
 

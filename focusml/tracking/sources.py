@@ -6,7 +6,7 @@ the weights its run evaluated: `checkpoints/selected_epochN.pt` when `--select` 
 epoch, else `checkpoints/last.pt`; `runs:/ID/PATH` names one artifact file, which must exist inside
 the run's artifacts. They are read with `torch.load(weights_only=True)`: no model is ever unpickled. Everything here happens before
 the new run starts, so a missing run, model or checkpoint is refused without leaving a run behind;
-the core then checks the architecture (`focusml.models.load_init_state`), also before the run.
+the core then checks the architecture (`focusml.core.models.load_init_state`), also before the run.
 
 The new run records its lineage:
 
@@ -29,7 +29,7 @@ import mlflow
 from mlflow.entities import LoggedModelInput
 
 from focusml import FocusmlError
-from focusml.models import InitWeights, read_init_file, read_state_dict, source_kind
+from focusml.core.models import InitWeights, read_init_file, read_state_dict, source_kind
 from focusml.tracking.log import run_model
 from focusml.tracking.runs import resolve_run_id
 

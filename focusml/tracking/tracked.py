@@ -1,6 +1,6 @@
 """The tracked run: what `focusml train`, the MLproject entry points and the Optuna trials call.
 
-`run` is the core `focusml.run.run` with `RunLogger` and the caller's callbacks as one list, wrapped by
+`run` is the core `focusml.core.run.run` with `RunLogger` and the caller's callbacks as one list, wrapped by
 `keeper.RunKeeper` (the run's local folder, a resumable checkpoint every epoch, a lost server),
 after checking that the tracking store answers (so a wrong URI never leaves a half-written run).
 `resume` continues a stopped run in the same MLflow run, from its last finished epoch.
@@ -17,11 +17,11 @@ import mlflow
 import torch
 
 from focusml import FocusmlError, environment
-from focusml.callbacks import Callbacks
-from focusml.config import RunConfig
-from focusml.data import Dataset
-from focusml.run import RunResult
-from focusml.run import run as run_untracked
+from focusml.core.callbacks import Callbacks
+from focusml.core.config import RunConfig
+from focusml.core.data import Dataset
+from focusml.core.run import RunResult
+from focusml.core.run import run as run_untracked
 from focusml.tracking.keeper import RESUME_FILE, RunKeeper, RunLock, load_state, run_dir
 from focusml.tracking.logger import RunLogger
 from focusml.tracking.runs import resolve_run_id, run_info
@@ -36,7 +36,7 @@ def run(config: RunConfig, *, callbacks: Callbacks | list[Callbacks] | None = No
 
     `config.init_from` (a run, a registered model or a file) is resolved here, before any run starts.
     `checkpoints=False`: no resumable state is kept (Optuna trials, which are retried instead).
-    `data`, `model`: your own dataset and network, passed on to the core run (`focusml.run.run`).
+    `data`, `model`: your own dataset and network, passed on to the core run (`focusml.core.run.run`).
     """
     config.validate(own_data=data is not None, own_model=model is not None)
     setup()

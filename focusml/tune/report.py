@@ -10,7 +10,7 @@ from typing import Any, Callable
 import optuna
 from optuna.visualization import matplotlib as ovm
 
-import focusml.figures  # noqa: F401  (selects matplotlib's Agg backend before Optuna draws)
+import focusml.core.figures  # noqa: F401  (selects matplotlib's Agg backend before Optuna draws)
 from focusml import tracking
 from focusml.tune.recovery import CALL_ATTR
 from focusml.tune.results import StudyResult, TrialRecord, choose_trial

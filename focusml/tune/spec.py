@@ -9,7 +9,7 @@ from typing import Any
 import optuna
 
 from focusml import FocusmlError
-from focusml.config import RunConfig
+from focusml.core.config import RunConfig
 
 #: Objectives: validation metrics only, each with the direction that makes sense for it.
 OBJECTIVES = {"acc/val_cf": "maximize", "flip/val": "minimize", "evidence_in_mask/val": "minimize",

@@ -17,9 +17,9 @@ import optuna
 import sqlalchemy.exc
 
 from focusml import FocusmlError, tracking
-from focusml.config import RunConfig
-from focusml.run import keep_data
-from focusml.callbacks import Callbacks
+from focusml.core.config import RunConfig
+from focusml.core.run import keep_data
+from focusml.core.callbacks import Callbacks
 from focusml.tracking.database import reason
 from focusml.tune.report import log_setup, summarise
 from focusml.tune.results import StudyResult, TrialRecord

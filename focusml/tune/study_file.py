@@ -11,9 +11,9 @@ from typing import Any
 import yaml
 
 from focusml import FocusmlError
-from focusml.config import load_yaml
+from focusml.core.config import load_yaml
 from focusml.tune.spec import OBJECTIVES, PARAM_TYPES, PRUNERS, SAMPLERS, TOP_KEYS, Objective, SearchParam, StudySpec
-from focusml.values import coerce
+from focusml.core.values import coerce
 
 
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudySpec:

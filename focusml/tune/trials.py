@@ -11,7 +11,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from focusml import tracking
-from focusml.callbacks import Callbacks, listed
+from focusml.core.callbacks import Callbacks, listed
 from focusml.tune.recovery import CALL_ATTR, HOST, retry_trial
 from focusml.tune.results import WARNING_ATTR
 from focusml.tune.spec import StudySpec

@@ -27,7 +27,7 @@ from typing import Callable
 import optuna
 
 from focusml import FocusmlError, Terminated, environment
-from focusml.run import keep_data
+from focusml.core.run import keep_data
 from focusml.tune.recovery import CALL_ATTR, fail_dead_local, on_stale
 from focusml.tune.results import TrialRecord
 from focusml.tune.storage import open_storage, with_heartbeat

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from focusml.analysis.filters.stats import Analysis, FilterStat
-from focusml.data import Split
-from focusml.figures import close, plt
+from focusml.core.data import Split
+from focusml.core.figures import close, plt
 
 TEMPLATE = "report.html"
 

@@ -34,7 +34,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from focusml import FocusmlError
-from focusml.data import Split
+from focusml.core.data import Split
 
 
 def receptive_field(features: nn.Sequential) -> tuple[tuple[float, float], tuple[float, float], tuple[float, float]]:
