@@ -348,8 +348,7 @@ def test_a_retried_trials_run_left_open_is_closed_saying_why_and_retried(tmp_pat
     client = mlflow.MlflowClient()
     experiment = mlflow.get_experiment_by_name(store).experiment_id
     parent = client.create_run(experiment, tags={"focusml.kind": "tune", "optuna.study_name": "s13"}).info.run_id
-    study._storage.set_study_system_attr(study._study_id, PARENT + parent,
-                                         {"host": HOST, "pid": dead.pid, "beat": time.time(), "done": False})
+    study.set_user_attr(PARENT + parent, {"host": HOST, "pid": dead.pid, "beat": time.time(), "done": False})
     trials, runs = [], []
     for number in (0, 1):
         trial = study.ask()
