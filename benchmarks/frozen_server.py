@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,29 +27,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+from local_server import free_port, wait_healthy
+
 BIN = Path(sys.executable).parent
 SAMPLER = """import faulthandler, sys
 faulthandler.dump_traceback_later(4, repeat=True, file=open(sys.argv[1], "w"))
 from focusml.cli import main
 main(sys.argv[2:])
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, timeout: float = 180.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url + "/health", timeout=2)
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise SystemExit(f"mlflow server at {url} did not answer in {timeout} s")
 
 
 def first_epoch_logged(url: str) -> bool:

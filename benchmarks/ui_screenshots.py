@@ -20,7 +20,6 @@ import argparse
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,25 +27,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+from local_server import free_port, wait_healthy
+
 CHROMIUM = "/usr/bin/chromium"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait(url: str, timeout: float = 180) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"{url} did not answer")
 
 
 def focusml(args: list[str], env: dict) -> str:
@@ -105,7 +88,7 @@ def main() -> None:
                               cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                               env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
     try:
-        wait(url)
+        wait_healthy(url)
         env = dict(os.environ, MLFLOW_TRACKING_URI=url, MLFLOW_EXPERIMENT_NAME="demo", PYTHONUNBUFFERED="1")
         env.pop("MLFLOW_RUN_ID", None)
         links = {}
