@@ -131,6 +131,12 @@ class GridMaskMethod:
     def keep_object(self) -> bool:
         return self.options.get("object_guard", "on") == "on"
 
+    def swapped(self, batch: "Batch") -> torch.Tensor:
+        """Bool per image: is its masked content's evidence measured by swapping it (`evidence`)?"""
+        if not self.keep_object:
+            return torch.zeros(len(batch.m), dtype=torch.bool, device=batch.m.device)
+        return counterfactual.is_large(batch.m)
+
     def evidence(self, model, batch: "Batch", features: torch.Tensor, logits: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """(inside, outside), N×C: the masked content's and the rest's class-centred share of the logits.
@@ -141,7 +147,7 @@ class GridMaskMethod:
         measured by swapping it (`swapped_evidence`)."""
         inside, outside = region_evidence(features, model.classifier.weight, batch.m, self.cells(model, features),
                                           self.keep_object)
-        large = counterfactual.is_large(batch.m) if self.keep_object else torch.zeros(0, dtype=torch.bool)
+        large = self.swapped(batch)
         if large.any():
             sw_in, sw_out = swapped_evidence(model, batch.x[large], batch.m[large], logits[large])
             inside, outside = inside.clone(), outside.clone()

@@ -24,6 +24,8 @@ a mask covering most of the image (a background) those cells are the object (`ca
 λ scale: `S` brings λ=1 to the order of CE at initialisation; the all-evidence term starts near
 zero (an untrained net's masked cells contribute almost nothing), so `S_all` only puts its λ on a
 usable scale (`benchmarks/matrix.py --init-scale` prints both); they never change during training.
+The evidence measured by swapping a background (`object_guard`) is another raw term, a difference
+of logits between two forward passes: `SCALE_SWAPPED` puts it on its own scale.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from focusml.core.methods.base import (Batch, GridMaskMethod, Method, evidence_p
 
 SCALE = 200.0
 SCALE_ALL = 10.0
+SCALE_SWAPPED = 3.0  # swapped evidence (background masks) against the cells': chosen on acc/val_cf (docs/methods.md)
 
 
 def pas_term(features: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, m: torch.Tensor,
@@ -47,9 +50,9 @@ def pas_term(features: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, m: t
     return (inside / md.flatten(1).sum(1).clamp_min(1.0)).mean()
 
 
-def all_evidence_term(inside: torch.Tensor) -> torch.Tensor:
-    """mean_i Σ_c r_ic² for the masked content's class-centred contributions r (N×C, `GridMaskMethod.evidence`)."""
-    return inside.pow(2).sum(1).mean()
+def all_evidence_term(inside: torch.Tensor, weight: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """mean_i w_i Σ_c r_ic² for the masked content's class-centred contributions r (N×C, `GridMaskMethod.evidence`)."""
+    return (weight * inside.pow(2).sum(1)).mean()
 
 
 class PAS(GridMaskMethod, Method):
@@ -64,5 +67,7 @@ class PAS(GridMaskMethod, Method):
     def penalty(self, model, batch: Batch, features, logits):
         weight = model.classifier.weight
         if self.options["evidence"] == "all":
-            return SCALE_ALL * all_evidence_term(self.evidence(model, batch, features, logits)[0])
+            inside, _ = self.evidence(model, batch, features, logits)
+            weight = torch.where(self.swapped(batch), SCALE_SWAPPED, 1.0)
+            return SCALE_ALL * all_evidence_term(inside, weight)
         return SCALE * pas_term(features, weight, batch.y, batch.m, self.cells(model, features), self.keep_object)
