@@ -72,7 +72,7 @@ class Counterfactuals:
 
 
 LARGE = 0.5  # a mask covering more of its image than this is a background: what it leaves is the object
-RIM = 0.04  # the band along the object left to it (`erode`), as a share of the image side
+RIM = 0.04  # the object's rim: the band along the unmarked region that `erode` takes off, per image side
 
 
 def fill(images: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
@@ -101,9 +101,10 @@ def background_source(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor
     """N×C×H×W float: each image's marked content, and for its unmarked pixels (its object) marked content
     from elsewhere in the same image.
 
-    The marked region is first eroded (`erode`), so the object's rim is not taken as background. A hole pixel takes the pixel
-    half an image away (across, down, diagonally: wrapped), the first that is marked, so the hole gets
-    the background's own texture and no silhouette; what is left is filled by push-pull."""
+    The marked region is first eroded (`erode`), so the object's rim is not taken as background. A
+    hole pixel takes the pixel half an image away (across, down, diagonally: wrapped), the first that
+    is marked, so the hole gets the background's own texture and no silhouette; what is left is
+    filled by push-pull."""
     h, w = images.shape[-2:]
     known = (erode(masks) > 0).float()[:, None]
     out, have = images * known, known.bool()
