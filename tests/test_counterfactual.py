@@ -157,7 +157,7 @@ def test_the_objects_rim_is_unmixed_onto_the_donors_background():
     m[:, 10:18, 10:18] = 0
     donor = torch.zeros(1, 3, 28, 28)
     donor[:, 2] = 100.0  # blue background, no object
-    out = counterfactual.swap_background(x, m, donor, torch.ones(1, 28, 28))
+    out = counterfactual.swap_background(x, m, counterfactual.background_source(donor, torch.ones(1, 28, 28)))
     assert torch.equal(out[..., 10:18, 10:18], x[..., 10:18, 10:18])  # the object untouched
     assert torch.allclose(out[0, :, 9, 12], torch.tensor([100.0, 100.0, 150.0]), atol=2)  # ½ grey, ½ blue
     assert torch.allclose(out[0, :, 2, 2], torch.tensor([0.0, 0.0, 100.0]))  # background: the donor's

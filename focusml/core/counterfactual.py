@@ -120,9 +120,9 @@ def is_large(masks: torch.Tensor) -> torch.Tensor:
     return masks.float().flatten(1).mean(1) > LARGE
 
 
-def swap_background(images: torch.Tensor, masks: torch.Tensor, donor_images: torch.Tensor,
-                    donor_masks: torch.Tensor) -> torch.Tensor:
-    """Float N×C×H×W: each image's masked content replaced by its donor's background (`background_source`).
+def swap_background(images: torch.Tensor, masks: torch.Tensor, donor_bg: torch.Tensor) -> torch.Tensor:
+    """Float N×C×H×W: each image's masked content replaced by its donor's background (`background_source`
+    of the donor, given).
 
     The object's rim (the band `erode` leaves) mixes object and background, and a model reads the
     object's shape in it, so it is neither kept (it would keep the image's own background colour, a
@@ -132,7 +132,6 @@ def swap_background(images: torch.Tensor, masks: torch.Tensor, donor_images: tor
     marked = (masks > 0).float()[:, None]
     core = (erode(masks) > 0).float()[:, None]
     rim = marked - core
-    donor_bg = background_source(donor_images, donor_masks)
     own_bg, thing = fill(images, core), fill(images, 1 - marked)
     d = thing - own_bg
     alpha = ((images - own_bg) * d).sum(1, keepdim=True) / (d.pow(2).sum(1, keepdim=True) + 1e-6)
@@ -153,11 +152,12 @@ def blend(images: torch.Tensor, masks: torch.Tensor, donor_images: torch.Tensor,
         large, large_d = (is_large(t).view(-1, 1, 1) for t in (m, md))
         # a small mask: the union, but never over the image's object when the donor's mask is a background
         u = torch.where(large_d, m, torch.maximum(m, md))
-        source = torch.where(large_d[:, None], background_source(xd, md), xd) if bool(large_d.any()) else xd
+        donor_bg = background_source(xd, md) if bool((large | large_d).any()) else xd  # computed once
+        source = torch.where(large_d[:, None], donor_bg, xd)
         out = x * (1 - u[:, None]) + source * u[:, None]
         if bool(large.any()):
             rows = large.flatten()
-            out[rows] = swap_background(x[rows], m[rows], xd[rows], md[rows])
+            out[rows] = swap_background(x[rows], m[rows], donor_bg[rows])
             u = torch.where(large, (m > 0).float(), u)
     out = torch.where(keep, x, out)
     return out.round().clamp(0, 255).to(torch.uint8), u * has.view(-1, 1, 1)

@@ -168,7 +168,8 @@ def swapped_evidence(model, x: torch.Tensor, m: torch.Tensor, logits: torch.Tens
     z(x) − b splits exactly into the two: what the masked content adds, measured by replacing it,
     and what the logits are without it."""
     donor = torch.roll(torch.arange(len(x), device=x.device), 1)
-    _, swapped = model.forward_features(counterfactual.swap_background(x, m, x[donor], m[donor]))
+    donor_bg = counterfactual.background_source(x[donor], m[donor])
+    _, swapped = model.forward_features(counterfactual.swap_background(x, m, donor_bg))
     bias = model.classifier.bias if model.classifier.bias is not None else torch.zeros_like(logits[0])
     inside, outside = logits - swapped, swapped - bias
     return inside - inside.mean(1, keepdim=True), outside - outside.mean(1, keepdim=True)
