@@ -25,6 +25,7 @@ from focusml import FocusmlError, RunFailed, Terminated, __version__, stop_on_si
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "compare": ("compare", "compare", "Compare every method with the baseline and upper bound of the same dataset and seed."),
     "datasets": ("datasets", "datasets", "Built-in and on-disk datasets."),
+    "discover": ("discover", "discover", "Propose the shortcuts a trained model reads, for yes/no answers in the mask tool."),
     "filters": ("filters", "filters",
                 "Rank the last conv layer's filters of RUN_ID by the share of their activation inside the masks."),
     "masks": ("masks", "masks", "Draw irrelevance masks on a folder dataset."),

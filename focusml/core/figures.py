@@ -234,3 +234,24 @@ def mask_augment_grid(images: torch.Tensor, masks: torch.Tensor, augmented: list
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+#: the proposed region's outline (magenta, as the mask tool draws a suggested mask)
+REGION = "#CC00CC"
+
+
+def proposal_grid(images: torch.Tensor, masks: torch.Tensor, labels, classes: list[str], title: str):
+    """A proposal's members: each image with its proposed mask outlined in magenta and its class above it."""
+    rows, cols = grid_shape(len(images))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols + 0.2, 1.35 * rows + 0.6), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, mask, y in zip(axes.flat, images, masks, labels):
+        arr = _display(img)
+        ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+        if mask.any():
+            ax.contour(mask.numpy(), levels=[0.5], colors=REGION, linewidths=1.2)
+        ax.set_title(classes[int(y)], fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -46,6 +46,11 @@ def entry_points() -> dict:
         "command": "python -m focusml refine {source} --stages {stages} --method {method} --epochs {epochs} --lr {lr} "
                    "--mask-budget {mask_budget} --l2 {l2} --copies {copies} --device {device}",
     }
+    eps["discover"] = {
+        "parameters": {"run_id": {"type": "string"}, "out": _param(None), "splits": _param("train,val"),
+                       "seed": _param("0")},
+        "command": "python -m focusml discover {run_id} --out {out} --splits {splits} --seed {seed}",
+    }
     eps["compare"] = {
         "parameters": {"experiment": {"type": "string", "default": "focusml"},
                        "dataset": {"type": "string", "default": ""}},

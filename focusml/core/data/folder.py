@@ -425,14 +425,29 @@ def decoded_bytes(rows: int, channels: int, size: tuple[int, int]) -> int:
     return rows * (channels + 1) * size[0] * size[1]
 
 
+def exported_name(cls: str, row: int) -> tuple[str, str]:
+    """(class folder, file name) that `export` gives row `row` of class `cls`."""
+    return cls.replace("/", "-").replace("\\", "-"), f"{row:05d}.png"
+
+
+def row_paths(dataset: Dataset, split: str) -> list[str]:
+    """Each row of `split` as `<split>/<class>/<file>` under images/: a folder dataset's own files, in the
+    order they were loaded; for any other dataset, the names `export` writes it under."""
+    if dataset.name == "folder":
+        root = Path(dataset.params["root"])
+        items = _list_images(root / "images" / split, dataset.classes, split, root)
+        return [f"{split}/{cls}/{path.name}" for cls, path in items]
+    labels = dataset.split(split).labels.tolist()
+    return ["/".join((split, *exported_name(dataset.classes[y], i))) for i, y in enumerate(labels)]
+
+
 def export(dataset: Dataset, out: Path) -> Path:
     """Write `dataset` in the folder layout under `out`; returns `out`."""
     out = Path(out)
     for split_name, split in dataset.splits.items():
         tree, split_dir = ("clean", split_name[: -len("_clean")]) if split_name.endswith("_clean") else ("images", split_name)
         for i in range(len(split)):
-            cls = dataset.classes[int(split.labels[i])].replace("/", "-").replace("\\", "-")
-            name = f"{i:05d}.png"
+            cls, name = exported_name(dataset.classes[int(split.labels[i])], i)
             img = split.images[i].numpy()
             arr = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
             path = out / tree / split_dir / cls / name
