@@ -294,3 +294,84 @@ def test_cli_refuses_a_bad_proposals_file(root, pfile, cli_env, tmp_path):
                           "--proposals", str(outside), "--port", "0"], env=cli_env, capture_output=True, text=True,
                          timeout=120)
     assert res.returncode != 0 and "not inside the dataset root" in res.stderr, res.stderr
+
+
+# ---- the page in headless Chromium (the `browser` fixture: conftest.py) ---------------------------
+
+
+@pytest.mark.browser
+def test_browser_answers_yes_no_mixed_and_writes_the_masks(root, pfile, browser):
+    drawn_before = (root / "masks" / "train" / "a" / "img3.png").read_bytes()
+    server, url = _serve(root, pfile)
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = ctx.new_page()
+    page.set_default_timeout(10_000)
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    counter = lambda: page.text_content("#p-counter")  # noqa: E731
+
+    def shown(pid):
+        page.wait_for_selector(f"#proposals-view[data-id='{pid}'] #p-grid[data-ready='1']")
+
+    try:
+        page.goto(url + "/")
+        page.wait_for_selector("#proposals-view[data-ready='1']")  # --proposals opens on the panel
+        shown("p01")
+        assert counter() == "0 answered · 0 images annotated · 3 proposals left"
+        assert "Proposal 1 of 3 · class a" in page.text_content("#p-title")
+        assert "73%" in page.text_content("#p-facts") and "(1 drawn by hand: kept)" in page.text_content("#p-facts")
+        assert page.locator("#p-grid .thumb").count() == 4 and page.locator("#p-grid .thumb.drawn").count() == 1
+        # the region is drawn: magenta pixels in the thumbnail's top quarter (its top edge), none in the bottom one
+        magenta = page.evaluate("""() => { const c = document.querySelector('#p-grid .thumb canvas');
+            const n = c.width, d = c.getContext('2d').getImageData(0, 0, n, n).data; let top = 0, bottom = 0;
+            for (let i = 0; i < n * n; i++) { const [r, g, b] = [d[4 * i], d[4 * i + 1], d[4 * i + 2]];
+              if (r > 200 && g < 80 && b > 200) { const v = Math.floor(i / n); if (v < n / 4) top++; if (v > 3 * n / 4) bottom++; } }
+            return [top, bottom]; }""")
+        assert magenta[0] > 0 and magenta[1] == 0, magenta
+
+        page.click("#p-yes")
+        shown("p02")
+        assert counter() == "1 answered · 3 images annotated · 2 proposals left"
+        assert "3 masks written · 1 drawn by hand kept" in page.text_content("#p-status")
+        page.click("#p-no")
+        shown("p03")
+        assert counter() == "2 answered · 3 images annotated · 1 proposal left"
+        page.click("#p-mixed")
+        page.wait_for_selector("#p-pick:not([hidden])")
+        page.click("#p-grid .thumb[data-path='train/b/img2.png']")
+        page.click("#p-grid .thumb[data-path='train/a/img0.png']")
+        page.click("#p-grid .thumb[data-path='train/a/img0.png']")  # picked, then unpicked
+        assert page.text_content("#p-picked") == "1"
+        page.click("#p-submit")
+        page.wait_for_function("document.getElementById('p-status').textContent.includes('all proposals answered')")
+        assert counter() == "3 answered · 4 images annotated · 0 proposals left"
+        assert [page.text_content(f"#p-list li[data-id='{i}'] .ans") for i in ("p01", "p02", "p03")] == \
+            ["yes", "no", "mixed"]
+
+        for i in range(3):
+            np.testing.assert_array_equal(_disk(root, f"train/a/img{i}.png"), _want(TL))  # not p03's row
+        assert (root / "masks" / "train" / "a" / "img3.png").read_bytes() == drawn_before
+        np.testing.assert_array_equal(_disk(root, "train/b/img2.png"), _want(BOT))
+        assert _disk(root, "train/b/img0.png") is None and _disk(root, "train/b/img1.png") is None
+
+        # keys: ← back to p02, y changes its "no" to "yes"
+        page.keyboard.press("ArrowLeft")
+        shown("p02")
+        page.keyboard.press("y")
+        page.wait_for_function("document.getElementById('p-counter').textContent.includes('6 images annotated')")
+        np.testing.assert_array_equal(_disk(root, "train/b/img0.png"), _want(TR))
+        np.testing.assert_array_equal(_disk(root, "train/b/img1.png"), _want(TR))
+
+        # the draw view lists the new masks
+        page.click("#mode-draw")
+        page.wait_for_selector("#draw-view:not([hidden])")
+        page.wait_for_function("document.querySelectorAll('#list li.annotated').length === 4")  # train/a
+        assert json.loads(book_state(pfile))["answers"] == {"p01": "yes", "p02": "yes", "p03": "mixed"}
+    finally:
+        ctx.close()
+        server.shutdown(), server.server_close()
+    assert not errors, errors
+
+
+def book_state(pfile: Path) -> str:
+    return pfile.with_name("run1.answers.json").read_text()
