@@ -8,8 +8,9 @@ profile) opening the page, which starts on the panel, showing one proposal: its 
 Without a discover output at hand, `--demo WORK` makes one to look at: it exports decoy-digits to WORK/data,
 moves its true masks to WORK/true-masks (so that no member counts as drawn by hand), and writes
 WORK/data/proposals/demo.json with one "all classes" proposal per corner whose members are the train images
-whose true mask (the decoy patch) sits in that corner (classes interleaved), on a 7×7 grid (one cell = the 4×4 patch). Its flip
-rates are null (no model was run), shown as "—"; replace the file by a real `focusml discover` output for docs.
+whose true mask (the decoy patch) sits in that corner (classes interleaved), on a 7×7 grid (one cell = the
+4×4 patch). Its flip rates are null (no model was run), shown as "—"; replace the file by a real
+`focusml discover` output for docs.
 
     python benchmarks/proposal_screenshot.py --demo /tmp/proposal-demo
 """

@@ -325,7 +325,8 @@ def test_browser_answers_yes_no_mixed_and_writes_the_masks(root, pfile, browser)
         magenta = page.evaluate("""() => { const c = document.querySelector('#p-grid .thumb canvas');
             const n = c.width, d = c.getContext('2d').getImageData(0, 0, n, n).data; let top = 0, bottom = 0;
             for (let i = 0; i < n * n; i++) { const [r, g, b] = [d[4 * i], d[4 * i + 1], d[4 * i + 2]];
-              if (r > 200 && g < 80 && b > 200) { const v = Math.floor(i / n); if (v < n / 4) top++; if (v > 3 * n / 4) bottom++; } }
+              if (r > 200 && g < 80 && b > 200) {
+                const v = Math.floor(i / n); if (v < n / 4) top++; if (v > 3 * n / 4) bottom++; } }
             return [top, bottom]; }""")
         assert magenta[0] > 0 and magenta[1] == 0, magenta
 

@@ -111,12 +111,14 @@ def _grid(rows, shape: tuple[int, int], what: str) -> np.ndarray:
     except ValueError as e:
         raise ValueError(f"{what}: {e}") from None
     if cells.shape != shape:
-        raise ValueError(f"{what} is {cells.shape[0]}×{cells.shape[1]} cells, the file's grid is {shape[0]}×{shape[1]}")
+        raise ValueError(f"{what} is {cells.shape[0]}×{cells.shape[1]} cells, "
+                         f"the file's grid is {shape[0]}×{shape[1]}")
     return cells
 
 
 def parse(tree: DatasetTree, data: dict) -> tuple[dict, list[Proposal]]:
-    """Validate a proposals file's JSON; (header, proposals sorted by rank). ValueError/UnsafePath naming the problem."""
+    """Validate a proposals file's JSON: (header, proposals sorted by rank); ValueError or UnsafePath naming
+    the problem."""
     if not isinstance(data, dict):
         raise ValueError("the file must hold a JSON object")
     if data.get("format") != FORMAT:

@@ -396,7 +396,8 @@ function pct(v) { return v === null || v === undefined ? "—" : `${(100 * v).to
 function renderCounter() {
   const s = prop.summary;
   const left = s.proposals - s.answers;
-  $("p-counter").textContent = `${s.answers} answered · ${s.annotated} images annotated · ${left} proposal${left === 1 ? "" : "s"} left`;
+  $("p-counter").textContent =
+    `${s.answers} answered · ${s.annotated} images annotated · ${left} proposal${left === 1 ? "" : "s"} left`;
   $("p-counter").dataset.answered = s.answers;
 }
 
@@ -483,7 +484,9 @@ function drawThumb(canvas, bitmap, rows) {
   const xs = Array.from({ length: w + 1 }, (_, j) => ox + Math.ceil(j * W / w) * s);
   const on = (i, j) => i >= 0 && j >= 0 && i < h && j < w && cells[i][j];
   c.fillStyle = "rgba(255, 0, 255, 0.18)";
-  for (let i = 0; i < h; i++) for (let j = 0; j < w; j++) if (on(i, j)) c.fillRect(xs[j], ys[i], xs[j + 1] - xs[j], ys[i + 1] - ys[i]);
+  for (let i = 0; i < h; i++) {
+    for (let j = 0; j < w; j++) if (on(i, j)) c.fillRect(xs[j], ys[i], xs[j + 1] - xs[j], ys[i + 1] - ys[i]);
+  }
   c.strokeStyle = "#ff00ff"; c.lineWidth = Math.max(2, 3 * dpr); c.lineCap = "square";
   c.beginPath();
   for (let i = 0; i < h; i++) {
@@ -553,6 +556,13 @@ function startPicking() {
   pStatus("mixed: click the images whose region is a shortcut, then Save picks");
 }
 
+function cancelPicking() {
+  prop.picking = false;
+  prop.picks = new Set(prop.current ? prop.current.picked : []);
+  renderPicking();
+  pStatus("");
+}
+
 function stepProposal(delta) {
   if (!prop.current) return;
   const i = prop.list.findIndex((x) => x.id === prop.current.id) + delta;
@@ -564,7 +574,7 @@ const guardP = (fn) => (...args) => Promise.resolve(fn(...args)).catch((e) => pS
 function proposalKey(e) {
   if (e.ctrlKey || e.metaKey || e.altKey) return;
   const keys = prop.picking
-    ? { Enter: () => sendAnswer("mixed", [...prop.picks]), Escape: () => { prop.picking = false; renderPicking(); pStatus(""); } }
+    ? { Enter: () => sendAnswer("mixed", [...prop.picks]), Escape: cancelPicking }
     : { y: () => sendAnswer("yes"), n: () => sendAnswer("no"), m: startPicking,
         ArrowLeft: () => stepProposal(-1), ArrowRight: () => stepProposal(1) };
   if (keys[e.key]) { e.preventDefault(); guardP(keys[e.key])(); }
@@ -576,8 +586,11 @@ $("p-yes").addEventListener("click", guardP(() => sendAnswer("yes")));
 $("p-no").addEventListener("click", guardP(() => sendAnswer("no")));
 $("p-mixed").addEventListener("click", startPicking);
 $("p-submit").addEventListener("click", guardP(() => sendAnswer("mixed", [...prop.picks])));
-$("p-cancel").addEventListener("click", () => { prop.picking = false; renderPicking(); pStatus(""); });
-$("p-all").addEventListener("click", () => { prop.current.members.forEach((m) => prop.picks.add(m.path)); renderPicking(); });
+$("p-cancel").addEventListener("click", cancelPicking);
+$("p-all").addEventListener("click", () => {
+  prop.current.members.forEach((m) => prop.picks.add(m.path));
+  renderPicking();
+});
 $("p-none").addEventListener("click", () => { prop.picks.clear(); renderPicking(); });
 $("p-prev").addEventListener("click", guardP(() => stepProposal(-1)));
 $("p-next").addEventListener("click", guardP(() => stepProposal(1)));
@@ -602,7 +615,9 @@ async function init() {
   fillSelect($("split"), splits, splits.includes("train") ? "train" : splits[0]);
   await chooseSplit($("split").value);
   document.body.dataset.ready = "1";
-  if (state.info.proposals) await initProposals().catch((e) => pStatus(`could not load the proposals: ${e.message}`, "error"));
+  if (state.info.proposals) {
+    await initProposals().catch((e) => pStatus(`could not load the proposals: ${e.message}`, "error"));
+  }
 }
 
 init().catch((e) => status(`could not start: ${e.message}`, "error"));
