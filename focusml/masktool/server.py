@@ -27,6 +27,15 @@ API (paths are '<split>/<class>/<file>' relative to ROOT/images):
   POST /api/apply_rect  {split, class|null, rect:{x,y,w,h}, erase}  one rectangle on every
                                           image of a class (or of the split); clipped per image
   POST /api/undo_apply                    restore the masks the last apply_rect changed
+
+With a proposals file (`focusml masks serve ROOT --proposals FILE`, see proposals.py):
+  GET  /api/proposals                     {file, run_id, grid, summary, next, proposals: [{id, rank,
+                                          scope, size, flip_rate, members (count), answer}]}
+  GET  /api/proposal?id=ID                {id, rank, scope, size, flip_rate, grid, region, answer,
+                                          picked, members: [{path, cells, state: none|book|drawn}]}
+  POST /api/answer      {id, answer: "yes"|"no"|"mixed", members?: [paths]}  members only with
+                                          "mixed"; writes the masks; {written, kept_drawn, removed,
+                                          skipped, summary, next}
 """
 
 from __future__ import annotations
@@ -48,7 +57,9 @@ import numpy as np
 
 from focusml import FocusmlError
 from focusml.core.data.folder import eight_bit, image_array
+from focusml.core.proposals import cells_to_text
 from focusml.masktool.paths import BrokenImage, DatasetTree, UnsafePath, open_image, split_rel
+from focusml.masktool.proposals import ANSWERS, ProposalBook
 
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/index.html": ("index.html", "text/html; charset=utf-8"),
@@ -124,9 +135,11 @@ def _b64(arr: np.ndarray) -> str:
 class MaskToolApp:
     """The API's behaviour, independent of HTTP (the handler only routes and encodes)."""
 
-    def __init__(self, root, cam: CamModel | None = None):
+    def __init__(self, root, cam: CamModel | None = None, proposals=None):
+        """`proposals`: path of a proposals file inside `root` (opened and validated here: FocusmlError if bad)."""
         self.tree = DatasetTree(root)
         self.cam_model = cam
+        self.book = ProposalBook.open(self.tree, proposals) if proposals is not None else None
         self._write_lock = threading.Lock()
         self._model_lock = threading.Lock()
         self._last_apply: dict[str, bytes | None] | None = None
@@ -136,7 +149,8 @@ class MaskToolApp:
         splits = {s: self.tree.classes(s) for s in self.tree.splits()}
         cam = self.cam_model
         return {"root": self.tree.root.name, "splits": splits, "has_cam": cam is not None,
-                "run_id": cam.run_id if cam else None, "model_classes": cam.classes if cam else None}
+                "run_id": cam.run_id if cam else None, "model_classes": cam.classes if cam else None,
+                "proposals": self.book.path.name if self.book else None}
 
     def list_images(self, split: str, cls: str) -> dict:
         images = []
@@ -186,6 +200,55 @@ class MaskToolApp:
         name = cm.classes[pred] if cm.classes and pred < len(cm.classes) else str(pred)
         return {"path": rel, "width": size[0], "height": size[1], "data": _b64(scaled), "pred": name,
                 "prob": float(prob[pred])}
+
+    # -- proposals --------------------------------------------------------------------------
+    def _book(self) -> ProposalBook:
+        if self.book is None:
+            raise ApiError(HTTPStatus.NOT_FOUND, "no proposals: start the tool with --proposals FILE "
+                                                 "(the file `focusml discover RUN_ID` writes)")
+        return self.book
+
+    def _proposal(self, pid):
+        book = self._book()
+        try:
+            return book.proposal(pid)
+        except KeyError:
+            raise ApiError(HTTPStatus.NOT_FOUND, f"no proposal {_show(pid)} in {book.path.name}") from None
+
+    def proposals(self) -> dict:
+        book = self._book()
+        nxt = book.next()
+        items = [{"id": p.id, "rank": p.rank, "scope": p.scope, "size": p.size, "flip_rate": p.flip_rate,
+                  "members": len(p.members), "answer": book.answers.get(p.id)} for p in book.proposals]
+        return {"file": book.path.name, **book.header, "summary": book.summary(),
+                "next": nxt.id if nxt else None, "proposals": items}
+
+    def proposal(self, pid: str) -> dict:
+        p = self._proposal(pid)
+        book = self.book
+        with self._write_lock:
+            members = [{"path": m.path, "cells": cells_to_text(m.cells), "state": book.member_state(m.path)}
+                       for m in p.members]
+        return {"id": p.id, "rank": p.rank, "scope": p.scope, "size": p.size, "flip_rate": p.flip_rate,
+                "grid": book.header["grid"], "region": cells_to_text(p.region), "answer": book.answers.get(p.id),
+                "picked": book.picked.get(p.id, []), "members": members}
+
+    def answer(self, body: dict) -> dict:
+        pid = text_field(body, "id")
+        answer = text_field(body, "answer")
+        if answer not in ANSWERS:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"answer must be one of {', '.join(ANSWERS)}, got {_show(answer)}")
+        members = body.get("members")
+        if members is not None and not (isinstance(members, list) and all(isinstance(m, str) for m in members)):
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"members must be a list of image paths, got {_show(members)}")
+        if members is not None and answer != "mixed":
+            raise ApiError(HTTPStatus.BAD_REQUEST, 'members are sent with the answer "mixed" only')
+        self._proposal(pid)
+        book = self.book
+        with self._write_lock:
+            res = book.answer(pid, answer, members)
+        nxt = book.next()
+        return {**res, "summary": book.summary(), "next": nxt.id if nxt else None}
 
     # -- writing ----------------------------------------------------------------------------
     def save_mask(self, body: dict) -> dict:
@@ -344,6 +407,10 @@ def _handler(app: MaskToolApp, allowed_hosts: set[str] | None, request_timeout: 
                 return self._json(HTTPStatus.OK, app.info())
             if url.path == "/api/list":
                 return self._json(HTTPStatus.OK, app.list_images(q.get("split", ""), q.get("class", "")))
+            if url.path == "/api/proposals":
+                return self._json(HTTPStatus.OK, app.proposals())
+            if url.path == "/api/proposal":
+                return self._json(HTTPStatus.OK, app.proposal(q.get("id", "")))
             if url.path in ("/api/image", "/api/mask", "/api/cam"):
                 rel = q.get("path", "")
                 split_rel(rel)
@@ -388,7 +455,7 @@ def _handler(app: MaskToolApp, allowed_hosts: set[str] | None, request_timeout: 
                 raise ApiError(HTTPStatus.BAD_REQUEST, "body must be a JSON object")
             path = urllib.parse.urlsplit(self.path).path
             routes = {"/api/mask": app.save_mask, "/api/apply_rect": app.apply_rect,
-                      "/api/undo_apply": lambda b: app.undo_apply()}
+                      "/api/undo_apply": lambda b: app.undo_apply(), "/api/answer": app.answer}
             if path not in routes:
                 raise ApiError(HTTPStatus.NOT_FOUND, f"no such endpoint: {path}")
             self._json(HTTPStatus.OK, routes[path](body))

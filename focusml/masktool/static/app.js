@@ -354,6 +354,7 @@ function acceptSuggestion() {
 
 document.addEventListener("keydown", (e) => {
   if (e.target.tagName === "SELECT" || (e.target.tagName === "INPUT" && e.target.type === "text")) return;
+  if (state.mode === "proposals") { proposalKey(e); return; }
   if ((e.ctrlKey || e.metaKey) && e.key === "z") { e.preventDefault(); undo(); return; }
   if (e.ctrlKey || e.metaKey || e.altKey) return;
   const keys = {
@@ -366,15 +367,257 @@ document.addEventListener("keydown", (e) => {
 
 window.addEventListener("beforeunload", (e) => { if (state.dirty) { e.preventDefault(); e.returnValue = ""; } });
 
+// ---- proposals: yes / no / mixed on the groups `focusml discover` found ------------------------------
+// One proposal at a time: its members as thumbnails with the region (their cells) outlined in magenta.
+// The server writes the masks (proposals.py); the page only sends the answer and shows the counts.
+const PAGE = 24, THUMB = 152;
+const prop = { list: [], summary: null, next: null, current: null, page: 0, picking: false, picks: new Set(),
+  bitmaps: new Map(), file: null };
+state.mode = "draw";
+state.stale = false; // masks changed by an answer: reload the draw view when it is shown again
+
+function pStatus(text, kind) { const el = $("p-status"); el.textContent = text; el.className = kind || ""; }
+
+function setMode(mode) {
+  state.mode = mode;
+  $("proposals-view").hidden = mode !== "proposals";
+  $("draw-view").hidden = $("draw-nav").hidden = mode !== "draw";
+  $("mode-draw").setAttribute("aria-pressed", String(mode === "draw"));
+  $("mode-proposals").setAttribute("aria-pressed", String(mode === "proposals"));
+  if (mode === "draw" && state.stale && state.cls) {
+    state.stale = false;
+    return loadList(state.path).then(() => (state.dirty || !state.path ? null : reloadMaskKeepingUndo()));
+  }
+  return Promise.resolve();
+}
+
+function pct(v) { return v === null || v === undefined ? "—" : `${(100 * v).toFixed(v < 0.1 ? 1 : 0)}%`; }
+
+function renderCounter() {
+  const s = prop.summary;
+  const left = s.proposals - s.answers;
+  $("p-counter").textContent =
+    `${s.answers} answered · ${s.annotated} images annotated · ${left} proposal${left === 1 ? "" : "s"} left`;
+  $("p-counter").dataset.answered = s.answers;
+}
+
+function renderProposalList() {
+  const ul = $("p-list");
+  ul.textContent = "";
+  for (const p of prop.list) {
+    const li = document.createElement("li");
+    li.dataset.id = p.id;
+    li.innerHTML = `<span class="ans"></span><b>#${p.rank}</b> <span class="scope"></span><br><small></small>`;
+    li.querySelector(".scope").textContent = p.scope;
+    li.querySelector("small").textContent = `${p.members} images · region ${pct(p.size)} · flips ${pct(p.flip_rate)}`;
+    const ans = li.querySelector(".ans");
+    if (p.answer) { ans.textContent = p.answer; ans.classList.add(p.answer); }
+    if (prop.current && p.id === prop.current.id) li.classList.add("current");
+    li.addEventListener("click", guardP(() => showProposal(p.id)));
+    ul.appendChild(li);
+  }
+}
+
+async function loadProposals() {
+  const res = await api("/api/proposals");
+  Object.assign(prop, { list: res.proposals, summary: res.summary, next: res.next, file: res.file });
+  renderCounter();
+  renderProposalList();
+  return res;
+}
+
+async function showProposal(id) {
+  if (!id) return;
+  const p = await api("/api/proposal?" + q({ id }));
+  Object.assign(prop, { current: p, page: 0, picking: false, picks: new Set(p.picked) });
+  const index = prop.list.findIndex((x) => x.id === id);
+  $("p-title").textContent = `Proposal ${index + 1} of ${prop.list.length} · ${p.scope}`;
+  const drawn = p.members.filter((m) => m.state === "drawn").length;
+  $("p-facts").innerHTML = "region <b></b> of the image · flip rate <b></b> · <b></b> images";
+  const b = $("p-facts").querySelectorAll("b");
+  b[0].textContent = pct(p.size); b[1].textContent = pct(p.flip_rate); b[2].textContent = p.members.length;
+  if (drawn) $("p-facts").append(` (${drawn} drawn by hand: kept)`);
+  for (const [key, btn] of [["yes", "p-yes"], ["no", "p-no"], ["mixed", "p-mixed"]]) {
+    $(btn).classList.toggle("chosen", p.answer === key);
+  }
+  pStatus(p.answer ? `answered: ${p.answer}` + (p.answer === "mixed" ? ` (${p.picked.length} picked)` : "") : "");
+  renderProposalList();
+  renderPicking();
+  await renderGrid();
+  $("proposals-view").dataset.id = p.id;
+}
+
+function renderPicking() {
+  $("p-pick").hidden = !prop.picking;
+  $("p-grid").classList.toggle("picking", prop.picking);
+  $("p-picked").textContent = prop.picks.size;
+  for (const fig of $("p-grid").children) fig.classList.toggle("picked", prop.picks.has(fig.dataset.path));
+}
+
+async function bitmapOf(path) {
+  if (!prop.bitmaps.has(path)) {
+    if (prop.bitmaps.size > 400) prop.bitmaps.clear();
+    prop.bitmaps.set(path, fetch("/api/image?" + q({ path })).then((r) => {
+      if (!r.ok) throw new Error(`${path}: ${r.statusText}`);
+      return r.blob();
+    }).then(createImageBitmap));
+  }
+  return prop.bitmaps.get(path);
+}
+
+function cellsOf(rows) { return rows.map((r) => Array.from(r, (c) => c === "1")); }
+
+function drawThumb(canvas, bitmap, rows) {
+  // The image fitted into the square, then each set cell's footprint (cells_to_pixels: pixel y belongs to
+  // cell floor(y·h/H), so cell i covers rows ceil(i·H/h) .. ceil((i+1)·H/h)−1) filled lightly, its border
+  // against unset cells outlined in magenta.
+  const dpr = window.devicePixelRatio || 1, size = Math.round(THUMB * dpr);
+  canvas.width = canvas.height = size;
+  const c = canvas.getContext("2d");
+  const W = bitmap.width, H = bitmap.height, s = size / Math.max(W, H);
+  const ox = (size - W * s) / 2, oy = (size - H * s) / 2;
+  c.fillStyle = "#fff"; c.fillRect(0, 0, size, size);
+  c.imageSmoothingEnabled = s < 1;
+  c.drawImage(bitmap, ox, oy, W * s, H * s);
+  const cells = cellsOf(rows), h = cells.length, w = cells[0].length;
+  const ys = Array.from({ length: h + 1 }, (_, i) => oy + Math.ceil(i * H / h) * s);
+  const xs = Array.from({ length: w + 1 }, (_, j) => ox + Math.ceil(j * W / w) * s);
+  const on = (i, j) => i >= 0 && j >= 0 && i < h && j < w && cells[i][j];
+  c.fillStyle = "rgba(255, 0, 255, 0.18)";
+  for (let i = 0; i < h; i++) {
+    for (let j = 0; j < w; j++) if (on(i, j)) c.fillRect(xs[j], ys[i], xs[j + 1] - xs[j], ys[i + 1] - ys[i]);
+  }
+  c.strokeStyle = "#ff00ff"; c.lineWidth = Math.max(2, 3 * dpr); c.lineCap = "square";
+  c.beginPath();
+  for (let i = 0; i < h; i++) {
+    for (let j = 0; j < w; j++) {
+      if (!on(i, j)) continue;
+      if (!on(i - 1, j)) { c.moveTo(xs[j], ys[i]); c.lineTo(xs[j + 1], ys[i]); }
+      if (!on(i + 1, j)) { c.moveTo(xs[j], ys[i + 1]); c.lineTo(xs[j + 1], ys[i + 1]); }
+      if (!on(i, j - 1)) { c.moveTo(xs[j], ys[i]); c.lineTo(xs[j], ys[i + 1]); }
+      if (!on(i, j + 1)) { c.moveTo(xs[j + 1], ys[i]); c.lineTo(xs[j + 1], ys[i + 1]); }
+    }
+  }
+  c.stroke();
+}
+
+async function renderGrid() {
+  const p = prop.current, grid = $("p-grid");
+  const pages = Math.max(1, Math.ceil(p.members.length / PAGE));
+  prop.page = Math.max(0, Math.min(pages - 1, prop.page));
+  const shown = p.members.slice(prop.page * PAGE, (prop.page + 1) * PAGE);
+  grid.textContent = "";
+  grid.dataset.ready = "";
+  const draws = shown.map((m) => {
+    const fig = document.createElement("figure");
+    fig.className = "thumb" + (m.state === "drawn" ? " drawn" : "");
+    fig.dataset.path = m.path;
+    fig.title = m.path + (m.state === "drawn" ? " (a mask drawn by hand: kept as it is)" : "");
+    const cv = document.createElement("canvas");
+    const cap = document.createElement("figcaption");
+    cap.textContent = m.path.split("/").slice(1).join("/");
+    fig.append(cv, cap);
+    fig.addEventListener("click", () => {
+      if (!prop.picking) return;
+      if (prop.picks.has(m.path)) prop.picks.delete(m.path); else prop.picks.add(m.path);
+      renderPicking();
+    });
+    grid.appendChild(fig);
+    return bitmapOf(m.path).then((bm) => drawThumb(cv, bm, m.cells));
+  });
+  $("p-pages").hidden = pages < 2;
+  $("p-page").textContent = `images ${prop.page * PAGE + 1}–${prop.page * PAGE + shown.length} of ${p.members.length}`;
+  renderPicking();
+  await Promise.all(draws);
+  if (prop.current === p) grid.dataset.ready = "1";
+}
+
+async function sendAnswer(answer, members) {
+  const p = prop.current;
+  if (!p) return;
+  const body = { id: p.id, answer };
+  if (members) body.members = members;
+  const res = await api("/api/answer", body);
+  state.stale = true;
+  const parts = [`${p.id}: ${answer}`];
+  if (res.written) parts.push(`${res.written} mask${res.written === 1 ? "" : "s"} written`);
+  if (res.kept_drawn) parts.push(`${res.kept_drawn} drawn by hand kept`);
+  if (res.removed) parts.push(`${res.removed} taken back`);
+  if (res.skipped) parts.push(`${res.skipped} unreadable skipped`);
+  await loadProposals();
+  await showProposal(res.next || p.id);
+  pStatus(parts.join(" · ") + (res.next ? "" : " · all proposals answered"), "saved");
+}
+
+function startPicking() {
+  if (!prop.current) return;
+  prop.picking = true;
+  renderPicking();
+  pStatus("mixed: click the images whose region is a shortcut, then Save picks");
+}
+
+function cancelPicking() {
+  prop.picking = false;
+  prop.picks = new Set(prop.current ? prop.current.picked : []);
+  renderPicking();
+  pStatus("");
+}
+
+function stepProposal(delta) {
+  if (!prop.current) return;
+  const i = prop.list.findIndex((x) => x.id === prop.current.id) + delta;
+  if (i >= 0 && i < prop.list.length) return showProposal(prop.list[i].id);
+}
+
+const guardP = (fn) => (...args) => Promise.resolve(fn(...args)).catch((e) => pStatus(e.message, "error"));
+
+function proposalKey(e) {
+  if (e.ctrlKey || e.metaKey || e.altKey) return;
+  const keys = prop.picking
+    ? { Enter: () => sendAnswer("mixed", [...prop.picks]), Escape: cancelPicking }
+    : { y: () => sendAnswer("yes"), n: () => sendAnswer("no"), m: startPicking,
+        ArrowLeft: () => stepProposal(-1), ArrowRight: () => stepProposal(1) };
+  if (keys[e.key]) { e.preventDefault(); guardP(keys[e.key])(); }
+}
+
+$("mode-draw").addEventListener("click", guard(() => setMode("draw")));
+$("mode-proposals").addEventListener("click", guardP(() => setMode("proposals")));
+$("p-yes").addEventListener("click", guardP(() => sendAnswer("yes")));
+$("p-no").addEventListener("click", guardP(() => sendAnswer("no")));
+$("p-mixed").addEventListener("click", startPicking);
+$("p-submit").addEventListener("click", guardP(() => sendAnswer("mixed", [...prop.picks])));
+$("p-cancel").addEventListener("click", cancelPicking);
+$("p-all").addEventListener("click", () => {
+  prop.current.members.forEach((m) => prop.picks.add(m.path));
+  renderPicking();
+});
+$("p-none").addEventListener("click", () => { prop.picks.clear(); renderPicking(); });
+$("p-prev").addEventListener("click", guardP(() => stepProposal(-1)));
+$("p-next").addEventListener("click", guardP(() => stepProposal(1)));
+$("p-page-prev").addEventListener("click", guardP(() => { prop.page -= 1; return renderGrid(); }));
+$("p-page-next").addEventListener("click", guardP(() => { prop.page += 1; return renderGrid(); }));
+
+async function initProposals() {
+  $("modes").hidden = false;
+  await setMode("proposals");
+  const res = await loadProposals();
+  await showProposal(res.next || (res.proposals[0] && res.proposals[0].id));
+  $("proposals-view").dataset.ready = "1";
+}
+
 async function init() {
   state.info = await api("/api/info");
   $("root").textContent = state.info.root + (state.info.run_id ? ` · CAM of run ${state.info.run_id}` : "");
   $("cam-tools").hidden = !state.info.has_cam;
   const splits = Object.keys(state.info.splits);
+  if (state.info.proposals) $("root").textContent += ` · proposals ${state.info.proposals}`;
   if (!splits.length) return status("no splits under images/", "error");
   fillSelect($("split"), splits, splits.includes("train") ? "train" : splits[0]);
   await chooseSplit($("split").value);
   document.body.dataset.ready = "1";
+  if (state.info.proposals) {
+    await initProposals().catch((e) => pStatus(`could not load the proposals: ${e.message}`, "error"));
+  }
 }
 
 init().catch((e) => status(`could not start: ${e.message}`, "error"));
