@@ -90,16 +90,19 @@ def one(dataset: str, seed: int, refs: dict, args) -> dict:
         old = splits[name]
         splits[name] = Split(old.images, produced.get(name, torch.zeros_like(old.masks)), old.labels)
     mine = Dataset(data.name, data.classes, splits, data.description, dict(data.params))
+    row = {"dataset": dataset, "seed": seed, "discover_run": found.run_id, "proposals": len(found.proposals),
+           "answers": len(answers), "accepted": len(accepted),
+           "annotated_train": int(mine.split("train").annotated.sum()), "train": len(mine.split("train")),
+           "iou": mask_iou({k: produced[k] for k in produced if k in ("train", "val")}, data), "discover_s": discover_s}
+    if not accepted:  # nothing to refine from: the model stays the baseline
+        base = refs["baseline"]["metrics"]["acc/test"]
+        return {**row, "head": base, "full": base, "auto": base, "kept": "none (no proposal accepted)"}
     start = time.perf_counter()
     done = refine(baseline, {"experiment": args.experiment}, stages="auto", data=mine)
     head, full = done.stages["head"], done.stages["full"]
-    return {"dataset": dataset, "seed": seed, "discover_run": found.run_id, "proposals": len(found.proposals),
-            "answers": len(answers), "accepted": len(accepted),
-            "annotated_train": int(mine.split("train").annotated.sum()), "train": len(mine.split("train")),
-            "iou": mask_iou({k: produced[k] for k in produced if k in ("train", "val")}, data),
-            "head": head.metrics["acc/test"], "full": full.metrics["acc/test"],
+    return {**row, "head": head.metrics["acc/test"], "full": full.metrics["acc/test"],
             "auto": done.result.metrics["acc/test"], "kept": done.chosen, "head_run": head.run_id,
-            "full_run": full.run_id, "discover_s": discover_s, "refine_s": time.perf_counter() - start}
+            "full_run": full.run_id, "refine_s": time.perf_counter() - start}
 
 
 def gap(value: float, base: float, upper: float) -> float:

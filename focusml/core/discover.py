@@ -24,10 +24,11 @@ that sits in the same place across many images, a place that has little to do wi
    counterfactual of `counterfactual.blend`, donors from the same group where it has other
    classes, so a shortcut is swapped for another class's); the share of predictions that change.
    A region the model reads flips often.
-5. Proposals are ranked by leverage, flip rate over region size: any large region flips
-   predictions when swapped (it holds the object), a shortcut flips them from a small one. A
-   per-class group whose members an all-class group holds, with most of the same region, is
-   dropped (`propose`), so a person is not asked twice.
+5. A group's region can hold several places (a corner tag, and the centre where every symbol
+   is); each connected part is its own proposal (`components`), and parts of different groups in
+   the same place are one proposal with all their images (`merge`), so a person is asked once per
+   place. Proposals are ranked by leverage, flip rate over region size: any large region flips
+   predictions when swapped (it holds the object), a shortcut flips them from a small one.
 
 Nothing here decides what a shortcut is: a person (or `simulated_answer`, for benchmarks) answers
 each proposal yes (shortcut), no (object) or mixed.
@@ -48,7 +49,7 @@ from focusml.core.data.base import Dataset
 PEAK = 0.5  # the region: cells whose mean pattern reaches this share of its peak
 MAX_K = 8  # most groups per k-means (all images, or one class)
 MIN_GROUP = 0.02  # a group smaller than this share of its images (and 5 images) is not proposed
-SAME = 0.8  # a per-class group is dropped when this share of its members and of its region is an all-class group's
+SAME = 0.8  # regions overlapping this much (IoU) are one place
 FLIP_SAMPLE = 512  # members whose swap is measured per proposal
 
 
@@ -101,12 +102,13 @@ def group(p: np.ndarray, seed: int = 0, max_k: int = MAX_K) -> np.ndarray:
     from sklearn.metrics import silhouette_score
 
     x = np.sqrt(p)
-    if len(x) < 10:
+    distinct = len(np.unique(x.round(6), axis=0))
+    if len(x) < 10 or distinct < 2:
         return np.zeros(len(x), dtype=int)
     rng = np.random.default_rng(seed)
     sample = rng.choice(len(x), min(len(x), 2000), replace=False)  # the silhouette is quadratic in its points
     best, best_score = np.zeros(len(x), dtype=int), -1.0
-    for k in range(2, min(max_k, len(x) - 1) + 1):
+    for k in range(2, min(max_k, len(x) - 1, distinct) + 1):
         labels = KMeans(k, n_init=4, random_state=seed).fit_predict(x)
         if len(np.unique(labels[sample])) < 2:
             continue
@@ -183,13 +185,13 @@ def propose(model, data: Dataset, splits: tuple[str, ...] = ("train", "val"), se
         idx = np.nonzero(labels.numpy() == c)[0]
         sub = group(p[idx], seed, max(2, max_k // 2))
         groups += [(f"class {name}", idx[sub == k]) for k in np.unique(sub)]
-    out: list[Proposal] = []
+    candidates: list[tuple[str, np.ndarray, np.ndarray]] = []
     for scope, idx in groups:
         if len(idx) < max(5, MIN_GROUP * (len(p) if scope == "all classes" else (labels == labels[idx[0]]).sum())):
             continue
-        reg = region(p[idx].mean(0).reshape(grid))
-        out.append(Proposal(scope, reg, [rows[i] for i in idx], member_cells(reg, p[idx]), extra={"index": idx}))
-    out = _drop_repeats(out)
+        candidates += [(scope, part, idx) for part in components(region(p[idx].mean(0).reshape(grid)))]
+    out = [Proposal(scope, reg, [rows[i] for i in idx], member_cells(reg, p[idx]), extra={"index": idx})
+           for scope, reg, idx in ((s, r, interleave(i, labels.numpy())) for s, r, i in merge(candidates))]
     extend(out, p, rows)
     size = tuple(images.shape[-2:])
     for prop in out:
@@ -226,19 +228,50 @@ def extend(props: list[Proposal], p: np.ndarray, rows: list[tuple[str, int]], ma
             q.cells = np.concatenate([q.cells, member_cells(q.region, p[join])])
 
 
-def _drop_repeats(props: list[Proposal]) -> list[Proposal]:
-    """Drop a per-class group most of whose members and region an all-class group holds."""
-    everyone = [q for q in props if q.scope == "all classes"]
-    keep = list(everyone)
-    for q in props:
-        if q.scope == "all classes":
+def interleave(idx: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """`idx` reordered so classes take turns (first of each class, then second, ...): a proposal's first members,
+    the ones its figure and the mask tool show first, are of every class it holds."""
+    turn = np.zeros(len(idx), dtype=int)
+    for c in np.unique(labels[idx]):
+        mine = labels[idx] == c
+        turn[mine] = np.arange(mine.sum())
+    return idx[np.lexsort((labels[idx], turn))]
+
+
+def components(cells: np.ndarray) -> list[np.ndarray]:
+    """The 8-connected parts of a (h, w) bool grid, each as its own bool grid (largest first)."""
+    seen, parts = np.zeros_like(cells, dtype=bool), []
+    for start in zip(*np.nonzero(cells)):
+        if seen[start]:
             continue
-        mine = set(q.members)
-        if any((q.region & a.region).sum() >= SAME * q.region.sum() and len(mine & set(a.members)) >= SAME * len(mine)
-               for a in everyone):
-            continue
-        keep.append(q)
-    return keep
+        part, todo = np.zeros_like(seen), [start]
+        seen[start] = True
+        while todo:
+            y, x = todo.pop()
+            part[y, x] = True
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    v, u = y + dy, x + dx
+                    if 0 <= v < cells.shape[0] and 0 <= u < cells.shape[1] and cells[v, u] and not seen[v, u]:
+                        seen[v, u] = True
+                        todo.append((v, u))
+        parts.append(part)
+    return sorted(parts, key=lambda q: -int(q.sum()))
+
+
+def merge(candidates: list[tuple[str, np.ndarray, np.ndarray]]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """One proposal per place: candidates (scope, region, image index) whose regions overlap by `SAME` (IoU) are
+    one, with every image of each (all-class scope when classes or scopes differ)."""
+    merged: list[list] = []
+    for scope, reg, idx in sorted(candidates, key=lambda c: c[0] != "all classes"):
+        for m in merged:
+            if (m[1] & reg).sum() >= SAME * (m[1] | reg).sum():
+                m[0] = m[0] if m[0] == scope else "all classes"
+                m[2] = np.union1d(m[2], idx)
+                break
+        else:
+            merged.append([scope, reg, idx])
+    return [tuple(m) for m in merged]
 
 
 def masks_from(proposals: list[Proposal], accepted: set[str], data: Dataset) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -249,8 +250,14 @@ def proposal_grid(images: torch.Tensor, masks: torch.Tensor, labels, classes: li
     for ax, img, mask, y in zip(axes.flat, images, masks, labels):
         arr = _display(img)
         ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
-        if mask.any():
-            ax.contour(mask.numpy(), levels=[0.5], colors=REGION, linewidths=1.2)
+        if mask.any():  # padded, so a region on the image's edge is outlined there too; filled lightly
+            m = np.pad(mask.numpy().astype(float), 1)
+            ax.contour(np.arange(-1, m.shape[1] - 1), np.arange(-1, m.shape[0] - 1), m, levels=[0.5], colors=REGION,
+                       linewidths=1.4)
+            ax.imshow(np.ma.masked_equal(mask.numpy(), 0), cmap=ListedColormap([REGION]), alpha=0.3,
+                      interpolation="nearest")
+        ax.set_xlim(-0.5, arr.shape[1] - 0.5)
+        ax.set_ylim(arr.shape[0] - 0.5, -0.5)
         ax.set_title(classes[int(y)], fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()

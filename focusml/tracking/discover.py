@@ -66,6 +66,9 @@ def _write(doc: dict, path: Path) -> None:
     """Atomically: a temporary file beside it, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # as a plain open() would create it (mkstemp's is owner-only)
     with os.fdopen(fd, "w") as f:
         json.dump(doc, f)
     os.replace(tmp, path)
