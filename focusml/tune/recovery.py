@@ -57,6 +57,8 @@ ENDABLE = ("RUNNING", "FINISHED", "KILLED")
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process `pid` (on this machine) lives. A zombie does not: a worker SIGKILLed with its `tune` parent
+    waits as one until init reaps it, and a call started at once would otherwise count its trial as running."""
     if pid <= 0:  # never probe process groups (0, -1)
         return False
     try:
@@ -65,7 +67,11 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:  # "pid (comm) state ...": comm may hold spaces and parentheses
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):  # no /proc (macOS): a zombie passes for alive
+        return True
 
 
 def close_trial_runs(study_name: str, number: int, why: str) -> list[str]:
