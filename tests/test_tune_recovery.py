@@ -206,3 +206,13 @@ def test_every_cut_off_between_a_runs_end_and_its_trials_record_is_made_truthful
 
 def running_of(study: optuna.Study, number: int):
     return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+
+
+def test_a_zombie_is_not_alive():
+    """A worker SIGKILLed together with its `tune` parent is a zombie until init reaps it: dead for recovery."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.time() + 30
+    while recovery.pid_alive(proc.pid) and time.time() < deadline:  # exited, not yet reaped (no wait())
+        time.sleep(0.05)
+    assert not recovery.pid_alive(proc.pid) and recovery.pid_alive(os.getpid())
+    proc.wait()
