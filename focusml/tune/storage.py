@@ -153,8 +153,8 @@ def with_heartbeat(store: Any, on_stale: Callable[[optuna.Study, FrozenTrial], N
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if isinstance(store, str):  # machines starting together on a new database race to create the tables
-            return tracking.retry_unique(lambda: HeartbeatRDBStorage(store, heartbeat_interval=interval, grace_period=grace,
-                                                            heartbeat_stale_trial_callback=on_stale))
+            return tracking.retry_unique(lambda: HeartbeatRDBStorage(
+                store, heartbeat_interval=interval, grace_period=grace, heartbeat_stale_trial_callback=on_stale))
     if isinstance(store, HeartbeatJournalStorage):
         store.heartbeat_interval, store.grace_period, store.on_stale = interval, grace, on_stale
     return store
