@@ -13,7 +13,10 @@ run states say what happened, and a study ends with exactly its number of trials
 - a tune worker SIGKILLed is replaced and its trial retried; the whole tune SIGKILLed and run
   again completes the study to exactly n_trials, every stopped run closed.
 
-Kept small (decoy-digits, 2-3 epochs of 4 batches) so the file runs in a few minutes on 2 cores.
+Kept small so that the file runs ten times in a row on a loaded 2-core machine: a tiny folder dataset
+(12×12 images, 32 per class; an epoch is its logging), one `mlflow server` for the tests that do not stop
+theirs, enough epochs that a run is still going when it is stopped, a second `tune` on one worker.
+`test_the_give_up_bound_with_mlflows_default_limits` (no process, no server) checks the default bound.
 """
 
 from __future__ import annotations
@@ -37,9 +40,10 @@ from mlflow import MlflowClient
 
 from conftest import VENV_BIN
 
-pytestmark = [pytest.mark.slow]
+# every test below but the first uses `cli_env`, which marks it slow (conftest)
 
-FAST = ["--batch-size", "256", "--device", "cpu", "--no-log-model"]
+DATA = ["--dataset", "folder", "--select", "acc/val"]  # + "--data-root", the `tiny` folder
+FAST = ["--batch-size", "256", "--device", "cpu", "--no-log-model", "--cam-every", "1000"]  # CAM grids: epoch 0, 1, last
 PER_EPOCH = ("loss/train", "loss/ce", "acc/val", "acc/val_cf", "wr/val", "lr", "time/epoch_s")
 
 
@@ -58,6 +62,22 @@ def start(args, env, cwd, name: str) -> subprocess.Popen:
 
 def output(cwd: Path, name: str) -> tuple[str, str]:
     return (cwd / f"{name}.out").read_text(), (cwd / f"{name}.err").read_text()
+
+
+def again(args: list[str], capsys, monkeypatch, cwd: Path) -> tuple[int, str, str]:
+    """`focusml ARGS` in this process, from `cwd`: the step that recovers from a fault some other process met
+    (the same code as the command; a process start and its imports saved). (exit status, stdout, stderr)"""
+    from focusml.cli import main
+
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    try:
+        main(args)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
 def wait_for(what: str, check, timeout: float = 300.0, proc: subprocess.Popen | None = None):
@@ -96,6 +116,24 @@ def assert_every_epoch_once(run_id: str, epochs: int) -> None:
         assert steps == list(range(1, epochs + 1)), (key, steps)
 
 
+def test_the_give_up_bound_with_mlflows_default_limits(monkeypatch):
+    """The bound docs/operations.md states for a frozen server with focusml's HTTP defaults (the fault test below
+    measures it with smaller limits): 4 attempts × 15 s, backoff 2 + 4 s plus 0.5 s jitter each, the 5 s
+    /health probe, two 3 s closing calls."""
+    from focusml.tracking.store import HTTP_DEFAULTS, give_up_s
+
+    for key in HTTP_DEFAULTS:
+        monkeypatch.delenv(key, raising=False)
+    assert give_up_s() == 4 * 15 + (2 + 0.5) + (4 + 0.5) + 5 + 2 * 3 == 78
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory, make_folder) -> list[str]:
+    """`--data-root` of a tiny folder dataset (12×12 images, 32 per class to train, 16 to validate and test),
+    with `DATA`: the options of a run whose epochs take a fraction of a second."""
+    return [*DATA, "--data-root", str(make_folder(tmp_path_factory.mktemp("tiny"), {"train": 32, "val": 16, "test": 16}))]
+
+
 @pytest.fixture
 def stopper(stop_group):
     procs = []
@@ -108,13 +146,15 @@ def stopper(stop_group):
 # ---- a run killed by SIGKILL, then resumed ---------------------------------------------------------------
 
 
-def test_sigkill_then_resume_finishes_the_same_run_with_the_same_metrics(tracking_env, cli_env, tmp_path, stopper):
+def test_sigkill_then_resume_finishes_the_same_run_with_the_same_metrics(tracking_env, cli_env, tmp_path, stopper, tiny,
+                                                                         capsys, monkeypatch):
     from focusml.core.config import RunConfig
     from focusml.core.run import run as run_untracked
     from focusml.tracking import run_dir
 
     exp = "faults-sigkill"
-    proc = start(["train", "--epochs", "3", "--seed", "1", "--experiment", exp, *FAST], cli_env, tmp_path, "first")
+    # 5 epochs: it is killed after its first, and must still be running then
+    proc = start(["train", "--epochs", "5", "--seed", "1", "--experiment", exp, *tiny, *FAST], cli_env, tmp_path, "first")
     stopper(proc)
     run = wait_for("the first epoch's metrics", lambda: epoch_done(exp), proc=proc)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -125,13 +165,12 @@ def test_sigkill_then_resume_finishes_the_same_run_with_the_same_metrics(trackin
     arts = {a.path for a in MlflowClient().list_artifacts(rid, "checkpoints")}
     assert "checkpoints/resume.pt" in arts
 
-    res = subprocess.run([str(VENV_BIN / "focusml"), "train", "--resume", rid], env=cli_env, cwd=tmp_path,
-                         capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr
-    assert f"Resuming run {rid}" in res.stderr and f"run_id: {rid}" in res.stdout
+    code, out, err = again(["train", "--resume", rid], capsys, monkeypatch, tmp_path)
+    assert code == 0, err
+    assert f"Resuming run {rid}" in err and f"run_id: {rid}" in out
     r = mlflow.get_run(rid)
     assert r.info.status == "FINISHED" and r.data.tags["focusml.resumed"].startswith("after epoch ")
-    assert_every_epoch_once(rid, 3)
+    assert_every_epoch_once(rid, 5)
     assert not run_dir(rid).exists()
 
     # an uninterrupted run of the same config, here: the same final metrics, bit for bit
@@ -147,13 +186,13 @@ def test_sigkill_then_resume_finishes_the_same_run_with_the_same_metrics(trackin
 # ---- SIGTERM and SIGINT -------------------------------------------------------------------------------------
 
 
-def test_sigterm_and_sigint_end_the_run_killed(tracking_env, cli_env, tmp_path, stopper):
+def test_sigterm_and_sigint_end_the_run_killed(tracking_env, cli_env, tmp_path, stopper, tiny):
     procs = {}
     for name in ("SIGTERM", "SIGINT"):
-        # 50 epochs: both start together and are stopped in turn, so the second must still be running when
+        # 500 epochs: both start together and are stopped in turn, so the second must still be running when
         # the first has ended (it is stopped after its first epoch; the count only bounds a run nobody stops)
-        procs[name] = start(["train", "--epochs", "50", "--experiment", f"faults-{name}", *FAST], cli_env, tmp_path,
-                            name)
+        procs[name] = start(["train", "--epochs", "500", "--experiment", f"faults-{name}", *tiny, *FAST], cli_env,
+                            tmp_path, name)
         stopper(procs[name])
     for name, sig, code, said in (("SIGTERM", signal.SIGTERM, 143, "Stopped by SIGTERM."),
                                   ("SIGINT", signal.SIGINT, 130, "Aborted.")):
@@ -187,7 +226,7 @@ def serve(folder: Path, port: int, log: str, stopper, wait_healthy) -> subproces
 
 @pytest.mark.server
 def test_server_killed_mid_run_then_resume_sends_the_rest_once(cli_env, tmp_path, free_port, wait_healthy,
-                                                               stop_group, stopper):
+                                                               stop_group, stopper, tiny, capsys, monkeypatch):
     from focusml.tracking import run_dir
 
     port = free_port()
@@ -196,7 +235,8 @@ def test_server_killed_mid_run_then_resume_sends_the_rest_once(cli_env, tmp_path
     env = dict(cli_env, MLFLOW_TRACKING_URI=url)
     mlflow.set_tracking_uri(url)
     exp = "faults-server"
-    proc = start(["train", "--epochs", "3", "--experiment", exp, *FAST], env, tmp_path, "train")
+    # 10 epochs: still running when the server has stopped (it is stopped after the first)
+    proc = start(["train", "--epochs", "10", "--experiment", exp, *tiny, *FAST], env, tmp_path, "train")
     stopper(proc)
     run = wait_for("the first epoch's metrics", lambda: epoch_done(exp), proc=proc)
     rid = run.info.run_id
@@ -218,11 +258,11 @@ def test_server_killed_mid_run_then_resume_sends_the_rest_once(cli_env, tmp_path
     assert gave_up < 120  # the epoch in progress (seconds here) + MLflow's bounded retries (about 7 s)
 
     serve(tmp_path, port, "server2.log", stopper, wait_healthy)
-    res = subprocess.run([str(VENV_BIN / "focusml"), "train", "--resume", rid], env=env, cwd=tmp_path,
-                         capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    code, _, err = again(["train", "--resume", rid], capsys, monkeypatch, tmp_path)
+    assert code == 0, err
     assert mlflow.get_run(rid).info.status == "FINISHED"
-    assert_every_epoch_once(rid, 3)
+    assert_every_epoch_once(rid, 10)
 
 
 class FreezingProxy:
@@ -264,12 +304,14 @@ class FreezingProxy:
 
 
 @pytest.mark.server
-def test_a_frozen_server_is_given_up_within_the_documented_time(cli_env, tmp_path, free_port, wait_healthy,
-                                                               stopper, monkeypatch):
+def test_a_frozen_server_is_given_up_within_the_documented_time(tracking_env, cli_env, tmp_path, stopper, monkeypatch,
+                                                               tiny):
     """Issue 26, item 12: a server that accepts connections but never answers (frozen) costs the run at most
     `store.give_up_s()` from the first request it leaves unanswered to its `Error:` line (exit 3), the
     bound docs/operations.md states: the call's attempts and backoff, the /health probe, the two closing
-    calls, nothing else (no background upload the process waits for at exit). Small HTTP limits keep it short."""
+    calls, nothing else (no background upload the process waits for at exit). Small HTTP limits keep it short
+    (`test_the_give_up_bound_with_mlflows_default_limits`: the default bound). The server is the session's,
+    behind a relay that freezes."""
     from focusml.tracking.store import give_up_s
 
     limits = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "4", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
@@ -278,12 +320,9 @@ def test_a_frozen_server_is_given_up_within_the_documented_time(cli_env, tmp_pat
         monkeypatch.setenv(key, value)
     bound = give_up_s()
     assert bound == 2 * 4 + 4 + 2 * 3
-    port = free_port()
-    serve(tmp_path, port, "server.log", stopper, wait_healthy)
-    proxy = FreezingProxy(port)
-    mlflow.set_tracking_uri(f"http://127.0.0.1:{port}")  # the test looks past the proxy
+    proxy = FreezingProxy(int(tracking_env.rpartition(":")[2]))  # the test looks past the proxy
     exp = "faults-frozen"
-    proc = start(["train", "--epochs", "50", "--experiment", exp, *FAST],
+    proc = start(["train", "--epochs", "500", "--experiment", exp, *tiny, *FAST],
                  dict(cli_env, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{proxy.port}", **limits), tmp_path, "train")
     stopper(proc)
     wait_for("the first epoch's metrics", lambda: epoch_done(exp), proc=proc)
@@ -325,23 +364,19 @@ def killed_at(point: str, args: list[str], env, cwd) -> subprocess.CompletedProc
 
 
 @pytest.mark.server
-def test_sigkill_during_end_of_run_logging_then_resume_leaves_one_logged_model(cli_env, tmp_path, free_port,
-                                                                              wait_healthy, stopper):
+def test_sigkill_during_end_of_run_logging_then_resume_leaves_one_logged_model(tracking_env, cli_env, tmp_path, tiny,
+                                                                              capsys, monkeypatch):
     """Issue 26, item 8. Killed while the model's files upload (the LoggedModel stays PENDING), resumed and
     killed again after the model and the final metrics are logged (a READY LoggedModel), resumed again: the
     run ends FINISHED with one LoggedModel, READY, at the evaluated epoch's step, carrying the final metrics
     (the stale PENDING one is deleted, the READY one used again), and `register` finds it."""
     from focusml.tracking.log import run_model, run_models
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    serve(tmp_path, port, "server.log", stopper, wait_healthy)
-    mlflow.set_tracking_uri(url)
-    env = dict(cli_env, MLFLOW_TRACKING_URI=url)
+    env = cli_env  # the session's server (tracking_env)
     exp = "faults-end-of-run"
     first = killed_at("mlflow.tracking.client:MlflowClient.log_model_artifacts",
-                      ["train", "--epochs", "2", "--select", "acc/val", "--experiment", exp, "--batch-size", "256",
-                       "--device", "cpu"], env, tmp_path)
+                      ["train", "--epochs", "2", "--experiment", exp, *tiny, "--batch-size", "256", "--device", "cpu"],
+                      env, tmp_path)
     assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
     (run,) = MlflowClient().search_runs([mlflow.get_experiment_by_name(exp).experiment_id])
     rid = run.info.run_id
@@ -352,9 +387,8 @@ def test_sigkill_during_end_of_run_logging_then_resume_leaves_one_logged_model(c
     assert [m.status.name for m in run_models(rid)] == ["READY"]  # the PENDING one replaced
     assert mlflow.get_run(rid).info.status == "RUNNING"
 
-    res = subprocess.run([str(VENV_BIN / "focusml"), "train", "--resume", rid], env=env, cwd=tmp_path,
-                         capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    code, _, err = again(["train", "--resume", rid], capsys, monkeypatch, tmp_path)
+    assert code == 0, err[-3000:]
     r = mlflow.get_run(rid)
     assert r.info.status == "FINISHED"
     (model,) = run_models(rid)
@@ -365,19 +399,18 @@ def test_sigkill_during_end_of_run_logging_then_resume_leaves_one_logged_model(c
     assert {m.step for m in model.metrics} == {selected}
     assert all(linked[k].value == r.data.metrics[k] for k in ("acc/test", "selected_epoch"))
     assert_every_epoch_once(rid, 2)
-    reg = subprocess.run([str(VENV_BIN / "focusml"), "register", rid, "--name", "faults-one-model"], env=env,
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert reg.returncode == 0, reg.stderr[-2000:]
+    code, _, err = again(["register", rid, "--name", "faults-one-model"], capsys, monkeypatch, tmp_path)
+    assert code == 0, err[-2000:]
     assert MlflowClient().get_model_version("faults-one-model", "1").source == model.model_uri
 
 
 # ---- 4 first runs on a new SQLite store ------------------------------------------------------------------
 
 
-def test_four_first_runs_start_together_on_a_new_sqlite_store(cli_env, tmp_path, stopper):
+def test_four_first_runs_start_together_on_a_new_sqlite_store(cli_env, tmp_path, stopper, tiny):
     db = tmp_path / "new.db"
     env = dict(cli_env, MLFLOW_TRACKING_URI=f"sqlite:///{db}")
-    procs = [start(["train", "--epochs", "1", "--experiment", "parallel", "--seed", str(i), *FAST], env, tmp_path,
+    procs = [start(["train", "--epochs", "1", "--experiment", "parallel", "--seed", str(i), *tiny, *FAST], env, tmp_path,
                    f"p{i}") for i in range(4)]
     for p in procs:
         stopper(p)
@@ -391,16 +424,21 @@ def test_four_first_runs_start_together_on_a_new_sqlite_store(cli_env, tmp_path,
 # ---- tune: a worker SIGKILLed, then the whole tune SIGKILLed and run again --------------------------------
 
 
-def test_tune_worker_and_whole_tune_sigkilled_then_the_study_resumes_exactly(tracking_env, cli_env, tmp_path, stopper):
+def test_tune_worker_and_whole_tune_sigkilled_then_the_study_resumes_exactly(tracking_env, cli_env, tmp_path, stopper,
+                                                                            tiny, capsys, monkeypatch):
+    """A trial's run lasts seconds (8 tiny epochs), so a poll sees it running; the second call runs on one worker
+    (its recovery is the same, and it spawns no processes)."""
     study_file = tmp_path / "kill.yaml"
     study_file.write_text(yaml.safe_dump({
-        "method": "baseline", "dataset": "decoy-digits", "study_name": "faults-tune",
-        "fixed": {"epochs": 1, "batch_size": 256, "device": "cpu", "log_model": False, "experiment": "faults-tune"},
+        "method": "baseline", "dataset": "folder", "study_name": "faults-tune",
+        "fixed": {"epochs": 8, "batch_size": 256, "device": "cpu", "log_model": False, "experiment": "faults-tune",
+                  "data_root": tiny[-1], "select": "acc/val", "cam_every": 1000},
         "search": {"lr": {"type": "float", "low": 0.001, "high": 0.01, "log": True}},
         "objectives": ["acc/val"], "n_trials": 3, "sampler": "random", "seed": 0}))
     journal = tmp_path / "optuna.journal"
     env = dict(cli_env, FOCUSML_TUNE_HEARTBEAT_S="2")
     args = ["tune", str(study_file), "--workers", "2", "--storage", str(journal)]
+    rerun = ["tune", str(study_file), "--workers", "1", "--storage", str(journal)]
 
     def study():
         from focusml.tune import open_storage
@@ -424,10 +462,14 @@ def test_tune_worker_and_whole_tune_sigkilled_then_the_study_resumes_exactly(tra
     wait_for("a trial after the kill", running_with_run, proc=first)
     os.killpg(first.pid, signal.SIGKILL)  # now the whole tune, parent and workers
     first.wait(timeout=60)
+    from focusml.tune.recovery import pid_alive
 
-    res = subprocess.run([str(VENV_BIN / "focusml"), *args], env=env, cwd=tmp_path, capture_output=True, text=True,
-                         timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
+    workers = {t.user_attrs["worker_pid"] for t in study().get_trials(deepcopy=False) if "worker_pid" in t.user_attrs}
+    wait_for("the killed workers gone", lambda: not any(pid_alive(p) for p in workers), timeout=60)
+
+    monkeypatch.setenv("FOCUSML_TUNE_HEARTBEAT_S", "2")
+    code, _, err = again(rerun, capsys, monkeypatch, tmp_path)
+    assert code == 0, err[-3000:]
     trials = study().get_trials(deepcopy=False)
     states = [t.state.name for t in trials]
     assert states.count("COMPLETE") == 3 and set(states) <= {"COMPLETE", "FAIL"}, states
@@ -438,7 +480,7 @@ def test_tune_worker_and_whole_tune_sigkilled_then_the_study_resumes_exactly(tra
         assert retries and all(u.params == t.params for u in retries), (
             f"trial {t.number} failed and was not retried: {t.user_attrs} {t.system_attrs}; "
             f"trials {[(u.number, u.state.name, u.system_attrs.get('retry_history')) for u in trials]}; "
-            f"tune stderr: {res.stderr[-2000:]}")
+            f"tune stderr: {err[-2000:]}")
 
     runs = mlflow.search_runs(experiment_names=["faults-tune"], output_format="list")
     assert not [r for r in runs if r.info.status == "RUNNING"]

@@ -305,14 +305,32 @@ def search_run_tags_where(filter_string: str) -> dict[str, dict[str, str]]:
     return {r.info.run_id: dict(r.data.tags) for r in runs}
 
 
-def terminate_run(run_id: str, status: str, tags: dict[str, str] | None = None) -> bool:
-    """End run `run_id` (not the active one) with `status` and `tags` if it is still RUNNING; True if it was."""
+def terminate_run(run_id: str, status: str, tags: dict[str, str] | None = None,
+                  states: tuple[str, ...] = ("RUNNING",)) -> bool:
+    """End run `run_id` (not the active one) with `status` and `tags` if its status is one of `states` (by
+    default: if it is still RUNNING) and it does not end so already; True if it changed the run.
+
+    A RUNNING run gets its tags first, then its end: nobody sees it ended without its reason, and a
+    process killed in between leaves it RUNNING, where the caller finds it again. A run that had
+    ended (`states` beyond RUNNING: a FINISHED run whose Optuna trial was failed and retried) keeps
+    its end time and gets tag `focusml.status_before` (its status until now), then its new status,
+    then its tags: a process killed in between leaves the new status without the tags, which the
+    caller, matching on the tags, finds again."""
     client = mlflow.MlflowClient()
-    if client.get_run(run_id).info.status != "RUNNING":
+    run = client.get_run(run_id)
+    was, tags = run.info.status, dict(tags or {})
+    if was not in states or (was == status and all(run.data.tags.get(k) == v for k, v in tags.items())):
         return False
-    for key, value in (tags or {}).items():
+    if was == "RUNNING":
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+        client.set_terminated(run_id, status)
+        return True
+    if was != status and "focusml.status_before" not in run.data.tags:  # first: no later step can know it
+        client.set_tag(run_id, "focusml.status_before", was)
+    client.set_terminated(run_id, status, end_time=run.info.end_time)
+    for key, value in tags.items():
         client.set_tag(run_id, key, value)
-    client.set_terminated(run_id, status)
     return True
 
 

@@ -18,6 +18,16 @@ the parent runs of dead `tune` calls closed.
   a trial is retried once, `retried`). The retry carries its note (`RETRY_NOTE`): the runs still
   RUNNING of every trial that no longer runs are closed with it (`close_retried_runs`), before
   `close_stale_parents` could close them with the parent's. `recover` runs them in that order.
+- A trial's MLflow run ends before Optuna records the trial (the run ends inside the objective,
+  the trial is told when the objective has returned), so a process killed between the two leaves
+  a run that ended (FINISHED; KILLED when pruned or stopped by a signal) for a trial that recovery
+  then fails and retries. Such a run is closed KILLED with the retry's note too (`ENDABLE`; tag
+  `focusml.status_before` keeps what it had said): a retried trial's runs are all KILLED, saying
+  why, and a completed trial has exactly its one FINISHED run, whatever was killed when. (Telling
+  Optuna first is no cure: the trial would be COMPLETE for a run whose end-of-run logging, its test
+  metrics and model, may never have happened, and `--register` would pick it; and a trial Optuna
+  failed cannot be turned COMPLETE to adopt the finished run's result.) A FAILED run is left as it is:
+  it failed for its own reason, which it says.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from focusml import tracking
-from focusml.tune.storage import heartbeat
+from focusml.tune.storage import STOPPING, heartbeat, stale_reason
 
 MAX_RETRY = 3  # a trial that keeps killing its worker (e.g. out of memory) is not retried for ever
 HOST = socket.gethostname()
@@ -40,10 +50,15 @@ PARENT = "focusml:parent:"
 CALL_ATTR = "tune_parent_run_id"  # the MLflow parent run of the `tune` call that ran the trial
 WORKER_ATTRS = ("mlflow_run_id", "worker_pid", "worker_host", CALL_ATTR)  # belong to one attempt, not to its retry
 RETRY_NOTE = "focusml:retry_note"  # on a queued retry: why the trial it repeats stopped (its runs' focusml.killed)
-STOPPING = "focusml:stopping"  # on a trial `fail_dead_local` fails, written just before: why
+# STOPPING: on a trial `fail_dead_local` (or Optuna, for want of heartbeats: `storage`) fails, written just before: why
+# the statuses of a stopped trial's runs that its retry's note overrides: RUNNING, or ended before the trial was
+# recorded (see the module docstring); never FAILED
+ENDABLE = ("RUNNING", "FINISHED", "KILLED")
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process `pid` (on this machine) lives. A zombie does not: a worker SIGKILLed with its `tune` parent
+    waits as one until init reaps it, and a call started at once would otherwise count its trial as running."""
     if pid <= 0:  # never probe process groups (0, -1)
         return False
     try:
@@ -52,11 +67,16 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:  # "pid (comm) state ...": comm may hold spaces and parentheses
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):  # no /proc (macOS): a zombie passes for alive
+        return True
 
 
 def close_trial_runs(study_name: str, number: int, why: str) -> list[str]:
-    """End the RUNNING MLflow runs of trial `number` of `study_name` as KILLED, tagged `focusml.killed`."""
+    """End the MLflow runs of stopped trial `number` of `study_name` as KILLED, tagged `focusml.killed`: those
+    still RUNNING, and those that ended before the trial was recorded (`ENDABLE`, the module docstring)."""
     closed = []
     try:
         runs = tracking.search_runs_where(f"tags.`optuna.study_name` = '{study_name}' and "
@@ -65,7 +85,7 @@ def close_trial_runs(study_name: str, number: int, why: str) -> list[str]:
         warnings.warn(f"could not close the MLflow runs of trial {number}: {e}")
         return closed
     for run_id in runs:
-        if tracking.terminate_run(run_id, "KILLED", {"focusml.killed": why}):
+        if tracking.terminate_run(run_id, "KILLED", {"focusml.killed": why}, states=ENDABLE):
             closed.append(run_id)
     return closed
 
@@ -106,30 +126,39 @@ def retry_unqueued(study: optuna.Study) -> list[int]:
 
 
 def close_retried_runs(study: optuna.Study) -> list[str]:
-    """End the RUNNING MLflow runs of this study's trials that are no longer running (KILLED), with the note
-    their retry carries: what `retry_trial` had queued but could not close (killed, or the server away).
+    """End the MLflow runs of this study's trials that no longer run (KILLED), with the note their retry carries:
+    what `retry_trial` had queued but could not close (killed, or the server away).
 
-    One search for the study's RUNNING runs; a run whose trial still runs (here or elsewhere) is left alone."""
-    try:
-        runs = tracking.search_run_tags_where(f"tags.`optuna.study_name` = '{study.study_name}' and "
-                                              "attributes.status = 'RUNNING'")
-    except Exception as e:  # the tracking store is away: the next call tries again
-        warnings.warn(f"could not close the MLflow runs of stopped trials: {e}")
-        return []
+    - a RUNNING run of a trial that ended: KILLED, with its retry's note, else the trial's state;
+    - a FINISHED or KILLED run of a retried trial without its retry's note: KILLED with it (its process
+      was killed after the run ended, before Optuna recorded the trial; or its Ctrl-C, or its pruning,
+      was cut short; the module docstring).
+    One search per status (the ended ones only when a trial was retried); a run whose trial still runs (here or
+    elsewhere), or completed, is left alone."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     notes = {t.system_attrs["retry_history"][-1]: t.system_attrs[RETRY_NOTE]
              for t in trials.values() if RETRY_NOTE in t.system_attrs and t.system_attrs.get("retry_history")}
     closed = []
-    for run_id, tags in runs.items():
+    for status in ENDABLE if notes else ENDABLE[:1]:
         try:
-            trial = trials[int(tags.get("optuna.trial_number", ""))]
-        except (ValueError, KeyError):
-            continue  # the study's parent run (no trial number)
-        if trial.state == TrialState.RUNNING:
-            continue
-        why = notes.get(trial.number, f"its trial ended {trial.state.name} while the run was open")
-        if tracking.terminate_run(run_id, "KILLED", {"focusml.killed": why}):
-            closed.append(run_id)
+            runs = tracking.search_run_tags_where(f"tags.`optuna.study_name` = '{study.study_name}' and "
+                                                  f"attributes.status = '{status}'")
+        except Exception as e:  # the tracking store is away: the next call tries again
+            warnings.warn(f"could not close the MLflow runs of stopped trials: {e}")
+            return closed
+        for run_id, tags in runs.items():
+            try:
+                trial = trials[int(tags.get("optuna.trial_number", ""))]
+            except (ValueError, KeyError):
+                continue  # the study's parent run (no trial number)
+            if trial.state in (TrialState.RUNNING, TrialState.WAITING):
+                continue
+            note = notes.get(trial.number) if trial.state == TrialState.FAIL else None
+            if status != "RUNNING" and (note is None or tags.get("focusml.killed") == note):
+                continue  # an ended run of a trial that was not retried says what happened; or it says so already
+            why = note or f"its trial ended {trial.state.name} while the run was open"
+            if tracking.terminate_run(run_id, "KILLED", {"focusml.killed": why}, states=ENDABLE if note else (status,)):
+                closed.append(run_id)
     return closed
 
 
@@ -145,7 +174,7 @@ def recover(study: optuna.Study) -> None:
 
 def on_stale(study: optuna.Study, trial: FrozenTrial) -> None:
     """Optuna's heartbeat-stale callback: the trial was just failed for want of heartbeats."""
-    retry_trial(study, trial, f"its worker stopped (no Optuna heartbeat for {heartbeat()[1]} s)")
+    retry_trial(study, trial, trial.system_attrs.get(STOPPING) or stale_reason(heartbeat()[1]))
 
 
 def fail_dead_local(study: optuna.Study) -> list[int]:

@@ -8,6 +8,11 @@ records it as the trial system attribute `focusml:heartbeat`, a Unix time). Ever
 then writes a heartbeat every `heartbeat()[0]` seconds, and each `study.optimize` fails the
 trials whose last heartbeat is older than the grace period and calls `on_stale` on them
 (`tune.recovery`: close their MLflow runs, queue a retry).
+
+Optuna fails a stale trial, then calls `on_stale`: a process killed in between would leave a failed
+trial with no retry. Both storages here therefore write the reason (`STOPPING`) on each stale trial
+before Optuna fails it (`_get_stale_trial_ids`), as `recovery.fail_dead_local` does for a dead local
+worker, and `recovery.retry_unqueued` queues the retry that was cut off.
 """
 
 from __future__ import annotations
@@ -75,6 +80,23 @@ def open_storage(storage: str | None, workers: int = 1) -> tuple[Any, str]:
 
 
 HEARTBEAT_ATTR = "focusml:heartbeat"
+STOPPING = "focusml:stopping"  # on a trial about to be failed for its dead worker, written just before: why
+
+
+def stale_reason(grace: int) -> str:
+    return f"its worker stopped (no Optuna heartbeat for {grace} s)"
+
+
+def _mark_stopping(storage, trial_ids: list[int], grace: int) -> list[int]:
+    """Write the reason on each stale trial that `fail_stale_trials` is about to fail (see the module docstring)."""
+    marked = []
+    for trial_id in trial_ids:
+        try:
+            storage.set_trial_system_attr(trial_id, STOPPING, stale_reason(grace))
+            marked.append(trial_id)
+        except (optuna.exceptions.UpdateFinishedTrialError, KeyError, RuntimeError):
+            pass  # it just ended: nothing to fail
+    return marked
 
 
 def heartbeat() -> tuple[int, int]:
@@ -105,8 +127,10 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         # Optuna's private heartbeat protocol (what `fail_stale_trials` calls; it takes storage-internal trial
         # ids): pinned by tests/test_tune_recovery.py
         now, grace = time.time(), self.grace_period or 2 * (self.heartbeat_interval or 0)
-        return [t._trial_id for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-                if HEARTBEAT_ATTR in t.system_attrs and now - t.system_attrs[HEARTBEAT_ATTR] > grace]
+        return _mark_stopping(self, [t._trial_id for t in self.get_all_trials(study_id, deepcopy=False,
+                                                                            states=(TrialState.RUNNING,))
+                                     if HEARTBEAT_ATTR in t.system_attrs and now - t.system_attrs[HEARTBEAT_ATTR] > grace],
+                              grace)
 
     def get_heartbeat_interval(self) -> int | None:
         return self.heartbeat_interval
@@ -115,14 +139,22 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         return self.on_stale
 
 
+class HeartbeatRDBStorage(RDBStorage):
+    """Optuna's database storage, writing the reason on each stale trial before Optuna fails it (the module docstring)."""
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:  # Optuna's private protocol, as above
+        return _mark_stopping(self, super()._get_stale_trial_ids(study_id),
+                              self.grace_period or 2 * (self.heartbeat_interval or 0))
+
+
 def with_heartbeat(store: Any, on_stale: Callable[[optuna.Study, FrozenTrial], None]) -> Any:
     """`store` (from `open_storage`) with heartbeats on: interval and grace from `heartbeat()`."""
     interval, grace = heartbeat()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if isinstance(store, str):  # machines starting together on a new database race to create the tables
-            return tracking.retry_unique(lambda: RDBStorage(store, heartbeat_interval=interval, grace_period=grace,
-                                                            heartbeat_stale_trial_callback=on_stale))
+            return tracking.retry_unique(lambda: HeartbeatRDBStorage(
+                store, heartbeat_interval=interval, grace_period=grace, heartbeat_stale_trial_callback=on_stale))
     if isinstance(store, HeartbeatJournalStorage):
         store.heartbeat_interval, store.grace_period, store.on_stale = interval, grace, on_stale
     return store
