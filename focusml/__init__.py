@@ -10,7 +10,8 @@ __version__ = "0.1.0"
 
 #: the Python API (`focusml.api`, docs/api.md), imported on first use so that `import focusml` and the CLI
 #: stay fast. `fit` and `score`, not `train` and `evaluate`: those are core modules (focusml.core.train, .evaluate).
-API = {"fit": "fit", "refine": "refine", "score": "evaluate", "as_dataset": "as_dataset", "adapt": "adapt"}
+API = {"fit": "fit", "refine": "refine", "discover": "discover", "score": "evaluate", "as_dataset": "as_dataset",
+       "adapt": "adapt"}
 
 
 def __getattr__(name: str):

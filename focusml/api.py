@@ -31,7 +31,7 @@ from focusml.core.run import RunResult, load_data
 from focusml.core.run import run as run_untracked
 from focusml.core.train import resolve_device
 
-__all__ = ["as_dataset", "adapt", "evaluate", "fit", "refine"]
+__all__ = ["as_dataset", "adapt", "discover", "evaluate", "fit", "refine"]
 
 
 def _data(data, val, test, classes, flat: dict) -> Dataset | None:
@@ -120,6 +120,32 @@ def refine(source, data=None, *, model=None, stages: str = "auto", method: str =
         flat["model"] = model
     return tracking.refine(str(source), flat, stages=stages, method=method, data=own, model=net,
                            callbacks=(lambda stage, config: callbacks) if callbacks is not None else None)
+
+
+def discover(source, data=None, *, model=None, val=None, test=None, classes=None, features: str | None = None,
+             head: str | None = None, splits: tuple[str, ...] = ("train", "val"), seed: int = 0, out=None,
+             experiment: str | None = None):
+    """Shortcut proposals from a trained model (`focusml discover`), logged as a run, written as a proposals file.
+
+    `source`, `data`, `model`: as in `refine`. Returns a `focusml.tracking.discover.Discovery` (`proposals`,
+    `path`, `run_id`); answer the file in `focusml masks serve`, or accept proposals with
+    `focusml.core.discover.masks_from`.
+    """
+    from focusml.tracking.discover import discover as run_discover
+
+    if isinstance(source, RunResult):
+        if model is None and isinstance(source.model, Adapted):
+            model = source.model
+        source = source.run_id
+    flat: dict = {}
+    own = _data(data, val, test, classes, flat)
+    if own is None:  # a name or a folder, else the run's own dataset
+        from focusml.tracking.runs import load_run_data, run_info
+
+        own = load_data(RunConfig.from_flat(flat)) if flat else load_run_data(dict(run_info(str(source)).data.params))
+    net = _model(model, features, head, None, flat, own) if isinstance(model, torch.nn.Module) else None
+    return run_discover(str(source), splits=tuple(splits), seed=seed, out=out, experiment=experiment, data=own,
+                        model=net)
 
 
 def evaluate(model, data, *, val=None, test=None, classes=None, features: str | None = None,

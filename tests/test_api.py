@@ -7,6 +7,7 @@ a timm-style one (`forward_features` + `get_classifier`; timm itself is not inst
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -231,6 +232,11 @@ def test_train_refine_and_load_own_network(build, splits, tracking_env, tmp_path
     assert run.data.params["dataset"] == "own" and run.data.params["model"] == type(base.model.network).__name__
     assert "figures/cam_grid_test.png" in {f.path for f in client.list_artifacts(base.run_id, "figures")}
     assert any("cam_grid_val" in f.path for f in client.list_artifacts(base.run_id, "images"))
+
+    found = focusml.discover(base, train, val=val, test=test, classes=["left", "right"], out=tmp_path / "p.json")
+    assert found.path.is_file() and json.loads(found.path.read_text())["classes"] == ["left", "right"]
+    assert client.get_run(found.run_id).data.tags["focusml.discover_of"] == base.run_id
+    assert all(len(q.members) == len(q.cells) for q in found.proposals)
 
     refined = focusml.refine(base, train, val=val, test=test, classes=["left", "right"], epochs=1, device="cpu")
     assert set(refined.stages) == {"head", "full"} and refined.chosen in ("head", "full")

@@ -28,6 +28,7 @@ from focusml.core.figures import proposal_grid
 from focusml.core.proposals import FORMAT, cells_to_text
 from focusml.tracking.log import log_figure, log_metrics, log_params, log_table, set_tags
 from focusml.tracking.runs import load_run_data, load_run_model, run_info
+from focusml.tracking.sources import resolve as resolve_source
 from focusml.tracking.store import start_run
 
 SHOWN = 24  # members drawn per proposal figure
@@ -86,16 +87,25 @@ def figure(q: Proposal, data):
 
 
 def discover(source: str, *, splits: tuple[str, ...] = ("train", "val"), seed: int = 0,
-             out: str | os.PathLike | None = None, experiment: str | None = None) -> Discovery:
-    """Proposals from run `source`'s model on its own data, logged as a new run; see the module docstring."""
+             out: str | os.PathLike | None = None, experiment: str | None = None, data=None,
+             model: torch.nn.Module | None = None) -> Discovery:
+    """Proposals from run `source`'s model on its own data, logged as a new run; see the module docstring.
+
+    `data`, `model`: your own dataset and network (the architecture the run trained; its weights are loaded
+    from the run, weights only), as for `refine`.
+    """
     info = run_info(source)
     source, params = info.info.run_id, dict(info.data.params)
-    data = load_run_data(params)
+    data = data if data is not None else load_run_data(params)
     bad = [s for s in splits if s not in data.splits]
     if bad:
         raise FocusmlError(f"--splits: the run's dataset has no split {bad[0]!r} (has: {', '.join(data.splits)}).")
     image_size = int(params["image_size"]) if params.get("image_size") not in (None, "", "None") else None
-    model = load_run_model(source, image_size=image_size)
+    if model is None:
+        model = load_run_model(source, image_size=image_size)
+    else:
+        model.load_state_dict(resolve_source(source).weights.state)
+        model = model.cpu().eval()
     path = default_path(data, source, out)
     exp = experiment or mlflow.MlflowClient().get_experiment(info.info.experiment_id).name
     tags = {"focusml.kind": "discover", "focusml.discover_of": source}
