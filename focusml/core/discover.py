@@ -162,7 +162,8 @@ def flip_rate(model, images: torch.Tensor, masks: torch.Tensor, labels: torch.Te
     if not bool(has.any()):
         return float("nan")
     donor = pool_images[src.clamp_min(0)]
-    x_cf, _ = counterfactual.blend(images, masks, donor, masks, has, construction="union")
+    # the donor brings only what is under the image's own mask: u = max(m, 0) = m
+    x_cf, _ = counterfactual.blend(images, masks, donor, torch.zeros_like(masks), has, construction="union")
     model.eval()
     before = model(images.float() / 255).argmax(1)
     after = model(x_cf.float() / 255).argmax(1)
@@ -280,8 +281,9 @@ def masks_from(proposals: list[Proposal], accepted: set[str], data: Dataset) -> 
     for q in proposals:
         if q.id not in accepted:
             continue
-        for (split, row), cells in zip(q.members, q.cells):
-            m = pixel_masks(cells[None], tuple(out[split].shape[-2:]))[0]
+        size = tuple(data.split(q.members[0][0]).masks.shape[-2:])
+        masks = pixel_masks(q.cells, size)  # every member at once
+        for (split, row), m in zip(q.members, masks):
             out[split][row] = torch.maximum(out[split][row], m)
     return out
 
