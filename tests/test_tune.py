@@ -268,3 +268,54 @@ def test_a_trial_whose_run_warns_is_not_reported_as_best(tracking_env, tmp_path)
         assert "passed over" in parent.data.tags["focusml.warning"]
     else:
         assert result.notes == [] and "focusml.warning" not in parent.data.tags
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_trial_lost_on_another_machine_during_a_call_is_made_up_so_the_study_completes(
+        tracking_env, tmp_path, make_folder, monkeypatch):
+    """A call completing the study counts another machine's running trial as on its way. That machine dies during
+    the call: the trial is failed at the next trial's start and its retry runs as one of this call's trials, so
+    without a make-up trial the study ends one short of its `n_trials`."""
+    import threading
+    import time
+
+    from focusml.tune.recovery import on_stale
+    from focusml.tune.storage import with_heartbeat
+
+    monkeypatch.setenv("FOCUSML_TUNE_HEARTBEAT_S", "1")  # grace: 3 s
+    root = make_folder(tmp_path / "data", {"train": 16, "val": 8, "test": 8})
+    spec = spec_of(tmp_path, name="remote", dataset="folder", fixed={
+        "epochs": 1, "batch_size": 64, "device": "cpu", "log_model": False, "data_root": str(root),
+        "select": "acc/val", "cam_every": 1000})
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="remote", storage=with_heartbeat(open_storage(storage)[0], on_stale),
+                                direction="maximize")
+    remote = study.ask()  # the other machine's trial: no pid to check here, only its heartbeat
+    remote.suggest_float("lr", 0.001, 0.01, log=True)
+    remote.set_user_attr("worker_host", "another-machine")
+    remote.set_user_attr("worker_pid", 1)
+    alive = threading.Event()
+    alive.set()
+
+    def beat():  # the other machine beats until this call's first trial has started, then dies
+        while alive.is_set():
+            study._storage.record_heartbeat(remote._trial_id)
+            time.sleep(0.3)
+
+    threading.Thread(target=beat, daemon=True).start()
+
+    def first_trial_starts(trial):
+        if alive.is_set():
+            alive.clear()
+            time.sleep(4)  # past the grace period: the next trial's start fails the remote trial
+        return None
+
+    planned = []
+    result = run_study(spec, storage=storage, trial_callbacks=first_trial_starts, on_plan=planned.append)
+    trials = optuna.load_study(study_name="remote", storage=storage).get_trials(deepcopy=False)
+    states = [t.state.name for t in trials]
+    assert states[0] == "FAIL" and states.count("COMPLETE") == 3, states  # the file's n_trials, not one short
+    assert [t.number for t in trials if t.system_attrs.get("retry_history") == [0]] != []
+    assert planned == [2, 3] and result.new_trials == 3

@@ -3,7 +3,10 @@
 How many trials a call runs: `--n-trials N` adds N. Without it the study file's `n_trials` is the
 study's size: a call runs what is missing (finished = COMPLETE or PRUNED; trials running
 elsewhere count as on their way), so re-running a call that was killed completes the study to
-exactly `n_trials`, the stopped trials retried with their params (`tune.recovery`).
+exactly `n_trials`, the stopped trials retried with their params (`tune.recovery`). A trial
+running elsewhere that stops during the call (its machine died) is failed, and its retry runs as
+one of this call's trials; the call then runs one trial more for it, so the study still ends with
+exactly `n_trials`.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from focusml.tune.spec import StudySpec
 from focusml.tune.recovery import ParentBeat, on_stale, recover
 from focusml.tune.storage import DEFAULT_JOURNAL, open_storage, with_heartbeat
 from focusml.tune.trials import TrialContext, make_objective
-from focusml.tune.workers import run_workers
+from focusml.tune.workers import MAX_REPLACEMENTS, run_workers
 
 
 def seed_offset(store, n_before: int, parent_id: str) -> int:
@@ -39,6 +42,12 @@ def seed_offset(store, n_before: int, parent_id: str) -> int:
     """
     shared = isinstance(store, optuna.storages.RDBStorage) and not store.url.startswith("sqlite")
     return n_before + (int(parent_id[:6], 16) if shared else 0)
+
+
+def on_the_way(study: optuna.Study) -> int:
+    """Trials finished (COMPLETE or PRUNED) or running, here or elsewhere: what a completing call counts as done."""
+    on = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
+    return len(study.get_trials(deepcopy=False, states=on))
 
 
 def run_study(spec: StudySpec, *, n_trials: int | None = None, study_name: str | None = None,
@@ -81,11 +90,10 @@ def run_study(spec: StudySpec, *, n_trials: int | None = None, study_name: str |
     study.set_metric_names([o.metric for o in spec.objectives])  # optuna-dashboard shows "acc/val_cf", not "Objective 0"
     n_before = len(study.trials)  # before the retries below: they are this call's trials
     recover(study)  # trials of dead workers failed and queued again, the runs of stopped trials and calls closed
+    elsewhere: set[int] = set()  # trials running elsewhere when this call planned (completing only)
     if n_trials is None:  # complete the study to the file's n_trials
-        states = [t.state for t in study.get_trials(deepcopy=False)]
-        on_the_way = sum(s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
-                               optuna.trial.TrialState.RUNNING) for s in states)
-        n = spec.n_trials - on_the_way
+        n = spec.n_trials - on_the_way(study)
+        elsewhere = {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
         if n <= 0:
             trials = study.get_trials(deepcopy=False)
             return StudyResult(name, shown, "", [o.metric for o in spec.objectives],
@@ -108,14 +116,27 @@ def run_study(spec: StudySpec, *, n_trials: int | None = None, study_name: str |
         if offset:
             study.sampler = spec.make_sampler(offset)
         with ParentBeat(study, parent_id):
-            if workers == 1:
-                report = (lambda s, t: on_trial(TrialRecord.of(t))) if on_trial else None
-                with keep_data():
-                    study.optimize(make_objective(ctx, trial_callbacks), n_trials=n,
-                                   callbacks=[report] if report else None)
-            else:
-                storage_arg = storage or str(Path.cwd() / DEFAULT_JOURNAL)
-                run_workers(ctx, storage_arg, study, n, workers, offset, uri, on_trial)
+            todo, lost, planned = n, 0, n
+            for round_ in range(len(elsewhere) + 1):  # each round after the first makes up for trials lost elsewhere
+                if workers == 1:
+                    report = (lambda s, t: on_trial(TrialRecord.of(t))) if on_trial else None
+                    with keep_data():
+                        study.optimize(make_objective(ctx, trial_callbacks), n_trials=todo,
+                                       callbacks=[report] if report else None)
+                else:  # a make-up round's workers draw from seeds no earlier worker or replacement had
+                    storage_arg = storage or str(Path.cwd() / DEFAULT_JOURNAL)
+                    run_workers(ctx, storage_arg, study, todo, min(workers, todo),
+                                offset + round_ * workers * (MAX_REPLACEMENTS + 1), uri, on_trial)
+                # A trial counted as on its way that stopped during this call (its machine died) was failed here and
+                # its retry ran as one of this call's trials: without a make-up trial the study would end one short.
+                now = sum(t.state == optuna.trial.TrialState.FAIL
+                          for t in study.get_trials(deepcopy=False) if t.number in elsewhere)
+                todo, lost = min(now - lost, spec.n_trials - on_the_way(study)), now
+                if todo <= 0:
+                    break
+                planned += todo
+                if on_plan:
+                    on_plan(planned)
         result = summarise(study, spec, name, shown, parent_id)
         result.wall_s = time.perf_counter() - start
         tracking.log_metrics({"time/study_s": result.wall_s})
