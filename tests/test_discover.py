@@ -11,16 +11,14 @@ import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
-from torch import nn
 
-from focusml.cli import main
 from focusml.core.data.base import Dataset, Split
 from focusml.core.discover import (evidence_maps, mask_iou, masks_from, member_cells, propose, region,
                                    simulated_answer)
-from focusml.core.models import CamNet
 from focusml.core.proposals import FORMAT, cells_to_pixels, text_to_cells
 from focusml.masktool.paths import DatasetTree
 from focusml.masktool.proposals import ProposalBook
+from helpers import main_ok, shortcut_reader
 
 SIZE, PATCH = 16, 3
 CORNERS = ((0, 0), (0, SIZE - PATCH), (SIZE - PATCH, 0), (SIZE - PATCH, SIZE - PATCH))
@@ -44,17 +42,8 @@ def corner_split(n: int, follows: bool, seed: int) -> Split:
     return Split(images, masks, labels)
 
 
-def shortcut_reader() -> CamNet:
-    """Identity features (one cell per pixel); a head that reads the shortcut channel only."""
-    conv = nn.Conv2d(2, 2, 1)
-    with torch.no_grad():
-        conv.weight.copy_(torch.eye(2).view(2, 2, 1, 1))
-        conv.bias.zero_()
-    model = CamNet(nn.Sequential(conv, nn.ReLU()), 2, 2)
-    with torch.no_grad():  # GAP of the patch: 9 cells of 60/255 or 200/255 over 256 cells
-        model.classifier.weight.copy_(torch.tensor([[0.0, -400.0], [0.0, 400.0]]))
-        model.classifier.bias.copy_(torch.tensor([1.5 * 400 * 9 * 130 / 255 / 256, -1.5 * 400 * 9 * 130 / 255 / 256]))
-    return model
+# the reader's threshold (bias / 400) between the GAPs of the 3×3 patch over 256 cells: 9·60/255/256, 9·200/255/256
+READER_BIAS = 1.5 * 400 * 9 * 130 / 255 / 256
 
 
 @pytest.fixture
@@ -65,7 +54,7 @@ def corner_data() -> Dataset:
 
 def test_evidence_sits_only_where_the_model_reads(corner_data):
     images = corner_data.split("train").images[:4].float() / 255
-    maps, preds = evidence_maps(shortcut_reader(), images)
+    maps, preds = evidence_maps(shortcut_reader(READER_BIAS), images)
     truth = corner_data.split("train").masks[:4].bool()
     assert maps.shape == (4, SIZE, SIZE)
     assert float(maps[~truth].abs().max()) == 0.0 and bool((maps[truth] > 0).all())
@@ -85,7 +74,7 @@ def test_region_is_the_peak_and_members_follow_their_own_evidence():
 
 
 def test_proposals_find_each_corner_and_accepting_them_masks_every_shortcut(corner_data):
-    proposals = propose(shortcut_reader(), corner_data)
+    proposals = propose(shortcut_reader(READER_BIAS), corner_data)
     corners = [q for q in proposals if q.scope == "all classes"]
     assert len(corners) == 4  # one group per corner, whatever the class
     for q in corners:
@@ -100,7 +89,7 @@ def test_proposals_find_each_corner_and_accepting_them_masks_every_shortcut(corn
 
 
 def test_a_model_that_reads_the_object_gets_no_yes(corner_data):
-    model = shortcut_reader()
+    model = shortcut_reader(READER_BIAS)
     with torch.no_grad():
         model.classifier.weight.copy_(torch.tensor([[-400.0, 0.0], [400.0, 0.0]]))
     proposals = propose(model, corner_data)
@@ -157,10 +146,3 @@ def test_discover_refuses_an_unknown_run_in_one_line(cli_env, tmp_path):
     assert res.returncode == 2, res.stderr
     said = [line for line in res.stderr.strip().splitlines() if " INFO mlflow" not in line]  # a new store's notes
     assert "Traceback" not in res.stderr and len(said) == 1 and "not found" in said[0], res.stderr
-
-
-def main_ok(argv):
-    try:
-        main(argv)
-    except SystemExit as e:
-        assert e.code in (0, None), argv

@@ -39,6 +39,7 @@ import yaml
 from mlflow import MlflowClient
 
 from conftest import VENV_BIN
+from helpers import run_cli
 
 # every test below but the first uses `cli_env`, which marks it slow (conftest)
 
@@ -67,17 +68,8 @@ def output(cwd: Path, name: str) -> tuple[str, str]:
 def again(args: list[str], capsys, monkeypatch, cwd: Path) -> tuple[int, str, str]:
     """`focusml ARGS` in this process, from `cwd`: the step that recovers from a fault some other process met
     (the same code as the command; a process start and its imports saved). (exit status, stdout, stderr)"""
-    from focusml.cli import main
-
     monkeypatch.chdir(cwd)
-    capsys.readouterr()
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_cli(args, capsys)
 
 
 def wait_for(what: str, check, timeout: float = 300.0, proc: subprocess.Popen | None = None):

@@ -16,6 +16,7 @@ from focusml.analysis.filters import Report, analyse, match_filters, receptive_f
 from focusml.analysis.filters.report import filter_figure, shares_figure
 from focusml.core.models import small_cnn
 from focusml.tracking.predict import model_uri
+from helpers import run_cli
 
 N, S = 96, 28
 
@@ -155,18 +156,6 @@ def test_compare_pairs_filters_by_index_and_by_activation(planted, tmp_path):
         ["shares.png"] + [f"filter_{r['filter']:03d}.png" for r in rows[:3]])
 
 
-def _cli(args, capsys) -> tuple[int, str, str]:
-    from focusml.cli import main
-
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_filters_cli_end_to_end(tracking_env, tmp_path, capsys, monkeypatch, tiny_config):
     from focusml.tracking import load_run_model, run
 
@@ -174,7 +163,7 @@ def test_filters_cli_end_to_end(tracking_env, tmp_path, capsys, monkeypatch, tin
     result = run(tiny_config(log_model=True, experiment="filters-test"))
     rid = result.run_id
     out = tmp_path / "report"
-    code, stdout, stderr = _cli(["filters", rid, "--compare", rid, "--out", str(out), "--max-images", "150",
+    code, stdout, stderr = run_cli(["filters", rid, "--compare", rid, "--out", str(out), "--max-images", "150",
                                  "--figures", "2", "--top", "3"], capsys)
     assert code == 0, stderr
     assert "share_in_mask" in stdout and f"filters/compare_{rid}" in stdout
@@ -195,7 +184,7 @@ def test_filters_cli_end_to_end(tracking_env, tmp_path, capsys, monkeypatch, tin
     b = load_run_model(rid).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
-    code, _, stderr = _cli(["filters", "0" * 32], capsys)
+    code, _, stderr = run_cli(["filters", "0" * 32], capsys)
     assert code == 2 and "not found" in stderr
 
 

@@ -19,13 +19,9 @@ from torch import nn
 from focusml.masktool import CamModel, DatasetTree, MaskToolApp, UnsafePath, make_server
 from focusml.masktool.paths import split_rel
 from focusml.core.models import CamNet
+from helpers import write_png
 
 W, H = 12, 10  # not square, so a swapped axis shows
-
-
-def _write_png(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
 
 
 @pytest.fixture
@@ -38,13 +34,13 @@ def dataset(tmp_path):
             for i in range(3):
                 img = (rng.random((H, W)) * 120).astype(np.uint8)
                 img[2:5, 3:7] = 250  # a bright block: the CAM test's model lights up there
-                _write_png(root / "images" / split / cls / f"img{i}.png", img)
+                write_png(root / "images" / split / cls / f"img{i}.png", img)
     old = np.zeros((H, W), np.uint8)
     old[0, 0] = 255
-    _write_png(root / "masks" / "train" / "a" / "img0.png", old)
+    write_png(root / "masks" / "train" / "a" / "img0.png", old)
     outside = tmp_path / "outside"
     outside.mkdir()
-    _write_png(outside / "secret.png", np.full((H, W), 7, np.uint8))
+    write_png(outside / "secret.png", np.full((H, W), 7, np.uint8))
     return root
 
 

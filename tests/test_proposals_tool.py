@@ -17,17 +17,13 @@ from focusml import FocusmlError
 from focusml.core.proposals import FORMAT, cells_to_pixels, cells_to_text, text_to_cells
 from focusml.masktool import DatasetTree, MaskToolApp, make_server
 from focusml.masktool.proposals import ProposalBook
+from helpers import write_png
 
 W, H = 12, 10  # not square and not a multiple of the grid: cells_to_pixels' rounding shows
 GRID = (4, 4)
 TL = ["1100", "1100", "0000", "0000"]  # top-left corner
 TR = ["0011", "0011", "0000", "0000"]  # top-right corner
 BOT = ["0000", "0000", "0000", "1111"]  # bottom row
-
-
-def _png(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
 
 
 @pytest.fixture
@@ -39,11 +35,11 @@ def root(tmp_path):
         for i in range(4):
             img = (rng.random((H, W)) * 120).astype(np.uint8)
             img[:3, :3] = 250 if cls == "a" else 0
-            _png(root / "images" / "train" / cls / f"img{i}.png", img)
-    _png(root / "images" / "val" / "a" / "v0.png", np.zeros((H, W), np.uint8))
+            write_png(root / "images" / "train" / cls / f"img{i}.png", img)
+    write_png(root / "images" / "val" / "a" / "v0.png", np.zeros((H, W), np.uint8))
     drawn = np.zeros((H, W), np.uint8)
     drawn[5, 5] = 255
-    _png(root / "masks" / "train" / "a" / "img3.png", drawn)
+    write_png(root / "masks" / "train" / "a" / "img3.png", drawn)
     return root
 
 

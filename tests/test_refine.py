@@ -7,16 +7,14 @@ import mlflow
 import pytest
 import torch
 from mlflow import MlflowClient
-from torch import nn
 
 from focusml import FocusmlError
-from focusml.cli import main
 from focusml.core.config import RunConfig
 from focusml.core.data.base import Dataset, Split
 from focusml.core.methods import METHODS
 from focusml.core.methods.head_refit import fit_path, swap_donors, temperature
-from focusml.core.models import CamNet
 from focusml.core.train import refit
+from helpers import main_ok, shortcut_reader
 
 SIZE = 8
 
@@ -37,17 +35,8 @@ def shortcut_split(n: int, follows: bool, seed: int) -> Split:
     return Split(images, masks, labels)
 
 
-def shortcut_reader() -> CamNet:
-    """Identity features (a ReLU over the two channels); a head that reads the shortcut channel only."""
-    conv = nn.Conv2d(2, 2, 1)
-    with torch.no_grad():
-        conv.weight.copy_(torch.eye(2).view(2, 2, 1, 1))
-        conv.bias.zero_()
-    model = CamNet(nn.Sequential(conv, nn.ReLU()), 2, 2)
-    with torch.no_grad():  # GAP of the 2×2 patch over 64 cells: ~0.06 (class 0 code) or ~0.05 (class 1)
-        model.classifier.weight.copy_(torch.tensor([[0.0, -400.0], [0.0, 400.0]]))
-        model.classifier.bias.copy_(torch.tensor([8.0, -8.0]))
-    return model
+# the reader's threshold: GAP of the 2×2 patch over 64 cells is ~0.06 (class 0 code) or ~0.05 (class 1)
+READER_BIAS = 8.0
 
 
 @pytest.fixture
@@ -63,7 +52,7 @@ def accuracy(model, split: Split) -> float:
 
 
 def test_head_refit_moves_a_shortcut_reading_head_to_the_object(shortcut_data):
-    model = shortcut_reader()
+    model = shortcut_reader(READER_BIAS)
     features = {k: v.clone() for k, v in model.features.state_dict().items()}
     assert accuracy(model, shortcut_data.split("val")) == 1.0  # right for the wrong reason
     assert accuracy(model, shortcut_data.split("test")) < 0.7  # ... which the broken shortcut shows
@@ -110,7 +99,7 @@ def test_head_refit_needs_a_trained_model_and_two_masks(shortcut_data):
         shortcut_data.split("train").images, torch.zeros_like(shortcut_data.split("train").masks),
         shortcut_data.split("train").labels)})
     with pytest.raises(FocusmlError, match="0 annotated training image"):
-        METHODS["head_refit"]({}).check(shortcut_reader(), bare, torch.device("cpu"))
+        METHODS["head_refit"]({}).check(shortcut_reader(READER_BIAS), bare, torch.device("cpu"))
 
 
 @pytest.mark.slow
@@ -138,8 +127,27 @@ def test_focusml_refine_runs_two_tracked_stages_from_a_trained_run(tracking_env,
     assert "registered refined-digits version 1" in capsys.readouterr().out
 
 
-def main_ok(argv):
-    try:
-        main(argv)
-    except SystemExit as e:
-        assert e.code in (0, None), argv
+def test_a_head_at_chance_is_never_chosen_over_one_that_is_not():
+    """A head answering one class scores acc/val_cf 1.0 when the annotated val images are all of that class (a
+    discovered proposal covering one class did this on decoy-fashion: acc/test 0.10); the L2 path and `auto` pass
+    it over for a head above chance, and compare on the selection metric only among equals."""
+    from focusml.core.evaluate import at_chance
+    from focusml.core.methods.head_refit import choice_key
+    from focusml.core.run import CHANCE_WARNING, RunResult
+    from focusml.tracking.refine import _rank
+
+    labels = torch.tensor([0] * 45 + [1] * 55)
+    assert at_chance(0.56, labels, 2) == (True, 0.55) and at_chance(0.58, labels, 2)[0] is False
+    assert at_chance(float("nan"), labels, 2)[0] is False
+    one_class, reads_objects = {"acc/val": 0.09, "acc/val_cf": 1.0}, {"acc/val": 0.82, "acc/val_cf": 0.61}
+    assert choice_key(reads_objects, "acc/val_cf", False) > choice_key(one_class, "acc/val_cf", True)
+    assert choice_key(one_class, "acc/val_cf", False) > choice_key(reads_objects, "acc/val_cf", False)
+    assert choice_key({"acc/val": 0.1, "flip/val": 0.0}, "flip/val", True) < choice_key(
+        {"acc/val": 0.8, "flip/val": 0.3}, "flip/val", False)
+
+    def stage(cf, *warnings):
+        return RunResult(run_id="r", metrics={"selected/acc/val_cf": cf}, warnings=list(warnings))
+
+    chance = f"{CHANCE_WARNING} (acc/val 0.090, majority class 0.108): it learned nothing"
+    assert _rank(stage(0.61), "acc/val_cf") > _rank(stage(1.0, chance), "acc/val_cf")
+    assert _rank(stage(1.0, "the CAM is zero on every test image"), "acc/val_cf") > _rank(stage(0.61), "acc/val_cf")

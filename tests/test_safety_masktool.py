@@ -20,13 +20,9 @@ import pytest
 from PIL import Image
 
 from focusml.masktool import MaskToolApp, make_server
+from helpers import write_png
 
 W, H = 12, 10
-
-
-def _png(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
 
 
 @pytest.fixture
@@ -37,10 +33,10 @@ def root(tmp_path):
     for split in ("train", "val"):
         for cls in ("a", "b"):
             for i in range(3):
-                _png(root / "images" / split / cls / f"img{i}.png", (rng.random((H, W)) * 200).astype(np.uint8))
+                write_png(root / "images" / split / cls / f"img{i}.png", (rng.random((H, W)) * 200).astype(np.uint8))
     old = np.zeros((H, W), np.uint8)
     old[0, 0] = 255
-    _png(root / "masks" / "train" / "a" / "img0.png", old)
+    write_png(root / "masks" / "train" / "a" / "img0.png", old)
     return root
 
 

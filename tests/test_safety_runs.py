@@ -28,6 +28,7 @@ from focusml.core.callbacks import Callbacks
 from focusml.core.config import MaskAugment, RunConfig
 from focusml.core.run import health_warnings, run
 from focusml.core.train import Diverged, FitResult
+from helpers import run_cli
 from test_folder import make_tree
 
 
@@ -170,19 +171,6 @@ def test_warnings_are_tagged_and_non_finite_metrics_are_logged(tiny_data, store,
 # ---- bad options: exit 2, one line, nothing in the store ----------------------------------------------
 
 
-def cli(args, capsys) -> tuple[int, str, str]:
-    from focusml.cli import main
-
-    capsys.readouterr()  # what earlier steps of the test printed
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def assert_refused(code, out, err, *needles):
     lines = err.strip().splitlines()
     assert code == 2, err
@@ -209,7 +197,7 @@ def assert_refused(code, out, err, *needles):
     (["--method", "selective_dropout", "--layers", "input,features.99"], ["names 'features.99'"]),
 ])
 def test_bad_method_options_are_refused_before_the_run(tiny_data, sqlite_tracking, capsys, args, needles):
-    code, out, err = cli(["train", "--dataset", "folder", "--data-root", str(tiny_data), "--epochs", "1",
+    code, out, err = run_cli(["train", "--dataset", "folder", "--data-root", str(tiny_data), "--epochs", "1",
                           "--device", "cpu", *args], capsys)
     assert_refused(code, out, err, *needles)
     assert not sqlite_tracking.exists()  # not even the store file was created
@@ -231,9 +219,9 @@ def test_a_user_inpainter_that_fits_is_used(tiny_data, store, tmp_path, monkeypa
 @pytest.mark.slow
 def test_resume_refuses_what_it_cannot_continue(tiny_data, store, capsys):
     done = tracking.run(tiny(tiny_data, epochs=2, experiment=store))
-    code, out, err = cli(["train", "--resume", done.run_id], capsys)
+    code, out, err = run_cli(["train", "--resume", done.run_id], capsys)
     assert_refused(code, out, err, f"run {done.run_id} is FINISHED: there is nothing to resume")
-    code, out, err = cli(["train", "--resume", "0" * 32], capsys)
+    code, out, err = run_cli(["train", "--resume", "0" * 32], capsys)
     assert_refused(code, out, err, f"run {'0' * 32} not found")
 
     class Stop(Callbacks):
@@ -247,7 +235,7 @@ def test_resume_refuses_what_it_cannot_continue(tiny_data, store, capsys):
     rid = killed.info.run_id
     assert killed.data.tags["focusml.killed"] == "SIGINT"
     assert (tracking.run_dir(rid) / "resume.pt").is_file()
-    code, out, err = cli(["train", "--resume", rid, "--lr", "0.1", "--epochs", "3"], capsys)
+    code, out, err = run_cli(["train", "--resume", rid, "--lr", "0.1", "--epochs", "3"], capsys)
     assert_refused(code, out, err, "continues the run with its own options; these differ: --lr 0.1 (the run has 0.003)")
     assert mlflow.get_run(rid).info.status == "KILLED"  # untouched
 
@@ -260,7 +248,7 @@ def test_resume_refuses_what_it_cannot_continue(tiny_data, store, capsys):
                  if r.info.run_name == "early"]
     assert failed.info.status == "FAILED"
     assert failed.data.tags["focusml.failure"] == "RuntimeError: boom before the first epoch ended"
-    code, out, err = cli(["train", "--resume", failed.info.run_id], capsys)
+    code, out, err = run_cli(["train", "--resume", failed.info.run_id], capsys)
     assert_refused(code, out, err, "has no resumable checkpoint")
 
     from focusml.tracking.keeper import RunLock
@@ -268,14 +256,14 @@ def test_resume_refuses_what_it_cannot_continue(tiny_data, store, capsys):
     holder = RunLock(tracking.run_dir(rid))  # as a process still working on the run holds it
     holder.acquire(rid)
     try:
-        code, out, err = cli(["train", "--resume", rid], capsys)
+        code, out, err = run_cli(["train", "--resume", rid], capsys)
         assert_refused(code, out, err, f"run {rid} is still running here (pid {os.getpid()})")
     finally:
         holder.release()
     assert mlflow.get_run(rid).info.status == "KILLED"
 
     # the KILLED run resumes in the same run: the same options given again are accepted
-    code, out, err = cli(["train", "--resume", rid, "--epochs", "3", "--device", "cpu"], capsys)
+    code, out, err = run_cli(["train", "--resume", rid, "--epochs", "3", "--device", "cpu"], capsys)
     assert code == 0, err
     r = mlflow.get_run(rid)
     assert r.info.status == "FINISHED" and r.data.tags["focusml.resumed"] == "after epoch 1"

@@ -16,6 +16,7 @@ validation and the final test pay only for the forward passes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +35,16 @@ SELECTABLE = {
     "acc/val_cf": "max", "acc/val": "max", "flip/val": "min", "evidence_in_mask/val": "min",
     "wr/val": "min", "cam_in_mask/val": "min", "acc/val_clean": "max",
 }
+
+
+CHANCE_MARGIN = 0.02  # acc/val within this of the majority-class share counts as chance
+
+
+def at_chance(acc: float, labels: torch.Tensor, num_classes: int) -> tuple[bool, float]:
+    """(whether `acc` is at chance on `labels`, the majority class's share): what a model that always answers
+    one class scores. NaN is not at chance (nothing was measured)."""
+    chance = float(torch.bincount(labels, minlength=num_classes).max()) / max(len(labels), 1)
+    return bool(math.isfinite(acc) and acc <= chance + CHANCE_MARGIN), chance
 
 
 _NEEDS_MASKS = {"acc/val_cf", "flip/val", "evidence_in_mask/val", "wr/val", "cam_in_mask/val"}

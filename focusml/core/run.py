@@ -13,10 +13,10 @@ with an all-zero CAM carries a warning (`RunResult.warnings`) instead of passing
 from __future__ import annotations
 
 import copy
+import math
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from focusml import FocusmlError
@@ -26,7 +26,7 @@ from focusml.core.callbacks import Callbacks, RunContext, RunResult, as_callback
 from focusml.core.config import RunConfig
 from focusml.core.data import DATASETS, DataOptions, Dataset, load
 from focusml.core.data.masks import annotate
-from focusml.core.evaluate import Predictions, counterfactuals, select_metric, test_metrics
+from focusml.core.evaluate import Predictions, at_chance, counterfactuals, select_metric, test_metrics
 from focusml.core.methods import Method, PrepareContext
 from focusml.core.models import InitWeights, adapt, build_model, load_init_state, read_init_file, source_kind
 from focusml.core.precision import Precision
@@ -77,17 +77,16 @@ def summary(fitted: FitResult) -> dict[str, float]:
     return {"time/epoch_s_mean": sum(times) / len(times), "selected_epoch": float(fitted.selected_epoch + 1), **chosen}
 
 
-CHANCE_MARGIN = 0.02  # acc/val within this of the majority-class share counts as chance
+CHANCE_WARNING = "the model ends at chance accuracy"  # how that warning begins: a validation fact (the others: test)
 
 
 def health_warnings(data: Dataset, fitted: FitResult, test_pos_cams: torch.Tensor) -> list[str]:
     """What makes a finished run's numbers suspect: chance accuracy on `val`, an all-zero CAM on `test`."""
     out = []
     acc = fitted.selected_metrics.get("acc/val")
-    labels = data.split("val").labels
-    chance = float(torch.bincount(labels, minlength=data.num_classes).max()) / max(len(labels), 1)
-    if acc is not None and np.isfinite(acc) and acc <= chance + CHANCE_MARGIN:
-        out.append(f"the model ends at chance accuracy (acc/val {acc:.3f}, majority class {chance:.3f}): it learned "
+    low, chance = at_chance(math.nan if acc is None else acc, data.split("val").labels, data.num_classes)
+    if low:
+        out.append(f"{CHANCE_WARNING} (acc/val {acc:.3f}, majority class {chance:.3f}): it learned "
                    "nothing; check the learning rate, λ and the number of epochs")
     if test_pos_cams.numel() and not bool((test_pos_cams > 0).any()):
         out.append("the CAM is zero on every test image (no positive evidence left in the last conv layer): "

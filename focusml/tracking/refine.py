@@ -7,7 +7,8 @@
    the selection metric like any run.
 
 `stages="auto"` runs both and keeps the full stage only when its selection metric (`acc/val_cf`
-where val has masks) is better than the head refit's: validation decides whether the features had
+where val has masks) is better than the head refit's, or the head refit ends at chance accuracy on
+val and the full stage does not: validation decides whether the features had
 to change. `"head"` stops after stage 1; `"full"` keeps stage 2. Each stage is a normal tracked run
 (FINISHED, logged model, registrable) with lineage SOURCE → head → full, tagged
 `focusml.refine_stage`; the kept one gets `focusml.refine_chosen = true`.
@@ -33,7 +34,7 @@ from focusml.core.config import MaskAugment, RunConfig
 from focusml.core.data import Dataset
 from focusml.core.evaluate import SELECTABLE
 from focusml.core.models import source_kind
-from focusml.core.run import RunResult
+from focusml.core.run import CHANCE_WARNING, RunResult
 from focusml.tracking.runs import run_info
 from focusml.tracking.sources import source_run
 from focusml.tracking.store import setup
@@ -87,10 +88,14 @@ def stage_configs(source: str, options: dict, method: str) -> tuple[dict, dict]:
     return head, full
 
 
-def _score(result: RunResult, metric: str) -> float:
+def _rank(result: RunResult, metric: str) -> tuple[float, float]:
+    """How a stage ranks (higher is better): one above chance accuracy on val first, then its selection metric.
+    A head that answers one class scores acc/val_cf 1.0 when the annotated val images are all of that class.
+    (The other warnings speak of the test split, which never chooses.)"""
     value = result.metrics.get(f"selected/{metric}", math.nan)
     sign = 1.0 if SELECTABLE.get(metric, "max") == "max" else -1.0
-    return sign * value if math.isfinite(value) else -math.inf
+    low = any(w.startswith(CHANCE_WARNING) for w in result.warnings)
+    return (0.0 if low else 1.0), (sign * value if math.isfinite(value) else -math.inf)
 
 
 def refine(source: str, options: dict | None = None, *, stages: str = "auto", method: str = "random_crop",
@@ -124,7 +129,7 @@ def refine(source: str, options: dict | None = None, *, stages: str = "auto", me
         full_config.init_from = out.stages["head"].run_id
         out.stages["full"] = tracked_run(full_config, callbacks=pick("full", full_config), data=data, model=model,
                                          tags={"focusml.refine_stage": "full", "focusml.refine_of": source})
-        better = _score(out.stages["full"], out.metric) > _score(out.stages["head"], out.metric)
+        better = _rank(out.stages["full"], out.metric) > _rank(out.stages["head"], out.metric)
         out.chosen = "full" if stages == "full" or better else "head"
     mlflow.MlflowClient().set_tag(out.result.run_id, "focusml.refine_chosen", "true")
     return out

@@ -13,7 +13,8 @@ z = GAP(A(x_s)), standardised, with an L2 penalty:
 
     min_{W,b}  mean CE(W·z + b, y) + (l2 / 2)·‖W‖²       (L-BFGS; convex, so no learning rate)
 
-and `l2` chosen on the run's selection metric (`acc/val_cf` where val has masks): validation only.
+and `l2` chosen on the run's selection metric (`acc/val_cf` where val has masks), among the heads
+above chance accuracy on val where there is one (`choice_key`): validation only.
 The convolutional features are untouched, so the refitted model's CAM is the same A under the new
 weights w_c, and the run is evaluated, logged and registered like any other.
 
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 from focusml import FocusmlError
 from focusml.core import counterfactual
 from focusml.core.data.base import Split, annotated
-from focusml.core.evaluate import SELECTABLE
+from focusml.core.evaluate import SELECTABLE, at_chance
 from focusml.core.methods.base import Method, Param
 
 #: the L2 strengths searched (on standardised features): from almost none to a head that barely moves
@@ -169,15 +170,14 @@ class HeadRefit(Method):
         pooled = FastScores(model, evaluator, device)
         before = pooled(model.classifier.weight.detach().float().cpu(), model.classifier.bias.detach().float().cpu())
         fast = pooled if select in FastScores.METRICS else None  # else a CAM metric: the whole model is evaluated
-        sign = 1.0 if SELECTABLE.get(select, "max") == "max" else -1.0
+        val_labels = data.split("val").labels
         best = None
         for i, (l2, w, b) in enumerate(fit_path(z, y, data.num_classes, grid)):
             if fast is None:
                 set_head(model, w, b)
             scores = fast(w, b) if fast is not None else evaluator.validation(model)
             callbacks.on_prepare("head refit: L2 grid", i, len(grid))
-            key = (sign * scores.get(select, math.nan) if select != "last" else 0.0, scores["acc/val"])
-            key = tuple(-math.inf if math.isnan(k) else k for k in key)
+            key = choice_key(scores, select, at_chance(scores["acc/val"], val_labels, data.num_classes)[0])
             if best is None or key >= best[0]:
                 best = (key, l2, w, b)
         _, l2, w, b = best
@@ -188,6 +188,15 @@ class HeadRefit(Method):
         spent = {"time/epoch_s": time.perf_counter() - start, "time/cpu_s": time.process_time() - cpu}
         source = {f"source_{k}": v for k, v in before.items()}
         return {**spent, "l2": l2, **evaluator.validation(model), **source}
+
+
+def choice_key(scores: dict[str, float], select: str, low: bool) -> tuple[float, ...]:
+    """How a head of the L2 path ranks (higher is better): one above chance accuracy on val first (`low`: at
+    chance), then `select`, then acc/val. A head that answers one class scores acc/val_cf 1.0 when the annotated
+    val images are all of that class; a few annotated images of one class would otherwise choose it."""
+    sign = 1.0 if SELECTABLE.get(select, "max") == "max" else -1.0
+    key = (0.0 if low else 1.0, sign * scores.get(select, math.nan) if select != "last" else 0.0, scores["acc/val"])
+    return tuple(-math.inf if math.isnan(k) else k for k in key)
 
 
 def set_head(model, w: torch.Tensor, b: torch.Tensor) -> None:
