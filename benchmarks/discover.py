@@ -69,6 +69,7 @@ def one(dataset: str, seed: int, refs: dict, args) -> dict:
     """Discover, answer, refine one baseline; the row of its numbers."""
     import torch
 
+    from focusml import FocusmlError
     from focusml.core.data.base import Dataset, Split
     from focusml.core.discover import mask_iou, masks_from, simulated_answer
     from focusml.tracking import refine
@@ -94,11 +95,14 @@ def one(dataset: str, seed: int, refs: dict, args) -> dict:
            "answers": len(answers), "accepted": len(accepted),
            "annotated_train": int(mine.split("train").annotated.sum()), "train": len(mine.split("train")),
            "iou": mask_iou({k: produced[k] for k in produced if k in ("train", "val")}, data), "discover_s": discover_s}
+    base = refs["baseline"]["metrics"]["acc/test"]
     if not accepted:  # nothing to refine from: the model stays the baseline
-        base = refs["baseline"]["metrics"]["acc/test"]
         return {**row, "head": base, "full": base, "auto": base, "kept": "none (no proposal accepted)"}
     start = time.perf_counter()
-    done = refine(baseline, {"experiment": args.experiment}, stages="auto", data=mine)
+    try:
+        done = refine(baseline, {"experiment": args.experiment}, stages="auto", data=mine)
+    except FocusmlError as e:  # refused before any run (every annotated image of one class): the baseline stays
+        return {**row, "head": base, "full": base, "auto": base, "kept": f"none (refused: {e})"}
     head, full = done.stages["head"], done.stages["full"]
     return {**row, "head": head.metrics["acc/test"], "full": full.metrics["acc/test"],
             "auto": done.result.metrics["acc/test"], "kept": done.chosen, "head_run": head.run_id,

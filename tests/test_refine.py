@@ -92,7 +92,7 @@ def test_l2_path_shrinks_the_head_and_temperature_keeps_predictions():
     assert t > 0 and torch.equal(((z @ w.T + b) / t).argmax(1), (z @ w.T + b).argmax(1))
 
 
-def test_head_refit_needs_a_trained_model_and_two_masks(shortcut_data):
+def test_head_refit_needs_a_trained_model_and_masks_on_two_classes(shortcut_data):
     with pytest.raises(FocusmlError, match="refines a trained model: pass --init-from"):
         RunConfig(method="head_refit").validate()
     bare = Dataset("bare", ["a", "b"], {**shortcut_data.splits, "train": Split(
@@ -100,6 +100,11 @@ def test_head_refit_needs_a_trained_model_and_two_masks(shortcut_data):
         shortcut_data.split("train").labels)})
     with pytest.raises(FocusmlError, match="0 annotated training image"):
         METHODS["head_refit"]({}).check(shortcut_reader(READER_BIAS), bare, torch.device("cpu"))
+    train = shortcut_data.split("train")
+    one_class = Dataset("one-class", ["a", "b"], {**shortcut_data.splits, "train": Split(
+        train.images, train.masks * (train.labels == 0).view(-1, 1, 1).to(train.masks.dtype), train.labels)})
+    with pytest.raises(FocusmlError, match="are all of class 'a': the head would answer that class"):
+        METHODS["head_refit"]({}).check(shortcut_reader(READER_BIAS), one_class, torch.device("cpu"))
 
 
 @pytest.mark.slow

@@ -148,11 +148,18 @@ class HeadRefit(Method):
     replaces_training = True
 
     def check(self, model, data, device) -> None:
-        annotated = int(data.split(self.train_split).annotated.sum())
+        split = data.split(self.train_split)
+        annotated = int(split.annotated.sum())
         if annotated < 2:
             raise FocusmlError(f"head_refit swaps the masked content between annotated training images, and dataset "
                                f"'{data.name}' has {annotated} annotated training image(s). Draw masks on at least two "
                                "(focusml masks serve), or raise --mask-budget.")
+        present = torch.unique(split.labels[split.annotated])
+        if data.num_classes > 1 and len(present) < 2:  # the head would learn to answer that one class
+            raise FocusmlError(f"head_refit refits the head on the annotated training images, and the {annotated} of "
+                               f"dataset '{data.name}' are all of class '{data.classes[int(present[0])]}': the head "
+                               "would answer that class for every image. Draw masks on images of other classes too "
+                               "(focusml masks serve), or answer more proposals of focusml discover.")
         if not hasattr(model, "classifier") or not isinstance(model.classifier, torch.nn.Linear):
             raise FocusmlError("head_refit refits the model's linear head (`classifier`), and this model has none.")
 
