@@ -18,7 +18,7 @@ from focusml.core.discover import (evidence_maps, mask_iou, masks_from, member_c
 from focusml.core.proposals import FORMAT, cells_to_pixels, text_to_cells
 from focusml.masktool.paths import DatasetTree
 from focusml.masktool.proposals import ProposalBook
-from helpers import main_ok, shortcut_reader
+from helpers import main_ok, run_cli, shortcut_reader
 
 SIZE, PATCH = 16, 3
 CORNERS = ((0, 0), (0, SIZE - PATCH), (SIZE - PATCH, 0), (SIZE - PATCH, SIZE - PATCH))
@@ -129,10 +129,19 @@ def test_folder_without_masks_to_discover_answers_and_refine(tracking_env, make_
     size = Image.open(root / "images" / member["path"]).size
     written = np.array(Image.open(root / "masks" / member["path"].rsplit(".", 1)[0].__add__(".png"))) > 0
     assert (written == cells_to_pixels(text_to_cells(member["cells"]), size[1], size[0])).all()
+    def trained(q):  # the classes of a proposal's training images: each corner's shortcut shows one class
+        return {m["path"].split("/")[1] for m in q["members"] if m["path"].startswith("train/")}
+
+    yes = trained(first)
+    if len(yes) == 1:  # a head refitted on one class's images would answer it for every image: refused
+        code, _, err = run_cli(["refine", source, "--stages", "head"], capsys)
+        assert code == 2 and f"are all of class '{next(iter(yes))}'" in err and "Traceback" not in err
+        book.answer(next(q for q in doc["proposals"] if trained(q) - yes)["id"], "yes")
     main_ok(["refine", source, "--stages", "head"])
     kept = capsys.readouterr().out.split("run_id: ")[1].split()[0]
     head = MlflowClient().get_run(kept)
     assert head.info.status == "FINISHED" and head.data.tags["focusml.init_from"] == source
+    assert "focusml.warning" not in head.data.tags, head.data.tags["focusml.warning"]
     assert mlflow.get_experiment_by_name("discover-path") is not None
 
 
