@@ -134,8 +134,10 @@ def test_folder_without_masks_to_discover_answers_and_refine(tracking_env, make_
 
     yes = trained(first)
     if len(yes) == 1:  # a head refitted on one class's images would answer it for every image: refused
+        runs = len(mlflow.search_runs(search_all_experiments=True, output_format="list"))
         code, _, err = run_cli(["refine", source, "--stages", "head"], capsys)
         assert code == 2 and f"are all of class '{next(iter(yes))}'" in err and "Traceback" not in err
+        assert len(mlflow.search_runs(search_all_experiments=True, output_format="list")) == runs  # none left
         book.answer(next(q for q in doc["proposals"] if trained(q) - yes)["id"], "yes")
     main_ok(["refine", source, "--stages", "head"])
     kept = capsys.readouterr().out.split("run_id: ")[1].split()[0]
