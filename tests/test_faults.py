@@ -34,7 +34,6 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
-import torch
 import yaml
 from mlflow import MlflowClient
 

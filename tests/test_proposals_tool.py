@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from focusml import FocusmlError
-from focusml.core.proposals import FORMAT, cells_to_pixels, cells_to_text, text_to_cells
+from focusml.core.proposals import FORMAT, cells_to_pixels, text_to_cells
 from focusml.masktool import DatasetTree, MaskToolApp, make_server
 from focusml.masktool.proposals import ProposalBook
 from helpers import write_png

@@ -23,8 +23,9 @@ import pytest
 
 from focusml import tracking
 from focusml.core.callbacks import Callbacks
+from helpers import run_cli
 from test_folder import make_tree
-from test_safety_runs import (_module_store, assert_refused, cli, runs_in, sqlite_tracking, store, tiny,  # noqa: F401
+from test_safety_runs import (_module_store, assert_refused, runs_in, sqlite_tracking, store, tiny,  # noqa: F401
                               tiny_data)
 
 
@@ -63,33 +64,33 @@ def _fabricated_run(experiment: str, run_id: str) -> str:
 def test_a_unique_prefix_is_accepted_wherever_a_run_id_is(trained, store, capsys, tmp_path):
     run_id, root = trained
     short = run_id[:8]
-    code, out, err = cli(["register", short, "--name", "edges-short", "--alias", "champion"], capsys)
+    code, out, err = run_cli(["register", short, "--name", "edges-short", "--alias", "champion"], capsys)
     assert code == 0, err
     version = mlflow.MlflowClient().get_model_version_by_alias("edges-short", "champion")
     assert version.tags["source_run_id"] == run_id
 
     for source in (short, f"runs:/{short}/checkpoints/last.pt"):
-        code, out, err = cli(["train", "--dataset", "folder", "--data-root", str(root), "--epochs", "1",
+        code, out, err = run_cli(["train", "--dataset", "folder", "--data-root", str(root), "--epochs", "1",
                               "--batch-size", "8", "--device", "cpu", "--no-log-model", "--experiment", store,
                               "--init-from", source], capsys)
         assert code == 0, err
         new = next(line.split()[-1] for line in out.splitlines() if line.startswith("run_id:"))
         assert mlflow.get_run(new).data.tags["focusml.init_from"] == run_id
 
-    code, out, err = cli(["filters", short[:6], "--no-log", "--out", str(tmp_path / "f"), "--figures", "1"], capsys)
+    code, out, err = run_cli(["filters", short[:6], "--no-log", "--out", str(tmp_path / "f"), "--figures", "1"], capsys)
     assert code == 0, err
 
 
 def test_an_ambiguous_unknown_or_too_short_prefix_is_refused(store, capsys):
     a = _fabricated_run(store, "abcdef12" + "0" * 24)
     b = _fabricated_run(store, "abcdef34" + "0" * 24)
-    code, out, err = cli(["register", "abcdef", "--name", "edges-amb"], capsys)
+    code, out, err = run_cli(["register", "abcdef", "--name", "edges-amb"], capsys)
     line = assert_refused(code, out, err, "run id abcdef is ambiguous", a, b, "Give more characters")
-    code, out, err = cli(["train", "--resume", "ABCDEF5"], capsys)
+    code, out, err = run_cli(["train", "--resume", "ABCDEF5"], capsys)
     assert_refused(code, out, err, "--resume ABCDEF5: no run id starts with abcdef5 in sqlite:///")
-    code, out, err = cli(["train", "--init-from", "fedcba98", "--epochs", "1", "--device", "cpu"], capsys)
+    code, out, err = run_cli(["train", "--init-from", "fedcba98", "--epochs", "1", "--device", "cpu"], capsys)
     assert_refused(code, out, err, "--init-from fedcba98: no run id starts with fedcba98 in sqlite:///")
-    code, out, err = cli(["register", "abcde", "--name", "edges-amb"], capsys)
+    code, out, err = run_cli(["register", "abcde", "--name", "edges-amb"], capsys)
     assert_refused(code, out, err, "run id abcde is too short: give at least 6 characters")
     assert "edges-amb" not in [m.name for m in mlflow.MlflowClient().search_registered_models()], line
 
@@ -107,7 +108,7 @@ def test_an_ambiguous_unknown_or_too_short_prefix_is_refused(store, capsys):
 ])
 def test_register_refuses_a_bad_name_or_alias_before_creating_a_version(trained, store, capsys, args, needles):
     run_id, _ = trained
-    code, out, err = cli(["register", run_id, *args], capsys)
+    code, out, err = run_cli(["register", run_id, *args], capsys)
     assert_refused(code, out, err, *needles)
     client = mlflow.MlflowClient()
     assert not [m for m in client.search_registered_models() if m.name in ("edges-reg", "a/b")]
@@ -122,16 +123,16 @@ def test_a_runs_uri_path_is_confined_to_the_run_and_never_ignored(trained, store
     train = ["train", "--dataset", "folder", "--data-root", str(root), "--epochs", "1", "--batch-size", "8",
              "--device", "cpu", "--no-log-model", "--experiment", store, "--init-from"]
     for path in ("../../../x.pt", "checkpoints/../../x.pt", "/etc/passwd"):
-        code, out, err = cli([*train, f"runs:/{run_id}/{path}"], capsys)
+        code, out, err = run_cli([*train, f"runs:/{run_id}/{path}"], capsys)
         assert_refused(code, out, err, "must stay inside the run's artifacts (no '..', no absolute path)")
-    code, out, err = cli([*train, f"runs:/{run_id}/last.pth"], capsys)
+    code, out, err = run_cli([*train, f"runs:/{run_id}/last.pth"], capsys)
     assert_refused(code, out, err, f"run {run_id} has no artifact file last.pth (its files: ", "checkpoints/last.pt")
     assert mlflow.search_runs(experiment_names=[store], output_format="list") == []
 
     local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/last.pt", dst_path=str(tmp_path))
     (tmp_path / "last.pth").write_bytes(open(local, "rb").read())
     mlflow.MlflowClient().log_artifact(run_id, str(tmp_path / "last.pth"))
-    code, out, err = cli([*train, f"runs:/{run_id[:8]}/last.pth"], capsys)
+    code, out, err = run_cli([*train, f"runs:/{run_id[:8]}/last.pth"], capsys)
     assert code == 0, err
     (new,) = mlflow.search_runs(experiment_names=[store], output_format="list")
     assert new.data.tags["focusml.init_from_checkpoint"] == "last.pth"
@@ -158,7 +159,7 @@ def test_server_refuses_a_taken_port_naming_it_and_its_holder(tmp_path, free_por
 @pytest.mark.parametrize("args", [["server", "--port", "70000"], ["server", "--port", "0"],
                                   ["masks", "serve", ".", "--port", "-1"], ["masks", "serve", ".", "--port", "70000"]])
 def test_a_port_out_of_range_is_one_line(args, capsys):
-    code, out, err = cli(args, capsys)
+    code, out, err = run_cli(args, capsys)
     assert_refused(code, out, err, "Invalid value for '--port'", "is not in the range")
 
 
@@ -170,18 +171,18 @@ def test_export_refuses_a_foreign_folder_and_replaces_only_with_force(tiny_data,
     out.mkdir()
     (out / "mine.txt").write_text("my notes")
     export = ["datasets", "export", "folder", str(out), "--data-root", str(tiny_data)]
-    code, o, err = cli(export, capsys)
+    code, o, err = run_cli(export, capsys)
     assert_refused(code, o, err, f"{out} is not empty: it holds files that are not a focusml export", "--force")
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
 
-    code, o, err = cli([*export, "--force"], capsys)
+    code, o, err = run_cli([*export, "--force"], capsys)
     assert code == 0, err
     record = json.loads((out / ".focusml-export.json").read_text())
     assert record["dataset"] == "folder" and record["data_seed"] == 0 and len(record["fingerprint"]) == 16
     assert not (out / "mine.txt").exists() and (out / "masks" / "train").is_dir()
-    code, o, err = cli(export, capsys)  # the same export again: accepted
+    code, o, err = run_cli(export, capsys)  # the same export again: accepted
     assert code == 0, err
-    code, o, err = cli([*export, "--data-seed", "3"], capsys)
+    code, o, err = run_cli([*export, "--data-seed", "3"], capsys)
     assert_refused(code, o, err, "it holds an export of folder (data seed 0, fingerprint")
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
 
@@ -226,13 +227,13 @@ def test_ctrl_c_mid_export_leaves_no_half_written_folder(tmp_path):
 ])
 def test_a_config_value_of_the_wrong_type_is_refused_before_any_run(yaml_text, needle, sqlite_tracking, tmp_path, capsys):
     (tmp_path / "run.yaml").write_text(yaml_text + "\n")
-    code, out, err = cli(["train", "--config", str(tmp_path / "run.yaml"), "--device", "cpu"], capsys)
+    code, out, err = run_cli(["train", "--config", str(tmp_path / "run.yaml"), "--device", "cpu"], capsys)
     assert_refused(code, out, err, needle)
     assert not sqlite_tracking.exists()
 
 
 def test_a_seed_too_large_for_torch_is_refused(sqlite_tracking, capsys):
-    code, out, err = cli(["train", "--seed", str(2**70), "--device", "cpu"], capsys)
+    code, out, err = run_cli(["train", "--seed", str(2**70), "--device", "cpu"], capsys)
     assert_refused(code, out, err, f"--seed is {2**70}; give a whole number from 0 to 4294967295.")
     assert not sqlite_tracking.exists()
 
@@ -254,7 +255,7 @@ def test_a_study_value_of_the_wrong_type_is_refused_before_the_study(change, arg
     study.update(change)
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
     monkeypatch.chdir(tmp_path)
-    code, out, err = cli(["tune", "s.yaml", "--n-trials", "1", *args], capsys)
+    code, out, err = run_cli(["tune", "s.yaml", "--n-trials", "1", *args], capsys)
     assert_refused(code, out, err, needle)
     assert not sqlite_tracking.exists() and not (tmp_path / "optuna.db").exists()
 
@@ -279,7 +280,7 @@ def test_a_damaged_local_checkpoint_falls_back_to_the_uploaded_one(tiny_data, st
     data = local.read_bytes()
     local.write_bytes(data[: len(data) // 2] if damage == "truncated" else os.urandom(len(data)))
 
-    code, out, err = cli(["train", "--resume", rid[:8]], capsys)
+    code, out, err = run_cli(["train", "--resume", rid[:8]], capsys)
     assert code == 0, err
     warnings = [line for line in err.splitlines() if line.startswith("Warning:") and "unreadable" in line]
     assert len(warnings) == 1, err
@@ -306,7 +307,7 @@ def test_a_tracking_uri_that_cannot_work_is_one_line(uri, needle, command, tmp_p
     (tmp_path / "notes.txt").write_text("not a database\n")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri.format(tmp=tmp_path))
     before = sorted(tmp_path.rglob("*"))
-    code, out, err = cli(command, capsys)
+    code, out, err = run_cli(command, capsys)
     assert_refused(code, out, err, needle.format(tmp=tmp_path))
     assert sorted(tmp_path.rglob("*")) == before  # no folder, no database created
 
@@ -321,7 +322,7 @@ def test_a_tune_storage_that_cannot_work_is_one_line(storage, needle, sqlite_tra
     (tmp_path / "notes.txt").write_text("not a database\n")
     monkeypatch.chdir(tmp_path)
     before = sorted(tmp_path.rglob("*"))
-    code, out, err = cli(["tune", str(Path(__file__).parents[1] / "studies" / "pas.yaml"), "--n-trials", "1",
+    code, out, err = run_cli(["tune", str(Path(__file__).parents[1] / "studies" / "pas.yaml"), "--n-trials", "1",
                           "--storage", storage.format(tmp=tmp_path)], capsys)
     assert_refused(code, out, err, needle.format(tmp=tmp_path))
     assert sorted(tmp_path.rglob("*")) == before
@@ -444,20 +445,20 @@ def test_the_memory_refusal_names_a_fix_that_works(tmp_path, sqlite_tracking, ca
     base = ["train", "--dataset", "folder", "--data-root", str(root), "--epochs", "1", "--batch-size", "8",
             "--device", "cpu", "--no-log-model", "--experiment", "memory"]
     monkeypatch.setenv("FOCUSML_MEMORY_AVAILABLE", "64M")
-    code, out, err = cli([*base, "--image-size", "1024"], capsys)
+    code, out, err = run_cli([*base, "--image-size", "1024"], capsys)
     line = assert_refused(code, out, err, "--image-size 1024 needs at least", "but 64.0 MiB is available here: use "
                                                                               "--image-size ")
     best = int(line.rsplit("--image-size ", 1)[1].split()[0])
-    code, out, err = cli([*base, "--image-size", str(best + 1)], capsys)  # the largest: one more is refused
+    code, out, err = run_cli([*base, "--image-size", str(best + 1)], capsys)  # the largest: one more is refused
     assert_refused(code, out, err, f"--image-size {best + 1} needs at least")
     assert runs_in(sqlite_tracking) == 0
-    code, out, err = cli([*base, "--image-size", str(best)], capsys)
+    code, out, err = run_cli([*base, "--image-size", str(best)], capsys)
     assert code == 0, err
 
     # held in memory, the data is what does not fit: 48 greyscale images and their masks of 256×256 (6.3 MB)
     need = memory.needed("small", 1, 2, 256, 256, 8, 48 * 2 * 256 * 256)
     monkeypatch.setenv("FOCUSML_MEMORY_AVAILABLE", str(need.total - need.data // 2))
-    code, out, err = cli([*base, "--image-size", "256", "--data-loading", "memory"], capsys)
+    code, out, err = run_cli([*base, "--image-size", "256", "--data-loading", "memory"], capsys)
     assert_refused(code, out, err, "256×256×1 as float32", "the decoded dataset: 6.0 MiB", "use --data-loading stream")
-    code, out, err = cli([*base, "--image-size", "256", "--data-loading", "stream"], capsys)
+    code, out, err = run_cli([*base, "--image-size", "256", "--data-loading", "stream"], capsys)
     assert code == 0, err

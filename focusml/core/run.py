@@ -26,7 +26,7 @@ from focusml.core.callbacks import Callbacks, RunContext, RunResult, as_callback
 from focusml.core.config import RunConfig
 from focusml.core.data import DATASETS, DataOptions, Dataset, load
 from focusml.core.data.masks import annotate
-from focusml.core.evaluate import Predictions, at_chance, counterfactuals, select_metric, test_metrics
+from focusml.core.evaluate import at_chance, counterfactuals, select_metric, test_metrics
 from focusml.core.methods import Method, PrepareContext
 from focusml.core.models import InitWeights, adapt, build_model, load_init_state, read_init_file, source_kind
 from focusml.core.precision import Precision
