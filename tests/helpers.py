@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,12 @@ def main_ok(argv: list[str]) -> None:
         main(argv)
     except SystemExit as e:
         assert e.code in (0, None), argv
+
+
+def as_in_a_terminal() -> None:
+    """A subprocess's `preexec_fn`: SIGINT as a foreground command gets it. A suite started in the background
+    (`make test &`) has it ignored, and Python then never turns Ctrl-C into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def write_png(path: Path, arr: np.ndarray) -> None:

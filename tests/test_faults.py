@@ -38,7 +38,7 @@ import yaml
 from mlflow import MlflowClient
 
 from conftest import VENV_BIN
-from helpers import run_cli
+from helpers import as_in_a_terminal, run_cli
 
 # every test below but the first uses `cli_env`, which marks it slow (conftest)
 
@@ -47,16 +47,10 @@ FAST = ["--batch-size", "256", "--device", "cpu", "--no-log-model", "--cam-every
 PER_EPOCH = ("loss/train", "loss/ce", "acc/val", "acc/val_cf", "wr/val", "lr", "time/epoch_s")
 
 
-def _as_in_a_terminal() -> None:
-    """SIGINT as a foreground command gets it: a suite started in the background (`make test &`) has it
-    ignored, and Python then never turns Ctrl-C into KeyboardInterrupt."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def start(args, env, cwd, name: str) -> subprocess.Popen:
     """`focusml ARGS` in its own process group, output to files named after `name` in `cwd`."""
     return subprocess.Popen([str(VENV_BIN / "focusml"), *args], env=env, cwd=cwd, start_new_session=True,
-                            preexec_fn=_as_in_a_terminal,
+                            preexec_fn=as_in_a_terminal,
                             stdout=open(cwd / f"{name}.out", "w"), stderr=open(cwd / f"{name}.err", "w"))
 
 

@@ -23,7 +23,7 @@ import pytest
 
 from focusml import tracking
 from focusml.core.callbacks import Callbacks
-from helpers import run_cli
+from helpers import as_in_a_terminal, run_cli
 from test_folder import make_tree
 from test_safety_runs import (_module_store, assert_refused, runs_in, sqlite_tracking, store, tiny,  # noqa: F401
                               tiny_data)
@@ -192,7 +192,7 @@ def test_ctrl_c_mid_export_leaves_no_half_written_folder(tmp_path):
     out = tmp_path / "digits"
     for _ in range(3):  # until the Ctrl-C lands while the export is still writing
         proc = subprocess.Popen([sys.executable, "-m", "focusml", "datasets", "export", "decoy-digits", str(out)],
-                                cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+                                cwd=tmp_path, stderr=subprocess.PIPE, text=True, preexec_fn=as_in_a_terminal)
         deadline = time.time() + 120
         while not any(tmp_path.glob(".digits.partial-*/images/*")):  # writing has begun
             assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else ""
