@@ -25,6 +25,7 @@ from focusml import FocusmlError
 from focusml.core.data.folder import row_paths
 from focusml.core.discover import Proposal, pixel_masks, propose
 from focusml.core.figures import proposal_grid
+from focusml.core.models import load_init_state
 from focusml.core.proposals import FORMAT, cells_to_text
 from focusml.tracking.log import log_figure, log_metrics, log_params, log_table, set_tags
 from focusml.tracking.runs import load_run_data, load_run_model, run_info
@@ -104,7 +105,8 @@ def discover(source: str, *, splits: tuple[str, ...] = ("train", "val"), seed: i
     if model is None:
         model = load_run_model(source, image_size=image_size)
     else:
-        model.load_state_dict(resolve_source(source).weights.state)
+        # as a refine stage loads it: another architecture is refused naming both, not a load_state_dict traceback
+        load_init_state(model, resolve_source(source).weights, params.get("model") or "", max(data.image_shape[1:]))
         model = model.cpu().eval()
     path = default_path(data, source, out)
     exp = experiment or mlflow.MlflowClient().get_experiment(info.info.experiment_id).name
